@@ -1,0 +1,51 @@
+"""Clinical notes whose findings, negations and uncertainty follow the symptom factor s.
+
+Every symptom is mentioned whether present or not, in varied wording ("no signs of dyspnea",
+"reports shortness of breath", "possible breathlessness"), so counting symptom words does not
+solve the task: the model has to read the negation and hedging around them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medweave.sandbox.latent import sigmoid
+
+SYMPTOMS = {
+    "dyspnea": ["dyspnea", "shortness of breath", "breathlessness"],
+    "chest_pain": ["chest pain", "chest discomfort", "pressure in the chest"],
+    "fatigue": ["fatigue", "tiredness", "exhaustion"],
+    "edema": ["ankle edema", "leg swelling", "peripheral edema"],
+    "palpitations": ["palpitations", "irregular heartbeat", "racing heart"],
+    "dizziness": ["dizziness", "light-headedness", "vertigo"],
+}
+PRESENT = ["Patient reports {}.", "Complains of {}.", "{} noted on examination.",
+           "Ongoing {} since last visit.", "Describes worsening {}."]
+ABSENT = ["No signs of {}.", "Denies {}.", "{} not present.", "Negative for {}.",
+          "No {} reported."]
+UNCERTAIN = ["Possible {}.", "Cannot rule out {}.", "Questionable {}, to be followed up.",
+             "{} may be present."]
+FILLER = ["Blood pressure measured.", "Medication reviewed with the patient.",
+          "Follow-up in three months.", "Weight stable.", "Vaccination status up to date.",
+          "Referred for routine blood tests.", "Patient seen in outpatient clinic."]
+NOTE_TYPES = ["NOTE//clinic", "NOTE//discharge"]
+
+
+def _sentence(templates: list[str], phrase: str, rng: np.random.Generator) -> str:
+    text = str(rng.choice(templates)).format(phrase)
+    return text[0].upper() + text[1:]
+
+
+def draw_note(symptoms: float, rng: np.random.Generator) -> str:
+    sentences = [str(s) for s in rng.choice(FILLER, size=2, replace=False)]
+    for name in rng.permutation(list(SYMPTOMS)):
+        phrase = str(rng.choice(SYMPTOMS[name]))
+        p = sigmoid(-0.8 + 1.6 * symptoms + rng.normal(0, 0.5))
+        if rng.random() < 0.15:  # hedged mention: weak evidence either way
+            sentences.append(_sentence(UNCERTAIN, phrase, rng))
+        elif rng.random() < p:
+            sentences.append(_sentence(PRESENT, phrase, rng))
+        else:
+            sentences.append(_sentence(ABSENT, phrase, rng))
+    order = rng.permutation(len(sentences))
+    return " ".join(sentences[i] for i in order)
