@@ -1,0 +1,132 @@
+"""The cohort contract: where each file of a cohort sits, its columns, and what may be null.
+
+EHR events follow MEDS (Medical Event Data Standard); medweave adds labels/, imaging/ and
+genomics/ beside them. A sandbox cohort, an imported registry extract and a real MEDS export all
+look like this, so experiments move between them by changing only ``data.root``.
+
+    <root>/metadata/dataset.json             MEDS dataset metadata (+ "medweave" section)
+    <root>/metadata/codes.parquet            code, description, parent_codes
+    <root>/metadata/subject_splits.parquet   subject_id, split
+    <root>/data/*.parquet                    MEDS events
+    <root>/labels/<task>.parquet             subject_id, prediction_time, boolean_value, ...
+    <root>/imaging/index.parquet             subject_id, time, path, modality, view
+    <root>/genomics/variants.vcf.gz (+.tbi)  multi-sample VCF, sample name = str(subject_id)
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import meds
+import pyarrow as pa
+
+from medweave.errors import MedweaveError
+
+# Splits (MEDS names) and the Lightning stage each one feeds.
+TRAIN_SPLIT = meds.train_split
+TUNING_SPLIT = meds.tuning_split
+HELD_OUT_SPLIT = meds.held_out_split
+SPLITS = (TRAIN_SPLIT, TUNING_SPLIT, HELD_OUT_SPLIT)
+STAGE_OF_SPLIT = {TRAIN_SPLIT: "train", TUNING_SPLIT: "val", HELD_OUT_SPLIT: "test"}
+
+# Modalities medweave knows; a batch carries "<name>" and "<name>_mask" for each selected one.
+EHR_CODES = "ehr_codes"
+TEXT = "text"
+IMAGE = "image"
+GENOMICS = "genomics"
+MODALITIES = (EHR_CODES, TEXT, IMAGE, GENOMICS)
+
+# Clinical notes are MEDS events whose code starts with this prefix; the note is text_value.
+NOTE_PREFIX = "NOTE//"
+BIRTH_CODE = meds.birth_code
+
+DATASET_METADATA = meds.dataset_metadata_filepath
+CODES_METADATA = meds.code_metadata_filepath
+SUBJECT_SPLITS = meds.subject_splits_filepath
+EVENTS_DIR = meds.data_subdirectory
+LABELS_DIR = "labels"
+IMAGING_INDEX = "imaging/index.parquet"
+IMAGING_DIR = "imaging"
+VARIANTS_VCF = "genomics/variants.vcf.gz"
+GROUND_TRUTH = "ground_truth/risk.parquet"  # sandbox only: never a model input
+
+# MEDS' own schemas, so that what the sandbox writes is what any MEDS tool reads.
+EVENTS_SCHEMA = meds.DataSchema.schema()
+LABEL_SCHEMA = meds.LabelSchema.schema()
+CODES_SCHEMA = pa.schema(
+    [
+        pa.field("code", pa.string(), nullable=False),
+        pa.field("description", pa.string()),
+        pa.field("parent_codes", pa.list_(pa.string())),
+    ]
+)
+SPLITS_SCHEMA = pa.schema(
+    [pa.field("subject_id", pa.int64(), nullable=False), pa.field("split", pa.string(), nullable=False)]
+)
+IMAGING_SCHEMA = pa.schema(
+    [
+        pa.field("subject_id", pa.int64(), nullable=False),
+        pa.field("time", pa.timestamp("us"), nullable=False),
+        pa.field("path", pa.string(), nullable=False),  # relative to imaging/
+        pa.field("modality", pa.string()),  # DICOM Modality: CR, DX, CT, MR
+        pa.field("view", pa.string()),
+    ]
+)
+
+# Columns a reader needs in each file (extra columns are allowed, as MEDS allows them).
+REQUIRED_COLUMNS = {
+    "events": ("subject_id", "time", "code", "numeric_value"),
+    "splits": ("subject_id", "split"),
+    "labels": ("subject_id", "prediction_time"),
+    "imaging": ("subject_id", "time", "path"),
+}
+
+
+def check_modalities(modalities) -> list[str]:
+    """Return the modality list, or raise naming the unknown one and the nearest valid name."""
+    names = list(modalities)
+    if not names:
+        raise MedweaveError(f"data.modalities is empty; choose from {list(MODALITIES)}")
+    for name in names:
+        if name not in MODALITIES:
+            near = difflib.get_close_matches(str(name), MODALITIES, n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            raise MedweaveError(
+                f"unknown modality '{name}' in data.modalities; valid: {list(MODALITIES)}.{hint}"
+            )
+    if len(set(names)) != len(names):
+        raise MedweaveError(f"data.modalities lists a modality twice: {names}")
+    return names
+
+
+def require_root(root: str | Path) -> Path:
+    """The cohort folder, or an error saying that data.root does not point at one."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise MedweaveError(
+            f"data.root '{root}' does not exist or is not a folder; expected a cohort folder "
+            f"with {DATASET_METADATA}, {SUBJECT_SPLITS} and {EVENTS_DIR}/*.parquet "
+            "(make one with: medweave-sandbox out=<dir>)"
+        )
+    return path.resolve()
+
+
+def require_file(root: Path, relative: str, why: str) -> Path:
+    path = root / relative
+    if not path.exists():
+        raise MedweaveError(f"cohort '{root}' has no {relative} (needed for {why})")
+    return path
+
+
+def require_columns(table: pa.Table | pa.Schema, required, path: Path) -> None:
+    names = table.names if isinstance(table, pa.Schema) else table.column_names
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise MedweaveError(
+            f"{path}: missing column(s) {missing}; expected at least {list(required)}, found {names}"
+        )
+
+
+def label_path(root: Path, task: str) -> Path:
+    return root / LABELS_DIR / f"{task}.parquet"

@@ -1,0 +1,189 @@
+"""CohortDataModule: the prepared cache, memory-mapped, served as batches.
+
+A batch is a dict (the one batch contract of medweave)::
+
+    ehr_codes       {"codes": int64 [B, L] (0 = padding), "values": float [B, L] (nan = no value),
+                     "days": float [B, L] (days before prediction_time)}
+    text            {"input_ids": int64 [B, T], "attention_mask": int64 [B, T]}
+    image           float [B, 1, H, W]
+    genomics        float [B, V] (standardised dosages, 0 where missing)
+    <modality>_mask bool [B]   True = the subject has this modality; False rows hold padding
+    targets         float [B]
+    subject_id      int64 [B]  for writing predictions only; never logged
+
+Only the modalities in ``modalities`` appear.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medweave.data import contract as c
+from medweave.data.prepare import PrepareConfig, prepare
+
+
+class PreparedCohort:
+    """Opens a prepared cache folder; arrays are memory-mapped, opened lazily per process."""
+
+    def __init__(self, folder: Path, modalities: list[str]):
+        self.folder = Path(folder)
+        self.modalities = modalities
+        self.vocab = json.loads((self.folder / "vocab.json").read_text())
+        subjects = np.load(self.folder / "subjects.npz")
+        self.subject_id = subjects["subject_id"]
+        self.split = subjects["split"]
+        self.target = subjects["target"]
+        self.present = {m: subjects[f"present_{m}"] for m in modalities}
+        self._arrays: dict | None = None
+
+    FILES = {c.EHR_CODES: ("ehr_codes", "ehr_values", "ehr_days"), c.TEXT: ("text_ids",),
+             c.IMAGE: ("image",), c.GENOMICS: ("genomics",)}
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r")
+                            for m in self.modalities for name in self.FILES[m]}
+        return self._arrays
+
+    def __getstate__(self):  # workers re-open the memory maps instead of pickling arrays
+        return {**self.__dict__, "_arrays": None}
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == c.SPLITS.index(split))
+
+    def encoder_inputs(self) -> dict[str, dict]:
+        """Sizes each encoder needs, known only once the cohort is prepared."""
+        v, a = self.vocab, self.arrays
+        sizes = {
+            c.EHR_CODES: lambda: {"vocab_size": len(v["codes"]) + 2},
+            c.TEXT: lambda: {"vocab_size": v["text_vocab_size"], "pad_token_id": v["text_pad_id"]},
+            c.IMAGE: lambda: {"image_size": int(a["image"].shape[-1])},
+            c.GENOMICS: lambda: {"n_variants": len(v["variants"])},
+        }
+        return {m: sizes[m]() for m in self.modalities}
+
+    def batch(self, rows: np.ndarray) -> dict:
+        rows = np.sort(rows)  # sequential reads from the memory maps
+        a = self.arrays
+        out = {"targets": torch.from_numpy(self.target[rows]),
+               "subject_id": torch.from_numpy(self.subject_id[rows])}
+        for m in self.modalities:
+            out[f"{m}_mask"] = torch.from_numpy(self.present[m][rows])
+        if c.EHR_CODES in self.modalities:
+            codes = a["ehr_codes"][rows]
+            width = max(int((codes > 0).sum(1).max()), 1)
+            out[c.EHR_CODES] = {
+                "codes": torch.from_numpy(codes[:, :width].astype(np.int64)),
+                "values": torch.from_numpy(np.array(a["ehr_values"][rows, :width])),
+                "days": torch.from_numpy(np.array(a["ehr_days"][rows, :width])),
+            }
+        if c.TEXT in self.modalities:
+            ids = a["text_ids"][rows].astype(np.int64)
+            attention = ids != self.vocab["text_pad_id"]
+            width = max(int(attention.sum(1).max()), 1)
+            out[c.TEXT] = {"input_ids": torch.from_numpy(ids[:, :width]),
+                           "attention_mask": torch.from_numpy(attention[:, :width].astype(np.int64))}
+        if c.IMAGE in self.modalities:
+            out[c.IMAGE] = torch.from_numpy(a["image"][rows].astype(np.float32))
+        if c.GENOMICS in self.modalities:
+            d = a["genomics"][rows].astype(np.float32)
+            z = (d - np.asarray(self.vocab["variant_mean"], np.float32)) / np.asarray(
+                self.vocab["variant_sd"], np.float32)
+            out[c.GENOMICS] = torch.from_numpy(np.where(d < 0, 0.0, z).astype(np.float32))
+        return out
+
+
+class SplitDataset(Dataset):
+    """The subjects of one split; fetches a whole batch at once through ``__getitems__``."""
+
+    def __init__(self, cohort: PreparedCohort, split: str):
+        self.cohort, self.rows = cohort, cohort.rows(split)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        return self.cohort.batch(self.rows[np.asarray(indices)])
+
+
+def _already_collated(batch):
+    return batch
+
+
+class CohortDataModule(L.LightningDataModule):
+    """Prepares a cohort once and serves its splits: train, tuning (val), held_out (test).
+
+    Args:
+        root: cohort folder in the contract layout (``data.root``).
+        task: label file under ``labels/`` (without ``.parquet``).
+        modalities: any of ehr_codes, text, image, genomics.
+        cache_dir: where prepared caches live; shared by runs and DDP ranks on a node.
+        batch_size: subjects per batch (per process under DDP).
+        num_workers: DataLoader worker processes.
+        max_events: most recent EHR events kept per subject.
+        max_text_tokens: most recent note tokens kept per subject.
+        text_vocab_size: size of the word-level tokenizer fitted when none is given.
+        text_tokenizer_path: local folder of a pretrained tokenizer (matching the text encoder).
+        image_size: side of the square image the encoder sees.
+        vocab: fitted vocabularies from a checkpoint (evaluation); None fits them on train.
+    """
+
+    def __init__(self, root: str, task: str, modalities: list[str], cache_dir: str,
+                 batch_size: int = 64, num_workers: int = 0, max_events: int = 256,
+                 max_text_tokens: int = 256, text_vocab_size: int = 4000,
+                 text_tokenizer_path: str | None = None, image_size: int = 64,
+                 pin_memory: bool = False, vocab: dict | None = None):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size}: expected a positive integer")
+        self.root = c.require_root(root)
+        self.modalities = c.check_modalities(modalities)
+        self.prepare_config = PrepareConfig(
+            task=task, modalities=tuple(self.modalities), max_events=max_events,
+            max_text_tokens=max_text_tokens, text_vocab_size=text_vocab_size,
+            text_tokenizer_path=text_tokenizer_path, image_size=image_size)
+        self.cache_dir = Path(cache_dir)
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.vocab = vocab
+        self.cohort: PreparedCohort | None = None
+
+    def prepare_data(self) -> None:
+        # Lightning runs this on one process per node; the others wait, then find the cache.
+        prepare(self.root, self.cache_dir, self.prepare_config, self.vocab)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.cohort is None:
+            folder = prepare(self.root, self.cache_dir, self.prepare_config, self.vocab)
+            self.cohort = PreparedCohort(folder, self.modalities)
+
+    def encoder_inputs(self) -> dict[str, dict]:
+        self.setup()
+        return self.cohort.encoder_inputs()
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        return DataLoader(SplitDataset(self.cohort, split), batch_size=self.batch_size,
+                          shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=_already_collated, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(c.TRAIN_SPLIT, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(c.TUNING_SPLIT, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(c.HELD_OUT_SPLIT, shuffle=False)
+
+    def split_dataloader(self, split: str) -> DataLoader:
+        if split not in c.SPLITS:
+            raise ValueError(f"split='{split}': expected one of {list(c.SPLITS)}")
+        return self._loader(split, shuffle=False)

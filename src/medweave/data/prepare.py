@@ -1,0 +1,284 @@
+"""Read the cohort once into a per-modality cache that training memory-maps.
+
+The cache folder's name is a hash of the cohort's file contents, the preparation settings and the
+vocabulary, so it is reused while all three are unchanged and rebuilt when any changes. It is
+built in a temporary sibling and renamed into place, so a crash leaves no half-written cache and
+concurrent ranks never read one.
+
+Vocabularies (EHR codes, value statistics, the note tokenizer, genotype statistics) are fitted on
+the train split only; a checkpoint carries them so that evaluation maps a cohort the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm.auto import tqdm
+
+from medweave.data import contract as c
+from medweave.data.readers import dicom, meds, vcf
+from medweave.errors import MedweaveError
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+PAD, UNK = 0, 1  # EHR code ids; real codes start at 2
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How each modality is turned into arrays (part of the cache key)."""
+
+    task: str
+    modalities: tuple[str, ...]
+    max_events: int = 256
+    max_text_tokens: int = 256
+    text_vocab_size: int = 4000
+    text_tokenizer_path: str | None = None  # a local Hugging Face tokenizer; None fits one
+    image_size: int = 64
+
+
+def cohort_fingerprint(root: Path) -> str:
+    """Hash of every file's relative path and bytes (ground truth excluded: never an input)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("ground_truth/") or "/." in f"/{rel}":
+            continue
+        digest.update(rel.encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def prepare(root: Path, cache_dir: Path, cfg: PrepareConfig, vocab: dict | None = None) -> Path:
+    """Return the prepared cache folder for this cohort, building it if needed."""
+    key_src = json.dumps(
+        {"format": CACHE_FORMAT, "cohort": cohort_fingerprint(root), "cfg": asdict(cfg), "vocab": vocab},
+        sort_keys=True, default=str,
+    )
+    key = hashlib.blake2b(key_src.encode(), digest_size=10).hexdigest()
+    out = Path(cache_dir).expanduser().resolve() / key
+    if (out / MANIFEST).exists():
+        log.info("Using prepared cache %s", out)
+        return out
+    tmp = out.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        _build(root, tmp, cfg, vocab)
+        (tmp / MANIFEST).write_text(json.dumps({"format": CACHE_FORMAT, "config": asdict(cfg)}))
+        try:
+            tmp.rename(out)
+        except OSError:  # another process finished the same cache first
+            if not (out / MANIFEST).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("Prepared cohort cache %s", out)
+    return out
+
+
+def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> None:
+    labels = meds.read_labels(root, cfg.task)
+    splits = meds.read_splits(root)
+    subject_ids = labels.column("subject_id").to_numpy()
+    order = np.argsort(subject_ids)
+    subject_ids = subject_ids[order]
+    pred_time = labels.column("prediction_time").cast(pa.int64()).to_numpy()[order]
+    target = labels.column("boolean_value").to_numpy(zero_copy_only=False)[order].astype(np.float32)
+    split_of = dict(zip(splits.column("subject_id").to_pylist(), splits.column("split").to_pylist()))
+    unsplit = [i for i, s in enumerate(subject_ids) if s not in split_of]
+    if unsplit:
+        raise MedweaveError(
+            f"{c.label_path(root, cfg.task)}: {len(unsplit)} labelled subject(s) have no split in "
+            f"{c.SUBJECT_SPLITS} (first at sorted label row {unsplit[0]})")
+    split = np.array([c.SPLITS.index(split_of[s]) for s in subject_ids], np.int8)
+    train = split == c.SPLITS.index(c.TRAIN_SPLIT)
+    if not train.any():
+        raise MedweaveError(f"{root / c.SUBJECT_SPLITS}: no labelled subject is in the train split")
+
+    vocab = dict(vocab or {})
+    present = {}
+    need_events = c.EHR_CODES in cfg.modalities or c.TEXT in cfg.modalities
+    events = _events_before_prediction(root, subject_ids, pred_time, c.TEXT in cfg.modalities) if need_events else None
+    if c.EHR_CODES in cfg.modalities:
+        present[c.EHR_CODES] = _prepare_codes(events, len(subject_ids), train, cfg, vocab, out)
+    if c.TEXT in cfg.modalities:
+        present[c.TEXT] = _prepare_text(events, len(subject_ids), train, cfg, vocab, out)
+    if c.IMAGE in cfg.modalities:
+        present[c.IMAGE] = _prepare_images(root, subject_ids, pred_time, cfg, out)
+    if c.GENOMICS in cfg.modalities:
+        present[c.GENOMICS] = _prepare_genomics(root, subject_ids, train, vocab, out)
+
+    np.savez(out / "subjects.npz", subject_id=subject_ids, split=split, target=target,
+             **{f"present_{m}": p for m, p in present.items()})
+    (out / "vocab.json").write_text(json.dumps(vocab))
+
+
+def _events_before_prediction(root, subject_ids, pred_time, with_text) -> dict:
+    """Events of labelled subjects strictly before their prediction_time (static ones kept)."""
+    table = meds.read_events(root, with_text)
+    sid = table.column("subject_id").to_numpy()
+    row = np.searchsorted(subject_ids, sid)
+    row = np.clip(row, 0, len(subject_ids) - 1)
+    known = subject_ids[row] == sid
+    time = table.column("time").cast(pa.int64()).fill_null(np.iinfo(np.int64).min).to_numpy()
+    keep = known & (time < pred_time[row])  # no temporal leakage: time < prediction_time
+    idx = np.flatnonzero(keep)
+    idx = idx[np.lexsort((time[idx], row[idx]))]
+    static = time[idx] == np.iinfo(np.int64).min
+    days = np.where(static, 0.0, (pred_time[row[idx]] - time[idx]) / 8.64e10)
+    out = {
+        "row": row[idx],
+        "code": table.column("code").take(pa.array(idx)),
+        "value": table.column("numeric_value").take(pa.array(idx)).to_numpy(zero_copy_only=False),
+        "days": days.astype(np.float32),
+    }
+    if with_text:
+        out["text"] = table.column("text_value").take(pa.array(idx))
+    return out
+
+
+def _last_k(rows: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For events sorted by row, the (row, column) slot of each of the last k events per row."""
+    counts = np.bincount(rows, minlength=n)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(rows)) - start[rows]
+    skip = np.maximum(counts - k, 0)[rows]
+    keep = rank >= skip
+    return keep, (rank - skip)[keep]
+
+
+def _prepare_codes(events, n, train, cfg, vocab, out) -> np.ndarray:
+    is_note = pc.starts_with(events["code"], c.NOTE_PREFIX).to_numpy(zero_copy_only=False)
+    sel = ~is_note
+    rows, codes = events["row"][sel], events["code"].filter(pa.array(sel))
+    values, days = events["value"][sel], events["days"][sel]
+    codes_np = np.asarray(codes.to_pylist(), dtype=object)
+    if "codes" not in vocab:
+        in_train = train[rows]
+        names = sorted(set(codes_np[in_train]))
+        stats = {}
+        for name in names:
+            v = values[in_train & (codes_np == name)]
+            v = v[~np.isnan(v)]
+            if len(v):
+                stats[name] = [float(v.mean()), float(v.std() or 1.0)]
+        vocab["codes"], vocab["code_stats"] = names, stats
+    index = {name: i + 2 for i, name in enumerate(vocab["codes"])}
+    ids = np.fromiter((index.get(x, UNK) for x in codes_np), np.int32, len(codes_np))
+    z = np.full(len(values), np.nan, np.float32)
+    for name, (mean, sd) in vocab["code_stats"].items():
+        m = codes_np == name
+        z[m] = (values[m] - mean) / sd
+    keep, col = _last_k(rows, n, cfg.max_events)
+    shape = (n, cfg.max_events)
+    arrays = {"ehr_codes": np.zeros(shape, np.int32), "ehr_values": np.full(shape, np.nan, np.float32),
+              "ehr_days": np.zeros(shape, np.float32)}
+    r = rows[keep]
+    arrays["ehr_codes"][r, col] = ids[keep]
+    arrays["ehr_values"][r, col] = z[keep]
+    arrays["ehr_days"][r, col] = days[keep]
+    for name, arr in arrays.items():
+        np.save(out / f"{name}.npy", arr)
+    return np.bincount(r, minlength=n) > 0
+
+
+def _prepare_text(events, n, train, cfg, vocab, out) -> np.ndarray:
+    from medweave.data.text import fit_tokenizer, load_tokenizer
+
+    is_note = pc.starts_with(events["code"], c.NOTE_PREFIX).to_numpy(zero_copy_only=False)
+    has_text = ~pc.is_null(events["text"]).to_numpy(zero_copy_only=False)
+    sel = np.flatnonzero(is_note & has_text)
+    rows = events["row"][sel]
+    texts = events["text"].take(pa.array(sel)).to_pylist()
+    per_subject: list[list[str]] = [[] for _ in range(n)]
+    for r, t in zip(rows, texts):
+        per_subject[r].append(t)  # events are in time order: oldest note first
+    docs = [" ".join(ts) for ts in per_subject]
+    if "tokenizer" not in vocab:
+        if cfg.text_tokenizer_path:
+            vocab["tokenizer"] = {"path": str(Path(cfg.text_tokenizer_path).resolve())}
+        else:
+            train_docs = [d for d, t in zip(docs, train) if t and d]
+            vocab["tokenizer"] = {"json": fit_tokenizer(train_docs, cfg.text_vocab_size)}
+    tokenizer = load_tokenizer(vocab["tokenizer"])
+    ids = np.full((n, cfg.max_text_tokens), tokenizer.pad_token_id, np.int32)
+    batch = 512
+    for start in tqdm(range(0, n, batch), desc="tokenising notes", unit="batch", leave=False):
+        enc = tokenizer(docs[start:start + batch], truncation=True, max_length=cfg.max_text_tokens,
+                        padding="max_length")
+        ids[start:start + batch] = np.asarray(enc["input_ids"], np.int32)
+    np.save(out / "text_ids.npy", ids)
+    vocab["text_vocab_size"] = len(tokenizer)
+    vocab["text_pad_id"] = int(tokenizer.pad_token_id)
+    return np.array([bool(d) for d in docs])
+
+
+def _prepare_images(root, subject_ids, pred_time, cfg, out) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    index = meds.read_imaging_index(root)
+    sid = index.column("subject_id").to_numpy()
+    time = index.column("time").cast(pa.int64()).to_numpy()
+    paths = index.column("path").to_pylist()
+    row = np.clip(np.searchsorted(subject_ids, sid), 0, len(subject_ids) - 1)
+    ok = (subject_ids[row] == sid) & (time < pred_time[row])
+    latest: dict[int, int] = {}  # row -> index entry of the most recent image before prediction
+    for i in np.flatnonzero(ok):
+        if row[i] not in latest or time[i] > time[latest[row[i]]]:
+            latest[row[i]] = i
+    n, s = len(subject_ids), cfg.image_size
+    images = np.lib.format.open_memmap(out / "image.npy", mode="w+", dtype=np.float16, shape=(n, 1, s, s))
+    images[:] = 0
+    for r, i in tqdm(sorted(latest.items()), desc="reading images", unit="img", leave=False):
+        pixels = dicom.read_dicom(root / c.IMAGING_DIR / paths[i])
+        lo, hi = np.percentile(pixels, [0.5, 99.5])
+        scaled = np.clip((pixels - lo) / max(hi - lo, 1e-6), 0, 1)
+        tensor = torch.from_numpy(scaled)[None, None]
+        images[r, 0] = F.interpolate(tensor, size=(s, s), mode="area")[0, 0].numpy()
+    images.flush()
+    present = np.zeros(n, bool)
+    present[list(latest)] = True
+    return present
+
+
+def _prepare_genomics(root, subject_ids, train, vocab, out) -> np.ndarray:
+    path = c.require_file(root, c.VARIANTS_VCF, "the genomics modality")
+    samples, variant_ids, dosages = vcf.read_dosages(path)
+    try:
+        sample_ids = np.array([int(s) for s in samples], np.int64)
+    except ValueError:
+        raise MedweaveError(f"{path}: sample names must be subject_ids (integers)") from None
+    row = np.clip(np.searchsorted(subject_ids, sample_ids), 0, len(subject_ids) - 1)
+    known = subject_ids[row] == sample_ids
+    if "variants" in vocab:  # align to the training variant order; unseen variants stay missing
+        col = {v: j for j, v in enumerate(variant_ids)}
+        take = np.array([col.get(v, -1) for v in vocab["variants"]])
+        dosages = np.where(take >= 0, dosages[:, np.maximum(take, 0)], -1).astype(np.int8)
+    n = len(subject_ids)
+    full = np.full((n, dosages.shape[1]), -1, np.int8)
+    full[row[known]] = dosages[known]
+    present = np.zeros(n, bool)
+    present[row[known]] = True
+    if "variants" not in vocab:
+        d = full[present & train].astype(np.float32)
+        d[d < 0] = np.nan
+        mean = np.nan_to_num(np.nanmean(d, axis=0), nan=0.0)
+        sd = np.nan_to_num(np.nanstd(d, axis=0), nan=1.0)
+        vocab["variants"], vocab["variant_mean"] = variant_ids, mean.round(6).tolist()
+        vocab["variant_sd"] = np.where(sd > 1e-6, sd, 1.0).round(6).tolist()
+    np.save(out / "genomics.npy", full)
+    return present

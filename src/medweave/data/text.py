@@ -1,0 +1,34 @@
+"""Note tokenizers: fitted on the train split's notes, or a pretrained one from a local path."""
+
+from __future__ import annotations
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+
+
+def fit_tokenizer(docs: list[str], vocab_size: int) -> str:
+    """A lower-cased word-level tokenizer as Hugging Face tokenizer JSON (works offline)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tok.train_from_iterator(docs, trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return tok.to_str()
+
+
+def load_tokenizer(spec: dict):
+    """A transformers fast tokenizer from {"json": ...} or {"path": ...}, truncating old text first."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if "path" in spec:
+        tok = AutoTokenizer.from_pretrained(spec["path"], local_files_only=True)
+    else:
+        from tokenizers import Tokenizer
+
+        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spec["json"]),
+                                      pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                      sep_token="[SEP]")
+    tok.truncation_side = "left"  # keep the most recent notes
+    return tok
