@@ -1,0 +1,1 @@
+"""Thin Hydra entry points. Each imports heavy libraries inside its function, never at the top."""

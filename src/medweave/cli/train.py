@@ -1,0 +1,85 @@
+"""medweave-train: fit a multimodal model on a cohort, test the best checkpoint, track in MLflow.
+
+    medweave-train experiment=quickstart data.root=data/sandbox
+    medweave-train experiment=quickstart data.root=data/sandbox data.modalities=[image]
+    medweave-train experiment=quickstart data.root=data/sandbox model/fusion=concat
+    medweave-train debug=smoke data.root=data/sandbox        # seconds, what the tests run
+    medweave-train ... trainer=ddp trainer.devices=2         # DDP on one node
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger("medweave")
+
+
+def check_config(cfg) -> None:
+    """Every fault of the config at once, before anything heavy starts."""
+    from omegaconf import OmegaConf
+
+    from medweave.data.contract import check_modalities
+    from medweave.errors import MedweaveError
+
+    problems = []
+    if OmegaConf.is_missing(cfg.data, "root"):
+        problems.append("data.root is not set: pass data.root=<cohort folder> "
+                        "(make one with: medweave-sandbox out=<dir>)")
+    try:
+        check_modalities(cfg.data.modalities)
+    except MedweaveError as err:
+        problems.append(str(err))
+    if problems:
+        raise MedweaveError("; ".join(problems))
+
+
+def train(cfg) -> float | None:
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from medweave.models.build import build_model
+    from medweave.tracking.mlflow import log_run_config
+
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+
+    datamodule = instantiate(cfg.data)
+    inputs = datamodule.encoder_inputs()  # prepares the cohort cache once
+    extras = {"config": OmegaConf.to_container(cfg, resolve=True), "vocab": datamodule.cohort.vocab,
+              "format": 1}
+    model = build_model(cfg.model, datamodule.modalities, inputs, checkpoint_extras=extras)
+
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+
+    counts = {f"params/{name}": sum(p.numel() for p in part.parameters())
+              for name, part in [*model.encoders.items(), ("fusion", model.fusion), ("head", model.head)]}
+    counts["params/total"] = sum(p.numel() for p in model.parameters())
+    log.info("Parameters: %s", counts)
+    if trainer.is_global_zero:
+        log_run_config(loggers, cfg, Path(cfg.paths.output_dir), counts)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    log.info("Metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
+    log.info("Outputs in %s", cfg.paths.output_dir)
+    return metrics.get(cfg.get("optimized_metric"))
+
+
+def main() -> None:
+    from medweave.cli.hydra_main import run
+
+    run(train, "train", "medweave-train")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Build a MultimodalModule from configs plus the sizes the prepared cohort reports.
+
+Train and eval both call this, so a checkpoint is always rebuilt exactly as it was trained.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from medweave.errors import MedweaveError
+
+
+def build_model(model_cfg: DictConfig, modalities: list[str], encoder_inputs: dict[str, dict],
+                checkpoint_extras: dict | None = None):
+    from hydra.utils import instantiate
+
+    missing = [m for m in modalities if m not in model_cfg.encoders]
+    if missing:
+        raise MedweaveError(f"model.encoders has no encoder for modality {missing}; "
+                            f"configured: {list(model_cfg.encoders)}")
+    encoders = {m: instantiate(model_cfg.encoders[m], **encoder_inputs[m]) for m in modalities}
+    dims = {m: e.out_dim for m, e in encoders.items()}
+    if len(set(dims.values())) != 1:
+        raise MedweaveError(f"all encoders must output the same width (model.dim); got {dims}")
+    fusion = instantiate(model_cfg.fusion, modalities=modalities, dim=next(iter(dims.values())))
+    head = instantiate(model_cfg.head, in_dim=fusion.out_dim)
+    module = instantiate(model_cfg.module, encoders=encoders, fusion=fusion, head=head,
+                         optimizer=instantiate(model_cfg.optimizer),
+                         scheduler=instantiate(model_cfg.scheduler) if model_cfg.get("scheduler") else None,
+                         checkpoint_extras=checkpoint_extras)
+    return module

@@ -1,0 +1,47 @@
+"""Clinical text through Hugging Face transformers: a tiny random-init model from a config, or a
+pretrained one from a local folder (never a hub download)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TextEncoder(nn.Module):
+    """Mean-pooled transformer states over the note tokens, projected to ``dim``.
+
+    Args:
+        vocab_size: tokenizer size (given by the prepared cohort).
+        pad_token_id: the tokenizer's padding id (given by the prepared cohort).
+        dim: output embedding width.
+        pretrained_path: local folder with a Hugging Face model; its tokenizer must be the one
+            given to the data module (``data.text_tokenizer_path``).
+        config: AutoConfig keyword arguments (model_type and sizes) used when no path is given.
+        freeze: keep the transformer's weights fixed (train only the projection).
+    """
+
+    def __init__(self, vocab_size: int, pad_token_id: int, dim: int = 64,
+                 pretrained_path: str | None = None, config: dict | None = None,
+                 freeze: bool = False):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        self.out_dim = dim
+        if pretrained_path:
+            self.transformer = AutoModel.from_pretrained(pretrained_path, local_files_only=True)
+        else:
+            settings = dict(config or {"model_type": "bert"})
+            model_type = settings.pop("model_type")
+            hf_config = AutoConfig.for_model(model_type, vocab_size=vocab_size,
+                                             pad_token_id=pad_token_id, **settings)
+            self.transformer = AutoModel.from_config(hf_config)
+        if freeze:
+            self.transformer.requires_grad_(False)
+        self.project = nn.Linear(self.transformer.config.hidden_size, dim)
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        mask = inputs["attention_mask"]
+        states = self.transformer(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
+        keep = mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * keep).sum(1) / keep.sum(1).clamp(min=1)
+        return self.project(pooled)

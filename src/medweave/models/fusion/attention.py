@@ -1,0 +1,39 @@
+"""Attention over modality tokens: a summary token attends to the modalities a subject has."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class AttentionFusion(nn.Module):
+    """Tokens = [summary] + one per modality (+ a learned modality embedding); missing
+    modalities are masked out of attention, so they contribute nothing.
+
+    Args:
+        modalities: the modalities, in a fixed order.
+        dim: width of each modality embedding and of the output.
+        n_heads: attention heads.
+        n_layers: transformer layers over the modality tokens.
+        dropout: attention and feed-forward dropout.
+    """
+
+    def __init__(self, modalities: list[str], dim: int, n_heads: int = 4, n_layers: int = 1,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.out_dim = dim
+        self.summary = nn.Parameter(torch.zeros(1, 1, dim))
+        self.modality_embedding = nn.Parameter(torch.randn(len(self.modalities), dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, n_heads, 2 * dim, dropout, batch_first=True,
+                                           norm_first=True, activation="gelu")
+        self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, embeddings: dict, masks: dict) -> torch.Tensor:
+        tokens = torch.stack([embeddings[m] for m in self.modalities], 1) + self.modality_embedding
+        batch = tokens.shape[0]
+        tokens = torch.cat([self.summary.expand(batch, -1, -1), tokens], 1)
+        present = torch.stack([masks[m] for m in self.modalities], 1)
+        padding = torch.cat([present.new_zeros(batch, 1), ~present], 1)  # summary always visible
+        return self.norm(self.transformer(tokens, src_key_padding_mask=padding)[:, 0])

@@ -1,0 +1,1 @@
+"""Task heads: output layer, loss and the score used by metrics, per task type."""

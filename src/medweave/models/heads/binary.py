@@ -1,0 +1,26 @@
+"""Binary outcome (e.g. onset within a horizon): one logit, BCE loss, probability score."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BinaryHead(nn.Module):
+    """Args:
+    in_dim: width of the fused representation.
+    dropout: dropout before the output layer.
+    """
+
+    def __init__(self, in_dim: int, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, 1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h).squeeze(-1)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets.float())
+
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)

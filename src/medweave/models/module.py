@@ -1,0 +1,80 @@
+"""MultimodalModule: runs encoders -> fusion -> head for each step; the maths lives in them."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
+
+
+def _metrics(prefix: str) -> MetricCollection:
+    return MetricCollection({"auroc": BinaryAUROC(), "auprc": BinaryAveragePrecision()},
+                            prefix=f"{prefix}/")
+
+
+class MultimodalModule(L.LightningModule):
+    """Args:
+    encoders: one encoder per modality (keys are modality names).
+    fusion: combines the embeddings, told which modalities each subject has.
+    head: task head with ``loss`` and ``score``.
+    optimizer: partial optimizer, completed with the parameters here.
+    scheduler: optional partial LR scheduler, completed with the optimizer.
+    checkpoint_extras: what evaluation needs to rebuild the model and map a cohort the same
+        way (resolved config, fitted vocabularies); saved into every checkpoint.
+    """
+
+    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module, head: nn.Module,
+                 optimizer: partial, scheduler: partial | None = None,
+                 checkpoint_extras: dict | None = None):
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion, self.head = fusion, head
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.checkpoint_extras = checkpoint_extras or {}
+        self.metrics = nn.ModuleDict({stage: _metrics(stage) for stage in ("train", "val", "test")})
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        embeddings, masks = {}, {}
+        for modality, encoder in self.encoders.items():
+            mask = batch[f"{modality}_mask"]
+            embedding = encoder(batch[modality])
+            embeddings[modality] = embedding * mask.unsqueeze(-1).to(embedding.dtype)
+            masks[modality] = mask
+        return self.head(self.fusion(embeddings, masks))
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        logits = self(batch)
+        targets = batch["targets"]
+        loss = self.head.loss(logits, targets)
+        metrics = self.metrics[stage]
+        metrics.update(self.head.score(logits.detach()), targets.long())
+        size = len(targets)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True,
+                 prog_bar=stage != "test", batch_size=size, sync_dist=stage != "train")
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=size)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"score": self.head.score(self(batch)), "subject_id": batch["subject_id"]}
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer=optimizer)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["medweave"] = self.checkpoint_extras

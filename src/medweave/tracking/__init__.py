@@ -1,0 +1,1 @@
+"""Experiment tracking (MLflow): loggers, run parameters and artifacts. Models never import this."""

@@ -1,0 +1,67 @@
+"""MLflow for medweave runs: an embedded local store by default, a server when asked.
+
+Where runs go, first match wins: the logger's ``tracking_uri``; the MLFLOW_TRACKING_URI
+environment variable; an embedded SQLite store under ``store_dir`` (no server needed).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+# Config keys whose values never go to MLflow as params (identifiers and local paths).
+PRIVATE_KEYS = ("data.vocab",)
+
+
+def resolve_tracking_uri(store_dir: str | Path, uri: str | None = None) -> str:
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    folder = Path(store_dir).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def make_mlflow_logger(experiment_name: str, store_dir: str, run_name: str | None = None,
+                       tracking_uri: str | None = None, log_model: bool = True,
+                       tags: dict | None = None):
+    """A Lightning MLFlowLogger; artifacts of an embedded store sit beside its database."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri = resolve_tracking_uri(store_dir, tracking_uri)
+    artifacts = None
+    if uri.startswith("sqlite:///"):
+        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri,
+                        tags=dict(tags or {}), log_model=log_model, artifact_location=artifacts)
+
+
+def flat_params(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as flat ``a.b.c`` params (lists as strings), private keys left out."""
+    flat: dict[str, str] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        elif prefix not in PRIVATE_KEYS:
+            flat[prefix] = str(node)[:500]
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def log_run_config(loggers: list, cfg: DictConfig, output_dir: Path, extra: dict) -> None:
+    """Params, the resolved config as an artifact, and parameter counts, on each MLflow logger."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    resolved = output_dir / "config_resolved.yaml"
+    resolved.parent.mkdir(parents=True, exist_ok=True)
+    resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    for logger in loggers:
+        logger.log_hyperparams({**flat_params(cfg), **extra})
+        if isinstance(logger, MLFlowLogger):
+            logger.experiment.log_artifact(logger.run_id, str(resolved))
