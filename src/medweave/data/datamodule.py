@@ -60,11 +60,11 @@ class PreparedCohort:
 
     def encoder_inputs(self) -> dict[str, dict]:
         """Sizes each encoder needs, known only once the cohort is prepared."""
-        v, a = self.vocab, self.arrays
+        v = self.vocab
         sizes = {
             c.EHR_CODES: lambda: {"vocab_size": len(v["codes"]) + 2},
             c.TEXT: lambda: {"vocab_size": v["text_vocab_size"], "pad_token_id": v["text_pad_id"]},
-            c.IMAGE: lambda: {"image_size": int(a["image"].shape[-1])},
+            c.IMAGE: lambda: {},  # the backbone config says all it needs
             c.GENOMICS: lambda: {"n_variants": len(v["variants"])},
         }
         return {m: sizes[m]() for m in self.modalities}

@@ -24,8 +24,9 @@ def build_model(model_cfg: DictConfig, modalities: list[str], encoder_inputs: di
         raise MedweaveError(f"all encoders must output the same width (model.dim); got {dims}")
     fusion = instantiate(model_cfg.fusion, modalities=modalities, dim=next(iter(dims.values())))
     head = instantiate(model_cfg.head, in_dim=fusion.out_dim)
-    module = instantiate(model_cfg.module, encoders=encoders, fusion=fusion, head=head,
-                         optimizer=instantiate(model_cfg.optimizer),
-                         scheduler=instantiate(model_cfg.scheduler) if model_cfg.get("scheduler") else None,
-                         checkpoint_extras=checkpoint_extras)
-    return module
+    # The module config is a partial: runtime objects go in here, not through Hydra's recursion.
+    make_module = instantiate(model_cfg.module)
+    scheduler = instantiate(model_cfg.scheduler) if model_cfg.get("scheduler") else None
+    return make_module(encoders=encoders, fusion=fusion, head=head,
+                       optimizer=instantiate(model_cfg.optimizer), scheduler=scheduler,
+                       checkpoint_extras=checkpoint_extras)

@@ -35,7 +35,8 @@ class MultimodalModule(L.LightningModule):
         self.fusion, self.head = fusion, head
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.checkpoint_extras = checkpoint_extras or {}
-        self.metrics = nn.ModuleDict({stage: _metrics(stage) for stage in ("train", "val", "test")})
+        # ModuleDict keys may not shadow nn.Module attributes ("train"), hence the suffix.
+        self.metrics = nn.ModuleDict({f"{s}_metrics": _metrics(s) for s in ("train", "val", "test")})
 
     def forward(self, batch: dict) -> torch.Tensor:
         embeddings, masks = {}, {}
@@ -50,7 +51,7 @@ class MultimodalModule(L.LightningModule):
         logits = self(batch)
         targets = batch["targets"]
         loss = self.head.loss(logits, targets)
-        metrics = self.metrics[stage]
+        metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(self.head.score(logits.detach()), targets.long())
         size = len(targets)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True,
