@@ -244,8 +244,8 @@ def _prepare_images(root, subject_ids, pred_time, cfg, out) -> np.ndarray:
     images = np.lib.format.open_memmap(out / "image.npy", mode="w+", dtype=np.float16, shape=(n, 1, s, s))
     images[:] = 0
     for r, i in tqdm(sorted(latest.items()), desc="reading images", unit="img", leave=False):
-        pixels = dicom.read_dicom(root / c.IMAGING_DIR / paths[i])
-        lo, hi = np.percentile(pixels, [0.5, 99.5])
+        pixels, window = dicom.read_dicom(root / c.IMAGING_DIR / paths[i])
+        lo, hi = window or tuple(np.percentile(pixels, [0.5, 99.5]))
         scaled = np.clip((pixels - lo) / max(hi - lo, 1e-6), 0, 1)
         tensor = torch.from_numpy(scaled)[None, None]
         images[r, 0] = F.interpolate(tensor, size=(s, s), mode="area")[0, 0].numpy()

@@ -28,8 +28,8 @@ def draw_radiograph(structural: float, size: int, rng: np.random.Generator) -> n
     img += 0.03 * np.sin(2 * np.pi * y * 9 + rng.uniform(0, 6)) * torso  # rib-like banding
     cx = rng.choice([0.32, 0.68]) + rng.normal(0, 0.03)
     cy = 0.5 + rng.normal(0, 0.08)
-    radius = (1.5 + 7.0 * sigmoid(1.6 * structural)) / 128
-    contrast = 0.08 + 0.3 * sigmoid(1.6 * structural)
+    radius = (2.0 + 14.0 * sigmoid(1.5 * structural)) / 128
+    contrast = 0.05 + 0.35 * sigmoid(1.5 * structural)
     img += contrast * np.exp(-(((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2)))
     img += rng.normal(0, 0.03, img.shape)
     return np.clip(img, 0, 1).astype(np.float32)

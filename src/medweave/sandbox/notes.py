@@ -40,8 +40,8 @@ def draw_note(symptoms: float, rng: np.random.Generator) -> str:
     sentences = [str(s) for s in rng.choice(FILLER, size=2, replace=False)]
     for name in rng.permutation(list(SYMPTOMS)):
         phrase = str(rng.choice(SYMPTOMS[name]))
-        p = sigmoid(-0.8 + 1.6 * symptoms + rng.normal(0, 0.5))
-        if rng.random() < 0.15:  # hedged mention: weak evidence either way
+        p = sigmoid(-0.6 + 2.2 * symptoms + rng.normal(0, 0.3))
+        if rng.random() < 0.1:  # hedged mention: weak evidence either way
             sentences.append(_sentence(UNCERTAIN, phrase, rng))
         elif rng.random() < p:
             sentences.append(_sentence(PRESENT, phrase, rng))

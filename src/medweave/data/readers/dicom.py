@@ -9,8 +9,9 @@ import numpy as np
 from medweave.errors import MedweaveError
 
 
-def read_dicom(path: Path) -> np.ndarray:
-    """A float32 [rows, cols] image; MONOCHROME1 is inverted so that bright means dense."""
+def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """A float32 [rows, cols] image in modality units, and the (low, high) of the file's display
+    window if it has one. MONOCHROME1 is inverted so that bright always means dense."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -28,6 +29,14 @@ def read_dicom(path: Path) -> np.ndarray:
         raise MedweaveError(f"{path}: expected a single 2D frame, got shape {pixels.shape}")
     pixels = pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
         getattr(ds, "RescaleIntercept", 0) or 0)
+    window = None
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = (float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)
+                         for v in (ds.WindowCenter, ds.WindowWidth))
+        window = (center - width / 2, center + width / 2)
     if getattr(ds, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        pixels = pixels.max() - pixels
-    return pixels
+        low, high = float(pixels.min()), float(pixels.max())
+        pixels = low + high - pixels
+        if window:
+            window = (low + high - window[1], low + high - window[0])
+    return pixels, window

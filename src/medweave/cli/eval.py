@@ -1,0 +1,90 @@
+"""medweave-eval: re-evaluate a checkpoint on a split of a cohort and log the metrics to MLflow.
+
+    medweave-eval ckpt_path=logs/quickstart/runs/<time>/checkpoints/last.ckpt data.root=data/sandbox
+    medweave-eval ckpt_path=... data.root=... split=tuning
+
+The checkpoint carries the model config, modalities, task and fitted vocabularies, so the cohort
+is mapped exactly as in training. Metrics are logged as test/* (held_out) or val/* (tuning).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger("medweave")
+
+EVAL_SPLITS = ("held_out", "tuning")
+
+
+def load_checkpoint(path: str) -> dict:
+    """The checkpoint dict, or an error saying why this file is not a medweave checkpoint."""
+    import torch
+
+    from medweave.errors import MedweaveError
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise MedweaveError(f"ckpt_path '{path}' does not exist; expected a .ckpt file written by "
+                            "medweave-train (see <run dir>/checkpoints/)")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a bad file
+        raise MedweaveError(f"ckpt_path '{path}' is not a readable PyTorch checkpoint ({err})") from None
+    if not isinstance(ckpt, dict) or "medweave" not in ckpt or "state_dict" not in ckpt:
+        raise MedweaveError(f"ckpt_path '{path}' is not a medweave checkpoint (no 'medweave' "
+                            "section); expected one written by medweave-train")
+    return ckpt
+
+
+def restore_model(ckpt: dict, path: str, encoder_inputs: dict):
+    from omegaconf import OmegaConf
+
+    from medweave.errors import MedweaveError
+    from medweave.models.build import build_model
+
+    saved = ckpt["medweave"]["config"]
+    model = build_model(OmegaConf.create(saved["model"]), list(saved["data"]["modalities"]),
+                        encoder_inputs, checkpoint_extras=ckpt["medweave"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[1:3]
+        raise MedweaveError(f"ckpt_path '{path}': weights do not fit the model its config "
+                            f"describes ({' '.join(s.strip() for s in first)})") from None
+    return model
+
+
+def evaluate(cfg) -> dict[str, float]:
+    import lightning as L
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from medweave.errors import MedweaveError
+    from medweave.tracking.mlflow import log_run_config
+
+    if cfg.split not in EVAL_SPLITS:
+        raise MedweaveError(f"split='{cfg.split}': expected one of {list(EVAL_SPLITS)}")
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    data_cfg = OmegaConf.merge(ckpt["medweave"]["config"]["data"], cfg.data)
+    datamodule = instantiate(data_cfg, vocab=ckpt["medweave"]["vocab"], _convert_="all")
+    model = restore_model(ckpt, cfg.ckpt_path, datamodule.encoder_inputs())
+
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    log_run_config(loggers, cfg, Path(cfg.paths.output_dir), {"eval.trained_epoch": ckpt.get("epoch")})
+    loader = datamodule.split_dataloader(cfg.split)
+    run = trainer.test if cfg.split == "held_out" else trainer.validate
+    results = run(model, dataloaders=loader)[0]
+    L.pytorch.utilities.rank_zero_info(f"Eval on {cfg.split}: {results}")
+    return {k: float(v) for k, v in results.items()}
+
+
+def main() -> None:
+    from medweave.cli.hydra_main import run
+
+    run(evaluate, "eval", "medweave-eval")
+
+
+if __name__ == "__main__":
+    main()

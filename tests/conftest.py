@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny sandbox cohort (made once per session) and composed configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use their own embedded stores
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory):
+    """120 subjects, every modality, some missing: the end-to-end smoke cohort."""
+    from medweave.sandbox.generate import SandboxConfig, generate_cohort
+
+    return generate_cohort(tmp_path_factory.mktemp("cohort") / "tiny",
+                           SandboxConfig(n_subjects=120, n_variants=200, image_size=64, seed=3))
+
+
+def compose(config_name: str, overrides: list[str]):
+    """The real config as the CLI would build it, with Hydra's runtime values filled in."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from medweave.cli.hydra_main import config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def smoke_cfg(tiny_cohort, tmp_path):
+    def make(*overrides: str):
+        cfg = compose("train", ["debug=smoke", f"data.root={tiny_cohort}",
+                                f"paths.log_dir={tmp_path / 'logs'}",
+                                f"hydra.run.dir={tmp_path / 'run'}", *overrides])
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+            del cfg.hydra
+        return cfg
+
+    return make

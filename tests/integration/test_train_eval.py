@@ -1,0 +1,139 @@
+"""End to end on the tiny sandbox cohort: train (debug=smoke) -> MLflow run -> eval."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medweave.errors import MedweaveError
+
+pytestmark = pytest.mark.slow
+
+
+def mlflow_client(log_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{(log_dir / 'mlflow' / 'mlflow.db').resolve()}")
+
+
+def only_run(client, name="medweave"):
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    return runs
+
+
+def all_artifacts(client, run_id, path=None):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += all_artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_train_logs_everything_to_mlflow_then_eval(smoke_cfg, tmp_path, tiny_cohort):
+    from medweave.cli.eval import evaluate
+    from medweave.cli.train import train
+    from tests.conftest import compose
+
+    cfg = smoke_cfg()
+    value = train(cfg)
+    assert 0.0 <= value <= 1.0  # optimized_metric (val/auroc) returned for sweepers
+
+    client = mlflow_client(tmp_path / "logs")
+    [run] = only_run(client)
+    metrics, params = run.data.metrics, run.data.params
+    for key in ("test/auroc", "test/auprc", "val/auroc", "val/auprc", "train/loss_epoch"):
+        assert key in metrics, key
+        assert metrics[key] == metrics[key]  # not NaN
+    history = client.get_metric_history(run.info.run_id, "val/auroc")
+    assert len(history) == cfg.trainer.max_epochs  # one value per epoch
+    assert params["data.modalities"] == "['ehr_codes', 'text', 'image', 'genomics']"
+    assert params["model.fusion._target_"].endswith("AttentionFusion")
+    assert int(params["params/total"]) > 0
+    artifacts = all_artifacts(client, run.info.run_id)
+    assert "config_resolved.yaml" in artifacts
+    assert any(a.endswith(".ckpt") for a in artifacts), artifacts
+
+    ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    eval_cfg = compose("eval", [f"ckpt_path={ckpt}", f"data.root={tiny_cohort}",
+                                f"paths.log_dir={tmp_path / 'logs'}", f"hydra.run.dir={tmp_path / 'eval'}"])
+    from omegaconf import open_dict
+
+    with open_dict(eval_cfg):
+        eval_cfg.paths.output_dir = str(tmp_path / "eval")
+        del eval_cfg.hydra
+    results = evaluate(eval_cfg)
+    assert 0.0 <= results["test/auroc"] <= 1.0
+    runs = only_run(client)
+    assert len(runs) == 2 and runs[0].data.params["ckpt_path"] == str(ckpt)
+    assert abs(runs[0].data.metrics["test/auroc"] - results["test/auroc"]) < 1e-6
+
+
+@pytest.mark.parametrize("modalities", [["image"], ["ehr_codes", "text"], ["genomics"]])
+def test_single_and_pair_baselines(smoke_cfg, modalities, tmp_path):
+    from medweave.cli.train import train
+
+    cfg = smoke_cfg(f"data.modalities=[{','.join(modalities)}]", "logger=csv", "model/fusion=concat")
+    train(cfg)
+    assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+
+
+def test_seed_makes_runs_repeatable(smoke_cfg, tmp_path):
+    from medweave.cli.train import train
+
+    a = train(smoke_cfg("logger=csv", "data.modalities=[ehr_codes,genomics]"))
+    b = train(smoke_cfg("logger=csv", "data.modalities=[ehr_codes,genomics]"))
+    assert a == b
+
+
+def test_checkpoint_from_another_model_is_refused(smoke_cfg, tmp_path, tiny_cohort):
+    import torch
+
+    from medweave.cli.eval import load_checkpoint, restore_model
+    from medweave.cli.train import train
+
+    train(smoke_cfg("logger=csv", "data.modalities=[ehr_codes]"))
+    path = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    ckpt = load_checkpoint(str(path))
+    ckpt["medweave"]["config"]["model"]["dim"] = 8  # the config no longer matches the weights
+    with pytest.raises(MedweaveError, match="weights do not fit the model"):
+        restore_model(ckpt, str(path), {"ehr_codes": {"vocab_size": 100}})
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(MedweaveError, match="not a medweave checkpoint"):
+        load_checkpoint(str(foreign))
+    with pytest.raises(MedweaveError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "nope.ckpt"))
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["data.root=/definitely/not/here"], "data.root '/definitely/not/here' does not exist"),
+    (["data.root=/tmp", "data.modalities=[imaging]"], "unknown modality 'imaging'"),
+    ([], "data.root is not set"),
+])
+def test_cli_bad_input_is_one_clear_line(args, message, tmp_path):
+    proc = run_cli("medweave.cli.train", "debug=smoke", f"paths.log_dir={tmp_path}", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_sandbox_train_eval(tmp_path):
+    """The README's path through the real entry points (sandbox -> train -> eval)."""
+    proc = run_cli("medweave.cli.sandbox", f"out={tmp_path / 'c'}", "n_subjects=60", "n_variants=40",
+                   "image_size=32", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "oracle AUROC" in proc.stdout + proc.stderr
+    proc = run_cli("medweave.cli.train", "debug=smoke", f"data.root={tmp_path / 'c'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = next((tmp_path / "logs" / "debug" / "runs").glob("*/checkpoints/last.ckpt"))
+    proc = run_cli("medweave.cli.eval", f"ckpt_path={ckpt}", f"data.root={tmp_path / 'c'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test/auroc" in proc.stdout + proc.stderr

@@ -1,0 +1,30 @@
+import pytest
+
+from medweave.data import contract as c
+from medweave.errors import MedweaveError
+
+
+def test_modalities_accepts_any_subset():
+    assert c.check_modalities(["image"]) == ["image"]
+    assert c.check_modalities(["ehr_codes", "text"]) == ["ehr_codes", "text"]
+
+
+@pytest.mark.parametrize("bad,hint", [(["imgae"], "image"), (["ehr"], "ehr_codes"), (["x"], None)])
+def test_unknown_modality_names_valid_ones_and_near_miss(bad, hint):
+    with pytest.raises(MedweaveError) as err:
+        c.check_modalities(bad)
+    assert f"unknown modality '{bad[0]}'" in str(err.value)
+    assert "valid:" in str(err.value)
+    assert (f"Did you mean '{hint}'" in str(err.value)) == (hint is not None)
+
+
+def test_empty_and_duplicate_modalities_rejected():
+    with pytest.raises(MedweaveError, match="empty"):
+        c.check_modalities([])
+    with pytest.raises(MedweaveError, match="twice"):
+        c.check_modalities(["image", "image"])
+
+
+def test_missing_root_says_what_was_expected(tmp_path):
+    with pytest.raises(MedweaveError, match="does not exist.*medweave-sandbox"):
+        c.require_root(tmp_path / "nope")
