@@ -14,8 +14,8 @@ ALL = ("ehr_codes", "text", "image", "genomics")
 
 
 def cfg(**kw):
-    return PrepareConfig(task="cvd_onset_1y", modalities=kw.pop("modalities", ALL), max_events=64,
-                         max_text_tokens=64, image_size=32, **kw)
+    settings = {"modalities": ALL, "max_events": 64, "max_text_tokens": 64, "image_size": 32, **kw}
+    return PrepareConfig(task="cvd_onset_1y", **settings)
 
 
 @pytest.fixture(scope="module")

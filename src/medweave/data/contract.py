@@ -90,7 +90,8 @@ def check_modalities(modalities) -> list[str]:
         raise MedweaveError(f"data.modalities is empty; choose from {list(MODALITIES)}")
     for name in names:
         if name not in MODALITIES:
-            near = difflib.get_close_matches(str(name), MODALITIES, n=1)
+            near = [m for m in MODALITIES if m.startswith(str(name))] or difflib.get_close_matches(
+                str(name), MODALITIES, n=1, cutoff=0.5)
             hint = f" Did you mean '{near[0]}'?" if near else ""
             raise MedweaveError(
                 f"unknown modality '{name}' in data.modalities; valid: {list(MODALITIES)}.{hint}"

@@ -24,13 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from medweave import __version__
 from medweave.data import contract as c
 from medweave.data.readers import dicom, meds, vcf
 from medweave.errors import MedweaveError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 1  # bump when preparation changes what it writes
 PAD, UNK = 0, 1  # EHR code ids; real codes start at 2
 MANIFEST = "manifest.json"
 
@@ -65,7 +66,8 @@ def cohort_fingerprint(root: Path) -> str:
 def prepare(root: Path, cache_dir: Path, cfg: PrepareConfig, vocab: dict | None = None) -> Path:
     """Return the prepared cache folder for this cohort, building it if needed."""
     key_src = json.dumps(
-        {"format": CACHE_FORMAT, "cohort": cohort_fingerprint(root), "cfg": asdict(cfg), "vocab": vocab},
+        {"format": CACHE_FORMAT, "medweave": __version__, "cohort": cohort_fingerprint(root),
+         "cfg": asdict(cfg), "vocab": vocab},
         sort_keys=True, default=str,
     )
     key = hashlib.blake2b(key_src.encode(), digest_size=10).hexdigest()

@@ -5,14 +5,19 @@ from __future__ import annotations
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 
 
-def fit_tokenizer(docs: list[str], vocab_size: int) -> str:
-    """A lower-cased word-level tokenizer as Hugging Face tokenizer JSON (works offline)."""
+def fit_tokenizer(docs: list[str], vocab_size: int, min_frequency: int = 5) -> str:
+    """A lower-cased word-level tokenizer as Hugging Face tokenizer JSON (works offline).
+
+    Words seen fewer than ``min_frequency`` times become [UNK]: rare words are where names and
+    other identifiers hide, and the vocabulary travels inside checkpoints.
+    """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    tok.train_from_iterator(docs, trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
+    tok.train_from_iterator(docs, trainers.WordLevelTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     return tok.to_str()

@@ -36,7 +36,7 @@ class SandboxConfig:
     seed: int = 0
     horizon_days: int = 365
     n_variants: int = 1000
-    n_large_effect_variants: int = 8
+    n_large_effect_variants: int = 6
     ld_rho: float = 0.8
     image_size: int = 128
     missing: dict = field(default_factory=lambda: {"text": 0.2, "image": 0.3, "genomics": 0.4})

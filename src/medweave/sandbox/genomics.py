@@ -46,7 +46,7 @@ def make_panel(n_variants: int, n_large_effect: int, ld_rho: float, seed: int) -
     effect = rng.normal(0.0, 0.02, n_variants)
     common = np.flatnonzero(maf > 0.2)
     large = rng.choice(common, size=min(n_large_effect, len(common)), replace=False)
-    effect[large] = rng.choice([-1.0, 1.0], len(large)) * rng.uniform(0.35, 0.6, len(large))
+    effect[large] = rng.choice([-1.0, 1.0], len(large)) * rng.uniform(0.5, 0.8, len(large))
     return VariantPanel("chr1", positions, ref, alt, maf, effect, ld_rho)
 
 

@@ -7,20 +7,23 @@ from torch import nn
 
 
 class GenomicsEncoder(nn.Module):
-    """Standardised alt-allele dosages [B, V] -> [B, dim].
+    """Standardised alt-allele dosages [B, V] -> [B, dim] through a narrow bottleneck.
+
+    Variants far outnumber genomes in most cohorts, so the first layer is a few linear scores
+    (polygenic-score-like, additive in dosage) before any non-linearity.
 
     Args:
         n_variants: number of variants (given by the prepared cohort).
         dim: output embedding width.
-        hidden: hidden width.
-        dropout: dropout on the input and hidden layer (variants far outnumber genomes).
+        hidden: width of the linear bottleneck.
+        dropout: dropout after the bottleneck.
     """
 
-    def __init__(self, n_variants: int, dim: int = 64, hidden: int = 128, dropout: float = 0.3):
+    def __init__(self, n_variants: int, dim: int = 64, hidden: int = 16, dropout: float = 0.2):
         super().__init__()
         self.out_dim = dim
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_variants, hidden), nn.GELU(),
-                                 nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(nn.Linear(n_variants, hidden), nn.Dropout(dropout), nn.GELU(),
+                                 nn.Linear(hidden, dim))
 
     def forward(self, dosages: torch.Tensor) -> torch.Tensor:
         return self.net(dosages)
