@@ -66,7 +66,8 @@ def evaluate(cfg) -> dict[str, float]:
     if cfg.split not in EVAL_SPLITS:
         raise MedweaveError(f"split='{cfg.split}': expected one of {list(EVAL_SPLITS)}")
     ckpt = load_checkpoint(cfg.ckpt_path)
-    data_cfg = OmegaConf.merge(ckpt["medweave"]["config"]["data"], cfg.data)
+    data_cfg = OmegaConf.merge(ckpt["medweave"]["config"]["data"],
+                               OmegaConf.to_container(cfg.data, resolve=True))
     datamodule = instantiate(data_cfg, vocab=ckpt["medweave"]["vocab"], _convert_="all")
     model = restore_model(ckpt, cfg.ckpt_path, datamodule.encoder_inputs())
 

@@ -17,16 +17,24 @@ def config_dir() -> Path:
 
 def run(task_fn, config_name: str, program: str) -> None:
     import hydra
+    from hydra.errors import InstantiationException
 
     from medweave.errors import MedweaveError
+
+    def fail(err: MedweaveError):
+        log.error("%s", err)
+        print(f"{program}: error: {err}", file=sys.stderr)
+        sys.exit(2)
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def _main(cfg):
         try:
             return task_fn(cfg)
         except MedweaveError as err:
-            log.error("%s", err)
-            print(f"{program}: error: {err}", file=sys.stderr)
-            sys.exit(2)
+            fail(err)
+        except InstantiationException as err:  # Hydra wraps what a constructor raised
+            if isinstance(err.__cause__, MedweaveError):
+                fail(err.__cause__)
+            raise
 
     _main()

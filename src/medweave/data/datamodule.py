@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medweave.data import contract as c
 from medweave.data.prepare import PrepareConfig, prepare
+from medweave.errors import MedweaveError
 
 
 class PreparedCohort:
@@ -142,7 +143,7 @@ class CohortDataModule(L.LightningDataModule):
                  pin_memory: bool = False, vocab: dict | None = None):
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"data.batch_size={batch_size}: expected a positive integer")
+            raise MedweaveError(f"data.batch_size={batch_size}: expected a positive integer")
         self.root = c.require_root(root)
         self.modalities = c.check_modalities(modalities)
         self.prepare_config = PrepareConfig(
@@ -185,5 +186,5 @@ class CohortDataModule(L.LightningDataModule):
 
     def split_dataloader(self, split: str) -> DataLoader:
         if split not in c.SPLITS:
-            raise ValueError(f"split='{split}': expected one of {list(c.SPLITS)}")
+            raise MedweaveError(f"split='{split}': expected one of {list(c.SPLITS)}")
         return self._loader(split, shuffle=False)
