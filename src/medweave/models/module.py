@@ -23,28 +23,42 @@ class MultimodalModule(L.LightningModule):
     head: task head with ``loss`` and ``score``.
     optimizer: partial optimizer, completed with the parameters here.
     scheduler: optional partial LR scheduler, completed with the optimizer.
+    modality_dropout: during training, hide each present modality of a subject with this
+        probability (never all of them), so the model cannot lean on one modality alone.
     checkpoint_extras: what evaluation needs to rebuild the model and map a cohort the same
         way (resolved config, fitted vocabularies); saved into every checkpoint.
     """
 
     def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module, head: nn.Module,
                  optimizer: partial, scheduler: partial | None = None,
-                 checkpoint_extras: dict | None = None):
+                 modality_dropout: float = 0.0, checkpoint_extras: dict | None = None):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion, self.head = fusion, head
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.modality_dropout = modality_dropout
         self.checkpoint_extras = checkpoint_extras or {}
         # ModuleDict keys may not shadow nn.Module attributes ("train"), hence the suffix.
         self.metrics = nn.ModuleDict({f"{s}_metrics": _metrics(s) for s in ("train", "val", "test")})
 
+    def _masks(self, batch: dict) -> dict[str, torch.Tensor]:
+        masks = {m: batch[f"{m}_mask"] for m in self.encoders}
+        if not (self.training and self.modality_dropout > 0 and len(masks) > 1):
+            return masks
+        present = torch.stack(list(masks.values()), 1)  # [B, M]
+        draw = torch.rand(present.shape, device=present.device)
+        kept = present & (draw >= self.modality_dropout)
+        # A subject who would lose everything keeps one of its modalities, chosen at random.
+        one = nn.functional.one_hot(draw.masked_fill(~present, -1).argmax(1), present.shape[1])
+        kept = torch.where(kept.any(1, keepdim=True), kept, present & one.bool())
+        return dict(zip(masks, kept.unbind(1)))
+
     def forward(self, batch: dict) -> torch.Tensor:
-        embeddings, masks = {}, {}
+        embeddings, masks = {}, self._masks(batch)
         for modality, encoder in self.encoders.items():
-            mask = batch[f"{modality}_mask"]
+            mask = masks[modality]
             embedding = encoder(batch[modality])
             embeddings[modality] = embedding * mask.unsqueeze(-1).to(embedding.dtype)
-            masks[modality] = mask
         return self.head(self.fusion(embeddings, masks))
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
