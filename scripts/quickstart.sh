@@ -7,7 +7,7 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false
 COHORT=${COHORT:-data/sandbox}
 if [ ! -f "$COHORT/metadata/dataset.json" ]; then
-  .venv/bin/medweave-sandbox out="$COHORT" n_subjects=2000 seed=0
+  .venv/bin/medweave-sandbox out="$COHORT" n_subjects=4000 seed=0
 fi
 .venv/bin/medweave-train experiment=quickstart data.root="$COHORT" seed=0 "$@"
 echo

@@ -19,13 +19,18 @@ def check_config(cfg) -> None:
     """Every fault of the config at once, before anything heavy starts."""
     from omegaconf import OmegaConf
 
-    from medweave.data.contract import check_modalities
+    from medweave.data.contract import check_modalities, require_root
     from medweave.errors import MedweaveError
 
     problems = []
     if OmegaConf.is_missing(cfg.data, "root"):
         problems.append("data.root is not set: pass data.root=<cohort folder> "
                         "(make one with: medweave-sandbox out=<dir>)")
+    else:
+        try:
+            require_root(cfg.data.root)
+        except MedweaveError as err:
+            problems.append(str(err))
     try:
         check_modalities(cfg.data.modalities)
     except MedweaveError as err:
@@ -35,6 +40,8 @@ def check_config(cfg) -> None:
 
 
 def train(cfg) -> float | None:
+    check_config(cfg)  # before the heavy imports: a typo costs a second, not ten
+
     import lightning as L
     import torch
     from hydra.utils import instantiate
@@ -43,7 +50,6 @@ def train(cfg) -> float | None:
     from medweave.models.build import build_model
     from medweave.tracking.mlflow import log_run_config
 
-    check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
 

@@ -44,10 +44,12 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
     flat: dict[str, str] = {}
 
     def walk(node, prefix: str) -> None:
+        if prefix in PRIVATE_KEYS:
+            return
         if isinstance(node, dict):
             for key, value in node.items():
                 walk(value, f"{prefix}.{key}" if prefix else str(key))
-        elif prefix not in PRIVATE_KEYS:
+        else:
             flat[prefix] = str(node)[:500]
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
