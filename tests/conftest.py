@@ -17,8 +17,10 @@ def tiny_cohort(tmp_path_factory):
     """120 subjects, every modality, some missing: the end-to-end smoke cohort."""
     from medweave.sandbox.generate import SandboxConfig, generate_cohort
 
-    return generate_cohort(tmp_path_factory.mktemp("cohort") / "tiny",
-                           SandboxConfig(n_subjects=120, n_variants=200, image_size=64, seed=3))
+    return generate_cohort(
+        tmp_path_factory.mktemp("cohort") / "tiny",
+        SandboxConfig(n_subjects=120, n_variants=200, image_size=64, seed=3),
+    )
 
 
 def compose(config_name: str, overrides: list[str]):
@@ -38,9 +40,16 @@ def compose(config_name: str, overrides: list[str]):
 @pytest.fixture
 def smoke_cfg(tiny_cohort, tmp_path):
     def make(*overrides: str):
-        cfg = compose("train", ["debug=smoke", f"data.root={tiny_cohort}",
-                                f"paths.log_dir={tmp_path / 'logs'}",
-                                f"hydra.run.dir={tmp_path / 'run'}", *overrides])
+        cfg = compose(
+            "train",
+            [
+                "debug=smoke",
+                f"data.root={tiny_cohort}",
+                f"paths.log_dir={tmp_path / 'logs'}",
+                f"hydra.run.dir={tmp_path / 'run'}",
+                *overrides,
+            ],
+        )
         from omegaconf import open_dict
 
         with open_dict(cfg):

@@ -57,8 +57,15 @@ def test_train_logs_everything_to_mlflow_then_eval(smoke_cfg, tmp_path, tiny_coh
     assert any(a.endswith(".ckpt") for a in artifacts), artifacts
 
     ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
-    eval_cfg = compose("eval", [f"ckpt_path={ckpt}", f"data.root={tiny_cohort}",
-                                f"paths.log_dir={tmp_path / 'logs'}", f"hydra.run.dir={tmp_path / 'eval'}"])
+    eval_cfg = compose(
+        "eval",
+        [
+            f"ckpt_path={ckpt}",
+            f"data.root={tiny_cohort}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+    )
     from omegaconf import open_dict
 
     with open_dict(eval_cfg):
@@ -109,15 +116,17 @@ def test_checkpoint_from_another_model_is_refused(smoke_cfg, tmp_path, tiny_coho
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["data.root=/definitely/not/here"], "data.root '/definitely/not/here' does not exist"),
-    (["data.root=/tmp", "data.modalities=[imaging]"], "unknown modality 'imaging'"),
-    ([], "data.root is not set"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["data.root=/definitely/not/here"], "data.root '/definitely/not/here' does not exist"),
+        (["data.root=/tmp", "data.modalities=[imaging]"], "unknown modality 'imaging'"),
+        ([], "data.root is not set"),
+    ],
+)
 def test_cli_bad_input_is_one_clear_line(args, message, tmp_path):
     proc = run_cli("medweave.cli.train", "debug=smoke", f"paths.log_dir={tmp_path}", *args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -127,8 +136,14 @@ def test_cli_bad_input_is_one_clear_line(args, message, tmp_path):
 
 def test_cli_sandbox_train_eval(tmp_path):
     """The README's path through the real entry points (sandbox -> train -> eval)."""
-    proc = run_cli("medweave.cli.sandbox", f"out={tmp_path / 'c'}", "n_subjects=60", "n_variants=40",
-                   "image_size=32", cwd=tmp_path)
+    proc = run_cli(
+        "medweave.cli.sandbox",
+        f"out={tmp_path / 'c'}",
+        "n_subjects=60",
+        "n_variants=40",
+        "image_size=32",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "oracle AUROC" in proc.stdout + proc.stderr
     proc = run_cli("medweave.cli.train", "debug=smoke", f"data.root={tmp_path / 'c'}", cwd=tmp_path)

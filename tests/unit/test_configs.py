@@ -9,8 +9,12 @@ from medweave.cli.hydra_main import config_dir
 from tests.conftest import compose
 
 ROOT = config_dir()
-SIZES = {"ehr_codes": {"vocab_size": 30}, "text": {"vocab_size": 40, "pad_token_id": 0},
-         "image": {}, "genomics": {"n_variants": 25}}
+SIZES = {
+    "ehr_codes": {"vocab_size": 30},
+    "text": {"vocab_size": 40, "pad_token_id": 0},
+    "image": {},
+    "genomics": {"n_variants": 25},
+}
 
 
 def names(group):

@@ -33,9 +33,18 @@ def test_ehr_codes_ignores_padding_content():
 
 
 def test_text_encoder_from_config_shape_and_padding():
-    enc = TextEncoder(vocab_size=50, pad_token_id=0, dim=8, config={
-        "model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "intermediate_size": 32}).eval()
+    enc = TextEncoder(
+        vocab_size=50,
+        pad_token_id=0,
+        dim=8,
+        config={
+            "model_type": "bert",
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+        },
+    ).eval()
     ids = torch.randint(4, 50, (B, 10))
     mask = torch.ones_like(ids)
     ids[0, 6:], mask[0, 6:] = 0, 0
@@ -49,8 +58,14 @@ def test_text_encoder_from_config_shape_and_padding():
 def test_image_encoder_2d_and_3d(spatial_dims, shape):
     from monai.networks.nets import ResNet
 
-    backbone = ResNet("basic", [1, 1, 1, 1], [4, 8, 8, 16], spatial_dims=spatial_dims,
-                      n_input_channels=1, feed_forward=False)
+    backbone = ResNet(
+        "basic",
+        [1, 1, 1, 1],
+        [4, 8, 8, 16],
+        spatial_dims=spatial_dims,
+        n_input_channels=1,
+        feed_forward=False,
+    )
     enc = ImageEncoder(backbone, feature_dim=16, dim=8).eval()
     assert enc(torch.rand(shape)).shape == (B, 8)
 

@@ -51,6 +51,7 @@ def test_binary_head_loss_and_score():
     h, y = torch.randn(B, D), torch.tensor([0.0, 1.0, 1.0, 0.0])
     logits = head(h)
     assert logits.shape == (B,)
-    torch.testing.assert_close(head.loss(logits, y),
-                               torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits), y))
+    torch.testing.assert_close(
+        head.loss(logits, y), torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits), y)
+    )
     assert ((head.score(logits) > 0) & (head.score(logits) < 1)).all()

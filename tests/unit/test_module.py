@@ -12,16 +12,27 @@ B, D = 6, 8
 
 def module(modality_dropout=0.0):
     torch.manual_seed(0)
-    encoders = {"genomics": GenomicsEncoder(5, dim=D, hidden=4), "ehr_codes": GenomicsEncoder(3, dim=D, hidden=4)}
-    return MultimodalModule(encoders, AttentionFusion(list(encoders), D, n_heads=2), BinaryHead(D),
-                            optimizer=partial(torch.optim.AdamW, lr=1e-3),
-                            modality_dropout=modality_dropout)
+    encoders = {
+        "genomics": GenomicsEncoder(5, dim=D, hidden=4),
+        "ehr_codes": GenomicsEncoder(3, dim=D, hidden=4),
+    }
+    return MultimodalModule(
+        encoders,
+        AttentionFusion(list(encoders), D, n_heads=2),
+        BinaryHead(D),
+        optimizer=partial(torch.optim.AdamW, lr=1e-3),
+        modality_dropout=modality_dropout,
+    )
 
 
 def batch():
-    return {"genomics": torch.randn(B, 5), "ehr_codes": torch.randn(B, 3),
-            "genomics_mask": torch.tensor([True, False, True, False, True, True]),
-            "ehr_codes_mask": torch.ones(B, dtype=torch.bool), "targets": torch.zeros(B)}
+    return {
+        "genomics": torch.randn(B, 5),
+        "ehr_codes": torch.randn(B, 3),
+        "genomics_mask": torch.tensor([True, False, True, False, True, True]),
+        "ehr_codes_mask": torch.ones(B, dtype=torch.bool),
+        "targets": torch.zeros(B),
+    }
 
 
 def test_missing_modality_content_does_not_matter():

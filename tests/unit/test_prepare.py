@@ -73,10 +73,13 @@ def test_subject_in_two_splits_refused(tiny_cohort, tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
-@pytest.mark.parametrize("remove,message", [
-    ("labels/cvd_onset_1y.parquet", "no labels for task 'cvd_onset_1y'"),
-    (c.SUBJECT_SPLITS, "has no metadata/subject_splits.parquet"),
-])
+@pytest.mark.parametrize(
+    "remove,message",
+    [
+        ("labels/cvd_onset_1y.parquet", "no labels for task 'cvd_onset_1y'"),
+        (c.SUBJECT_SPLITS, "has no metadata/subject_splits.parquet"),
+    ],
+)
 def test_missing_files_named(tiny_cohort, tmp_path, remove, message):
     copy = shutil.copytree(tiny_cohort, tmp_path / "copy")
     (copy / remove).unlink()

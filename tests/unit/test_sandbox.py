@@ -9,8 +9,15 @@ from medweave.sandbox.generate import SandboxConfig, generate_cohort
 
 
 def test_layout_follows_contract(tiny_cohort):
-    for rel in (c.DATASET_METADATA, c.CODES_METADATA, c.SUBJECT_SPLITS, c.IMAGING_INDEX,
-                c.VARIANTS_VCF, c.VARIANTS_VCF + ".tbi", "labels/cvd_onset_1y.parquet"):
+    for rel in (
+        c.DATASET_METADATA,
+        c.CODES_METADATA,
+        c.SUBJECT_SPLITS,
+        c.IMAGING_INDEX,
+        c.VARIANTS_VCF,
+        c.VARIANTS_VCF + ".tbi",
+        "labels/cvd_onset_1y.parquet",
+    ):
         assert (tiny_cohort / rel).exists(), rel
     events = pq.read_table(next((tiny_cohort / "data").glob("*.parquet")))
     assert events.schema.equals(c.EVENTS_SCHEMA)
@@ -20,8 +27,14 @@ def test_layout_follows_contract(tiny_cohort):
     codes = set(events.column("code").to_pylist())
     assert {"MEDS_BIRTH", "NPU//NPU27300", "ATC//A10BA02"} <= codes
     assert any(code.startswith("ICD10//") for code in codes)
-    notes = events.filter(pq.read_table(next((tiny_cohort / "data").glob("*.parquet")))
-                          .column("code").cast("string").to_pandas().str.startswith("NOTE//").values)
+    notes = events.filter(
+        pq.read_table(next((tiny_cohort / "data").glob("*.parquet")))
+        .column("code")
+        .cast("string")
+        .to_pandas()
+        .str.startswith("NOTE//")
+        .values
+    )
     assert notes.num_rows > 0 and notes.column("text_value").null_count == 0
     labs = events.filter(events.column("code").to_pandas().eq("NPU//NPU27300").values)
     assert labs.column("numeric_value").null_count == 0
@@ -71,8 +84,9 @@ def test_dicom_readable_by_pydicom_and_monai(tiny_cohort):
 
 def test_same_seed_same_cohort_other_seed_differs(tmp_path):
     def events(seed, name):
-        root = generate_cohort(tmp_path / name, SandboxConfig(n_subjects=30, n_variants=50,
-                                                              image_size=32, seed=seed))
+        root = generate_cohort(
+            tmp_path / name, SandboxConfig(n_subjects=30, n_variants=50, image_size=32, seed=seed)
+        )
         return pq.read_table(next((root / "data").glob("*.parquet")))
 
     a, b, other = events(5, "a"), events(5, "b"), events(6, "c")
@@ -81,8 +95,12 @@ def test_same_seed_same_cohort_other_seed_differs(tmp_path):
 
 
 def test_missing_rates_are_honoured(tmp_path):
-    root = generate_cohort(tmp_path / "m", SandboxConfig(
-        n_subjects=200, n_variants=20, image_size=32, missing={"text": 0.0, "image": 0.9, "genomics": 0.5}))
+    root = generate_cohort(
+        tmp_path / "m",
+        SandboxConfig(
+            n_subjects=200, n_variants=20, image_size=32, missing={"text": 0.0, "image": 0.9, "genomics": 0.5}
+        ),
+    )
     n_images = pq.read_table(root / c.IMAGING_INDEX).num_rows
     assert 5 <= n_images <= 40  # about 20 of 200
     import pysam

@@ -25,15 +25,19 @@ def load_checkpoint(path: str) -> dict:
 
     file = Path(path).expanduser()
     if not file.is_file():
-        raise MedweaveError(f"ckpt_path '{path}' does not exist; expected a .ckpt file written by "
-                            "medweave-train (see <run dir>/checkpoints/)")
+        raise MedweaveError(
+            f"ckpt_path '{path}' does not exist; expected a .ckpt file written by "
+            "medweave-train (see <run dir>/checkpoints/)"
+        )
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many types for a bad file
         raise MedweaveError(f"ckpt_path '{path}' is not a readable PyTorch checkpoint ({err})") from None
     if not isinstance(ckpt, dict) or "medweave" not in ckpt or "state_dict" not in ckpt:
-        raise MedweaveError(f"ckpt_path '{path}' is not a medweave checkpoint (no 'medweave' "
-                            "section); expected one written by medweave-train")
+        raise MedweaveError(
+            f"ckpt_path '{path}' is not a medweave checkpoint (no 'medweave' "
+            "section); expected one written by medweave-train"
+        )
     return ckpt
 
 
@@ -44,14 +48,20 @@ def restore_model(ckpt: dict, path: str, encoder_inputs: dict):
     from medweave.models.build import build_model
 
     saved = ckpt["medweave"]["config"]
-    model = build_model(OmegaConf.create(saved["model"]), list(saved["data"]["modalities"]),
-                        encoder_inputs, checkpoint_extras=ckpt["medweave"])
+    model = build_model(
+        OmegaConf.create(saved["model"]),
+        list(saved["data"]["modalities"]),
+        encoder_inputs,
+        checkpoint_extras=ckpt["medweave"],
+    )
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
         first = str(err).splitlines()[1:3]
-        raise MedweaveError(f"ckpt_path '{path}': weights do not fit the model its config "
-                            f"describes ({' '.join(s.strip() for s in first)})") from None
+        raise MedweaveError(
+            f"ckpt_path '{path}': weights do not fit the model its config "
+            f"describes ({' '.join(s.strip() for s in first)})"
+        ) from None
     return model
 
 
@@ -66,8 +76,9 @@ def evaluate(cfg) -> dict[str, float]:
     if cfg.split not in EVAL_SPLITS:
         raise MedweaveError(f"split='{cfg.split}': expected one of {list(EVAL_SPLITS)}")
     ckpt = load_checkpoint(cfg.ckpt_path)
-    data_cfg = OmegaConf.merge(ckpt["medweave"]["config"]["data"],
-                               OmegaConf.to_container(cfg.data, resolve=True))
+    data_cfg = OmegaConf.merge(
+        ckpt["medweave"]["config"]["data"], OmegaConf.to_container(cfg.data, resolve=True)
+    )
     datamodule = instantiate(data_cfg, vocab=ckpt["medweave"]["vocab"], _convert_="all")
     model = restore_model(ckpt, cfg.ckpt_path, datamodule.encoder_inputs())
 

@@ -1,7 +1,7 @@
 """medweave-sandbox: write a synthetic cohort in the contract layout.
 
-    medweave-sandbox out=data/sandbox n_subjects=2000 seed=0
-    medweave-sandbox out=data/sandbox missing.image=0.6 overwrite=true
+medweave-sandbox out=data/sandbox n_subjects=2000 seed=0
+medweave-sandbox out=data/sandbox missing.image=0.6 overwrite=true
 """
 
 from __future__ import annotations
@@ -24,8 +24,13 @@ def sandbox(cfg) -> str:
     root = generate_cohort(out, SandboxConfig(**settings), overwrite=overwrite)
     meta = json.loads((root / "metadata/dataset.json").read_text())["medweave"]
     for task, oracle in meta["oracle"].items():
-        log.info("Cohort written to %s: task %s, prevalence %.3f, oracle AUROC %s",
-                 root, task, oracle["prevalence"], oracle["auroc"])
+        log.info(
+            "Cohort written to %s: task %s, prevalence %.3f, oracle AUROC %s",
+            root,
+            task,
+            oracle["prevalence"],
+            oracle["auroc"],
+        )
     return str(root)
 
 

@@ -1,10 +1,10 @@
 """medweave-train: fit a multimodal model on a cohort, test the best checkpoint, track in MLflow.
 
-    medweave-train experiment=quickstart data.root=data/sandbox
-    medweave-train experiment=quickstart data.root=data/sandbox data.modalities=[image]
-    medweave-train experiment=quickstart data.root=data/sandbox model/fusion=concat
-    medweave-train debug=smoke data.root=data/sandbox        # seconds, what the tests run
-    medweave-train ... trainer=ddp trainer.devices=2         # DDP on one node
+medweave-train experiment=quickstart data.root=data/sandbox
+medweave-train experiment=quickstart data.root=data/sandbox data.modalities=[image]
+medweave-train experiment=quickstart data.root=data/sandbox model/fusion=concat
+medweave-train debug=smoke data.root=data/sandbox        # seconds, what the tests run
+medweave-train ... trainer=ddp trainer.devices=2         # DDP on one node
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ def check_config(cfg) -> None:
 
     problems = []
     if OmegaConf.is_missing(cfg.data, "root"):
-        problems.append("data.root is not set: pass data.root=<cohort folder> "
-                        "(make one with: medweave-sandbox out=<dir>)")
+        problems.append(
+            "data.root is not set: pass data.root=<cohort folder> (make one with: medweave-sandbox out=<dir>)"
+        )
     else:
         try:
             require_root(cfg.data.root)
@@ -55,16 +56,21 @@ def train(cfg) -> float | None:
 
     datamodule = instantiate(cfg.data)
     inputs = datamodule.encoder_inputs()  # prepares the cohort cache once
-    extras = {"config": OmegaConf.to_container(cfg, resolve=True), "vocab": datamodule.cohort.vocab,
-              "format": 1}
+    extras = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "vocab": datamodule.cohort.vocab,
+        "format": 1,
+    }
     model = build_model(cfg.model, datamodule.modalities, inputs, checkpoint_extras=extras)
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
 
-    counts = {f"params/{name}": sum(p.numel() for p in part.parameters())
-              for name, part in [*model.encoders.items(), ("fusion", model.fusion), ("head", model.head)]}
+    counts = {
+        f"params/{name}": sum(p.numel() for p in part.parameters())
+        for name, part in [*model.encoders.items(), ("fusion", model.fusion), ("head", model.head)]
+    }
     counts["params/total"] = sum(p.numel() for p in model.parameters())
     log.info("Parameters: %s", counts)
     if trainer.is_global_zero:

@@ -91,7 +91,8 @@ def check_modalities(modalities) -> list[str]:
     for name in names:
         if name not in MODALITIES:
             near = [m for m in MODALITIES if m.startswith(str(name))] or difflib.get_close_matches(
-                str(name), MODALITIES, n=1, cutoff=0.5)
+                str(name), MODALITIES, n=1, cutoff=0.5
+            )
             hint = f" Did you mean '{near[0]}'?" if near else ""
             raise MedweaveError(
                 f"unknown modality '{name}' in data.modalities; valid: {list(MODALITIES)}.{hint}"

@@ -43,14 +43,21 @@ class PreparedCohort:
         self.present = {m: subjects[f"present_{m}"] for m in modalities}
         self._arrays: dict | None = None
 
-    FILES = {c.EHR_CODES: ("ehr_codes", "ehr_values", "ehr_days"), c.TEXT: ("text_ids",),
-             c.IMAGE: ("image",), c.GENOMICS: ("genomics",)}
+    FILES = {
+        c.EHR_CODES: ("ehr_codes", "ehr_values", "ehr_days"),
+        c.TEXT: ("text_ids",),
+        c.IMAGE: ("image",),
+        c.GENOMICS: ("genomics",),
+    }
 
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
-            self._arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r")
-                            for m in self.modalities for name in self.FILES[m]}
+            self._arrays = {
+                name: np.load(self.folder / f"{name}.npy", mmap_mode="r")
+                for m in self.modalities
+                for name in self.FILES[m]
+            }
         return self._arrays
 
     def __getstate__(self):  # workers re-open the memory maps instead of pickling arrays
@@ -73,8 +80,10 @@ class PreparedCohort:
     def batch(self, rows: np.ndarray) -> dict:
         rows = np.sort(rows)  # sequential reads from the memory maps
         a = self.arrays
-        out = {"targets": torch.from_numpy(self.target[rows]),
-               "subject_id": torch.from_numpy(self.subject_id[rows])}
+        out = {
+            "targets": torch.from_numpy(self.target[rows]),
+            "subject_id": torch.from_numpy(self.subject_id[rows]),
+        }
         for m in self.modalities:
             out[f"{m}_mask"] = torch.from_numpy(self.present[m][rows])
         if c.EHR_CODES in self.modalities:
@@ -89,14 +98,17 @@ class PreparedCohort:
             ids = a["text_ids"][rows].astype(np.int64)
             attention = ids != self.vocab["text_pad_id"]
             width = max(int(attention.sum(1).max()), 1)
-            out[c.TEXT] = {"input_ids": torch.from_numpy(ids[:, :width]),
-                           "attention_mask": torch.from_numpy(attention[:, :width].astype(np.int64))}
+            out[c.TEXT] = {
+                "input_ids": torch.from_numpy(ids[:, :width]),
+                "attention_mask": torch.from_numpy(attention[:, :width].astype(np.int64)),
+            }
         if c.IMAGE in self.modalities:
             out[c.IMAGE] = torch.from_numpy(a["image"][rows].astype(np.float32))
         if c.GENOMICS in self.modalities:
             d = a["genomics"][rows].astype(np.float32)
             z = (d - np.asarray(self.vocab["variant_mean"], np.float32)) / np.asarray(
-                self.vocab["variant_sd"], np.float32)
+                self.vocab["variant_sd"], np.float32
+            )
             out[c.GENOMICS] = torch.from_numpy(np.where(d < 0, 0.0, z).astype(np.float32))
         return out
 
@@ -136,20 +148,36 @@ class CohortDataModule(L.LightningDataModule):
         vocab: fitted vocabularies from a checkpoint (evaluation); None fits them on train.
     """
 
-    def __init__(self, root: str, task: str, modalities: list[str], cache_dir: str,
-                 batch_size: int = 64, num_workers: int = 0, max_events: int = 256,
-                 max_text_tokens: int = 256, text_vocab_size: int = 4000,
-                 text_tokenizer_path: str | None = None, image_size: int = 64,
-                 pin_memory: bool = False, vocab: dict | None = None):
+    def __init__(
+        self,
+        root: str,
+        task: str,
+        modalities: list[str],
+        cache_dir: str,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        max_events: int = 256,
+        max_text_tokens: int = 256,
+        text_vocab_size: int = 4000,
+        text_tokenizer_path: str | None = None,
+        image_size: int = 64,
+        pin_memory: bool = False,
+        vocab: dict | None = None,
+    ):
         super().__init__()
         if batch_size < 1:
             raise MedweaveError(f"data.batch_size={batch_size}: expected a positive integer")
         self.root = c.require_root(root)
         self.modalities = c.check_modalities(modalities)
         self.prepare_config = PrepareConfig(
-            task=task, modalities=tuple(self.modalities), max_events=max_events,
-            max_text_tokens=max_text_tokens, text_vocab_size=text_vocab_size,
-            text_tokenizer_path=text_tokenizer_path, image_size=image_size)
+            task=task,
+            modalities=tuple(self.modalities),
+            max_events=max_events,
+            max_text_tokens=max_text_tokens,
+            text_vocab_size=text_vocab_size,
+            text_tokenizer_path=text_tokenizer_path,
+            image_size=image_size,
+        )
         self.cache_dir = Path(cache_dir)
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.vocab = vocab
@@ -170,10 +198,15 @@ class CohortDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
-        return DataLoader(SplitDataset(self.cohort, split), batch_size=self.batch_size,
-                          shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=_already_collated, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            SplitDataset(self.cohort, split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=_already_collated,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(c.TRAIN_SPLIT, shuffle=True)

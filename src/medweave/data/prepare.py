@@ -66,9 +66,15 @@ def cohort_fingerprint(root: Path) -> str:
 def prepare(root: Path, cache_dir: Path, cfg: PrepareConfig, vocab: dict | None = None) -> Path:
     """Return the prepared cache folder for this cohort, building it if needed."""
     key_src = json.dumps(
-        {"format": CACHE_FORMAT, "medweave": __version__, "cohort": cohort_fingerprint(root),
-         "cfg": asdict(cfg), "vocab": vocab},
-        sort_keys=True, default=str,
+        {
+            "format": CACHE_FORMAT,
+            "medweave": __version__,
+            "cohort": cohort_fingerprint(root),
+            "cfg": asdict(cfg),
+            "vocab": vocab,
+        },
+        sort_keys=True,
+        default=str,
     )
     key = hashlib.blake2b(key_src.encode(), digest_size=10).hexdigest()
     out = Path(cache_dir).expanduser().resolve() / key
@@ -99,12 +105,15 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
     subject_ids = subject_ids[order]
     pred_time = labels.column("prediction_time").cast(pa.int64()).to_numpy()[order]
     target = labels.column("boolean_value").to_numpy(zero_copy_only=False)[order].astype(np.float32)
-    split_of = dict(zip(splits.column("subject_id").to_pylist(), splits.column("split").to_pylist()))
+    split_of = dict(
+        zip(splits.column("subject_id").to_pylist(), splits.column("split").to_pylist(), strict=True)
+    )
     unsplit = [i for i, s in enumerate(subject_ids) if s not in split_of]
     if unsplit:
         raise MedweaveError(
             f"{c.label_path(root, cfg.task)}: {len(unsplit)} labelled subject(s) have no split in "
-            f"{c.SUBJECT_SPLITS} (first at sorted label row {unsplit[0]})")
+            f"{c.SUBJECT_SPLITS} (first at sorted label row {unsplit[0]})"
+        )
     split = np.array([c.SPLITS.index(split_of[s]) for s in subject_ids], np.int8)
     train = split == c.SPLITS.index(c.TRAIN_SPLIT)
     if not train.any():
@@ -113,7 +122,11 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
     vocab = dict(vocab or {})
     present = {}
     need_events = c.EHR_CODES in cfg.modalities or c.TEXT in cfg.modalities
-    events = _events_before_prediction(root, subject_ids, pred_time, c.TEXT in cfg.modalities) if need_events else None
+    events = (
+        _events_before_prediction(root, subject_ids, pred_time, c.TEXT in cfg.modalities)
+        if need_events
+        else None
+    )
     if c.EHR_CODES in cfg.modalities:
         present[c.EHR_CODES] = _prepare_codes(events, len(subject_ids), train, cfg, vocab, out)
     if c.TEXT in cfg.modalities:
@@ -123,8 +136,13 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
     if c.GENOMICS in cfg.modalities:
         present[c.GENOMICS] = _prepare_genomics(root, subject_ids, train, vocab, out)
 
-    np.savez(out / "subjects.npz", subject_id=subject_ids, split=split, target=target,
-             **{f"present_{m}": p for m, p in present.items()})
+    np.savez(
+        out / "subjects.npz",
+        subject_id=subject_ids,
+        split=split,
+        target=target,
+        **{f"present_{m}": p for m, p in present.items()},
+    )
     (out / "vocab.json").write_text(json.dumps(vocab))
 
 
@@ -186,8 +204,11 @@ def _prepare_codes(events, n, train, cfg, vocab, out) -> np.ndarray:
         z[m] = (values[m] - mean) / sd
     keep, col = _last_k(rows, n, cfg.max_events)
     shape = (n, cfg.max_events)
-    arrays = {"ehr_codes": np.zeros(shape, np.int32), "ehr_values": np.full(shape, np.nan, np.float32),
-              "ehr_days": np.zeros(shape, np.float32)}
+    arrays = {
+        "ehr_codes": np.zeros(shape, np.int32),
+        "ehr_values": np.full(shape, np.nan, np.float32),
+        "ehr_days": np.zeros(shape, np.float32),
+    }
     r = rows[keep]
     arrays["ehr_codes"][r, col] = ids[keep]
     arrays["ehr_values"][r, col] = z[keep]
@@ -206,22 +227,23 @@ def _prepare_text(events, n, train, cfg, vocab, out) -> np.ndarray:
     rows = events["row"][sel]
     texts = events["text"].take(pa.array(sel)).to_pylist()
     per_subject: list[list[str]] = [[] for _ in range(n)]
-    for r, t in zip(rows, texts):
+    for r, t in zip(rows, texts, strict=True):
         per_subject[r].append(t)  # events are in time order: oldest note first
     docs = [" ".join(ts) for ts in per_subject]
     if "tokenizer" not in vocab:
         if cfg.text_tokenizer_path:
             vocab["tokenizer"] = {"path": str(Path(cfg.text_tokenizer_path).resolve())}
         else:
-            train_docs = [d for d, t in zip(docs, train) if t and d]
+            train_docs = [d for d, t in zip(docs, train, strict=True) if t and d]
             vocab["tokenizer"] = {"json": fit_tokenizer(train_docs, cfg.text_vocab_size)}
     tokenizer = load_tokenizer(vocab["tokenizer"])
     ids = np.full((n, cfg.max_text_tokens), tokenizer.pad_token_id, np.int32)
     batch = 512
     for start in tqdm(range(0, n, batch), desc="tokenising notes", unit="batch", leave=False):
-        enc = tokenizer(docs[start:start + batch], truncation=True, max_length=cfg.max_text_tokens,
-                        padding="max_length")
-        ids[start:start + batch] = np.asarray(enc["input_ids"], np.int32)
+        enc = tokenizer(
+            docs[start : start + batch], truncation=True, max_length=cfg.max_text_tokens, padding="max_length"
+        )
+        ids[start : start + batch] = np.asarray(enc["input_ids"], np.int32)
     np.save(out / "text_ids.npy", ids)
     vocab["text_vocab_size"] = len(tokenizer)
     vocab["text_pad_id"] = int(tokenizer.pad_token_id)

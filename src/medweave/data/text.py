@@ -16,10 +16,15 @@ def fit_tokenizer(docs: list[str], vocab_size: int, min_frequency: int = 5) -> s
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    tok.train_from_iterator(docs, trainers.WordLevelTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS))
+    tok.train_from_iterator(
+        docs,
+        trainers.WordLevelTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS
+        ),
+    )
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
     return tok.to_str()
 
 
@@ -32,8 +37,12 @@ def load_tokenizer(spec: dict):
     else:
         from tokenizers import Tokenizer
 
-        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spec["json"]),
-                                      pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                      sep_token="[SEP]")
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer.from_str(spec["json"]),
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+        )
     tok.truncation_side = "left"  # keep the most recent notes
     return tok

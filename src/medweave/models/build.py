@@ -10,14 +10,19 @@ from omegaconf import DictConfig
 from medweave.errors import MedweaveError
 
 
-def build_model(model_cfg: DictConfig, modalities: list[str], encoder_inputs: dict[str, dict],
-                checkpoint_extras: dict | None = None):
+def build_model(
+    model_cfg: DictConfig,
+    modalities: list[str],
+    encoder_inputs: dict[str, dict],
+    checkpoint_extras: dict | None = None,
+):
     from hydra.utils import instantiate
 
     missing = [m for m in modalities if m not in model_cfg.encoders]
     if missing:
-        raise MedweaveError(f"model.encoders has no encoder for modality {missing}; "
-                            f"configured: {list(model_cfg.encoders)}")
+        raise MedweaveError(
+            f"model.encoders has no encoder for modality {missing}; configured: {list(model_cfg.encoders)}"
+        )
     encoders = {m: instantiate(model_cfg.encoders[m], **encoder_inputs[m]) for m in modalities}
     dims = {m: e.out_dim for m, e in encoders.items()}
     if len(set(dims.values())) != 1:
@@ -27,6 +32,11 @@ def build_model(model_cfg: DictConfig, modalities: list[str], encoder_inputs: di
     # The module config is a partial: runtime objects go in here, not through Hydra's recursion.
     make_module = instantiate(model_cfg.module)
     scheduler = instantiate(model_cfg.scheduler) if model_cfg.get("scheduler") else None
-    return make_module(encoders=encoders, fusion=fusion, head=head,
-                       optimizer=instantiate(model_cfg.optimizer), scheduler=scheduler,
-                       checkpoint_extras=checkpoint_extras)
+    return make_module(
+        encoders=encoders,
+        fusion=fusion,
+        head=head,
+        optimizer=instantiate(model_cfg.optimizer),
+        scheduler=scheduler,
+        checkpoint_extras=checkpoint_extras,
+    )

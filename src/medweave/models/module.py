@@ -12,8 +12,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 
 def _metrics(prefix: str) -> MetricCollection:
-    return MetricCollection({"auroc": BinaryAUROC(), "auprc": BinaryAveragePrecision()},
-                            prefix=f"{prefix}/")
+    return MetricCollection({"auroc": BinaryAUROC(), "auprc": BinaryAveragePrecision()}, prefix=f"{prefix}/")
 
 
 class MultimodalModule(L.LightningModule):
@@ -29,9 +28,16 @@ class MultimodalModule(L.LightningModule):
         way (resolved config, fitted vocabularies); saved into every checkpoint.
     """
 
-    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module, head: nn.Module,
-                 optimizer: partial, scheduler: partial | None = None,
-                 modality_dropout: float = 0.0, checkpoint_extras: dict | None = None):
+    def __init__(
+        self,
+        encoders: dict[str, nn.Module],
+        fusion: nn.Module,
+        head: nn.Module,
+        optimizer: partial,
+        scheduler: partial | None = None,
+        modality_dropout: float = 0.0,
+        checkpoint_extras: dict | None = None,
+    ):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion, self.head = fusion, head
@@ -51,7 +57,7 @@ class MultimodalModule(L.LightningModule):
         # A subject who would lose everything keeps one of its modalities, chosen at random.
         one = nn.functional.one_hot(draw.masked_fill(~present, -1).argmax(1), present.shape[1])
         kept = torch.where(kept.any(1, keepdim=True), kept, present & one.bool())
-        return dict(zip(masks, kept.unbind(1)))
+        return dict(zip(masks, kept.unbind(1), strict=True))
 
     def forward(self, batch: dict) -> torch.Tensor:
         embeddings, masks = {}, self._masks(batch)
@@ -68,8 +74,15 @@ class MultimodalModule(L.LightningModule):
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(self.head.score(logits.detach()), targets.long())
         size = len(targets)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True,
-                 prog_bar=stage != "test", batch_size=size, sync_dist=stage != "train")
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=stage != "test",
+            batch_size=size,
+            sync_dist=stage != "train",
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=size)
         return loss
 

@@ -61,9 +61,7 @@ def visit_times(person: Person, rng: np.random.Generator, follow_up_days: int) -
     return start.astype("datetime64[s]") + offsets
 
 
-def draw_events(
-    person: Person, visits: np.ndarray, onset_time, rng: np.random.Generator
-) -> list[tuple]:
+def draw_events(person: Person, visits: np.ndarray, onset_time, rng: np.random.Generator) -> list[tuple]:
     """(time, code, numeric_value) tuples for one person, static and birth events first."""
     events: list[tuple] = [(None, f"SEX//{person.sex}", None), (person.birth, "MEDS_BIRTH", None)]
     m = person.metabolic

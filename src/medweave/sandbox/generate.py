@@ -107,10 +107,18 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
             n_notes = min(len(before), 1 + rng.poisson(1.0)) if len(before) else 1
             times = before[-n_notes:] if len(before) else [person.prediction_time - np.timedelta64(3, "D")]
             for t in times:
-                person_events.append((t, str(rng.choice(notes.NOTE_TYPES)), None, notes.draw_note(person.symptoms, rng)))
+                person_events.append(
+                    (t, str(rng.choice(notes.NOTE_TYPES)), None, notes.draw_note(person.symptoms, rng))
+                )
             # Notes after prediction_time exist in real records too; they must never reach a model.
-            person_events.append((person.prediction_time + np.timedelta64(30, "D"), "NOTE//clinic", None,
-                                  notes.draw_note(person.symptoms + 2.0 * onset, rng)))
+            person_events.append(
+                (
+                    person.prediction_time + np.timedelta64(30, "D"),
+                    "NOTE//clinic",
+                    None,
+                    notes.draw_note(person.symptoms + 2.0 * onset, rng),
+                )
+            )
         for ev in person_events:
             time, code, value = ev[0], ev[1], ev[2]
             text = ev[3] if len(ev) > 3 else None
@@ -119,9 +127,13 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
         if has["image"]:
             study = person.prediction_time - np.timedelta64(int(rng.integers(1, 300)), "D")
             rel = f"cr/{uuid.UUID(int=int(rng.integers(0, 2**63)) << 64 | i).hex}.dcm"
-            imaging.write_dicom(root / c.IMAGING_DIR / rel,
-                                imaging.draw_radiograph(person.structural, cfg.image_size, rng),
-                                sid, study, uid_seed=cfg.seed * 10**7 + i)
+            imaging.write_dicom(
+                root / c.IMAGING_DIR / rel,
+                imaging.draw_radiograph(person.structural, cfg.image_size, rng),
+                sid,
+                study,
+                uid_seed=cfg.seed * 10**7 + i,
+            )
             image_rows.append((sid, study, rel, "CR", "PA"))
         if has["genomics"]:
             genotypes[sid] = haplotypes
@@ -149,7 +161,7 @@ def _ts(values) -> pa.Array:
 
 def _write_events(root: Path, events: list[tuple]) -> None:
     events.sort(key=lambda e: (e[0], e[1] is not None, e[1] if e[1] is not None else 0))
-    cols = list(zip(*events))
+    cols = list(zip(*events, strict=True))
     table = pa.table(
         {
             "subject_id": pa.array(cols[0], pa.int64()),
@@ -165,7 +177,7 @@ def _write_events(root: Path, events: list[tuple]) -> None:
 
 
 def _write_labels(root: Path, labels: list[tuple]) -> None:
-    sid, t, y = zip(*labels)
+    sid, t, y = zip(*labels, strict=True)
     n = len(sid)
     table = pa.table(
         {
@@ -184,29 +196,40 @@ def _write_labels(root: Path, labels: list[tuple]) -> None:
 
 def _write_splits(root: Path, subject_ids: np.ndarray, splits: np.ndarray) -> None:
     (root / "metadata").mkdir(parents=True, exist_ok=True)
-    table = pa.table({"subject_id": subject_ids.astype(np.int64), "split": splits.astype(str)},
-                     schema=c.SPLITS_SCHEMA)
+    table = pa.table(
+        {"subject_id": subject_ids.astype(np.int64), "split": splits.astype(str)}, schema=c.SPLITS_SCHEMA
+    )
     pq.write_table(table, root / c.SUBJECT_SPLITS)
 
 
 def _write_codes(root: Path) -> None:
     codes = sorted(ehr.CODES) + [t for t in notes.NOTE_TYPES]
-    desc = {**{k: v[0] for k, v in ehr.CODES.items()}, **{t: f"Clinical note ({t[6:]})" for t in notes.NOTE_TYPES}}
+    desc = {
+        **{k: v[0] for k, v in ehr.CODES.items()},
+        **{t: f"Clinical note ({t[6:]})" for t in notes.NOTE_TYPES},
+    }
     parents = {k: v[1] for k, v in ehr.CODES.items()}
     table = pa.table(
-        {"code": codes, "description": [desc[k] for k in codes],
-         "parent_codes": [parents.get(k, []) for k in codes]},
+        {
+            "code": codes,
+            "description": [desc[k] for k in codes],
+            "parent_codes": [parents.get(k, []) for k in codes],
+        },
         schema=c.CODES_SCHEMA,
     )
     pq.write_table(table, root / c.CODES_METADATA)
 
 
 def _write_imaging_index(root: Path, rows: list[tuple]) -> None:
-    cols = list(zip(*rows)) if rows else [[]] * 5
+    cols = list(zip(*rows, strict=True)) if rows else [[]] * 5
     table = pa.table(
-        {"subject_id": pa.array(cols[0], pa.int64()), "time": _ts(cols[1]),
-         "path": pa.array(cols[2], pa.string()), "modality": pa.array(cols[3], pa.string()),
-         "view": pa.array(cols[4], pa.string())},
+        {
+            "subject_id": pa.array(cols[0], pa.int64()),
+            "time": _ts(cols[1]),
+            "path": pa.array(cols[2], pa.string()),
+            "modality": pa.array(cols[3], pa.string()),
+            "view": pa.array(cols[4], pa.string()),
+        },
         schema=c.IMAGING_SCHEMA,
     )
     (root / c.IMAGING_DIR).mkdir(parents=True, exist_ok=True)
@@ -227,13 +250,23 @@ def _write_vcf(root: Path, panel: genomics.VariantPanel, genotypes: dict[int, np
         f.write(f"##contig=<ID={panel.chrom},length={int(panel.positions[-1]) + 1000}>\n")
         f.write('##INFO=<ID=AF,Number=A,Type=Float,Description="Population alt allele frequency">\n')
         f.write('##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n')
-        f.write("\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT",
-                           *map(str, samples)]) + "\n")
+        f.write(
+            "\t".join(
+                ["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *map(str, samples)]
+            )
+            + "\n"
+        )
         for v in range(panel.n_variants):
-            gts = "" if stacked is None else "\t" + "\t".join(
-                f"{a}|{b}" for a, b in zip(stacked[:, 0, v], stacked[:, 1, v]))
-            f.write(f"{panel.chrom}\t{panel.positions[v]}\tsv{v}\t{panel.ref[v]}\t{panel.alt[v]}"
-                    f"\t.\tPASS\tAF={panel.maf[v]:.4f}\tGT{gts}\n")
+            gts = (
+                ""
+                if stacked is None
+                else "\t"
+                + "\t".join(f"{a}|{b}" for a, b in zip(stacked[:, 0, v], stacked[:, 1, v], strict=True))
+            )
+            f.write(
+                f"{panel.chrom}\t{panel.positions[v]}\tsv{v}\t{panel.ref[v]}\t{panel.alt[v]}"
+                f"\t.\tPASS\tAF={panel.maf[v]:.4f}\tGT{gts}\n"
+            )
     pysam.tabix_compress(str(plain), str(root / c.VARIANTS_VCF))
     pysam.tabix_index(str(root / c.VARIANTS_VCF), preset="vcf")
     plain.unlink()
@@ -242,10 +275,14 @@ def _write_vcf(root: Path, panel: genomics.VariantPanel, genotypes: dict[int, np
 def _write_truth(root, truth, subject_ids, splits, labels) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    sid, risk, g, m, s, l_ = (np.array(x) for x in zip(*truth))
+    sid, risk, g, m, s, l_ = (np.array(x) for x in zip(*truth, strict=True))
     (root / "ground_truth").mkdir()
-    pq.write_table(pa.table({"subject_id": sid, "risk": risk, "genetic": g, "metabolic": m,
-                             "symptoms": s, "structural": l_}), root / c.GROUND_TRUTH)
+    pq.write_table(
+        pa.table(
+            {"subject_id": sid, "risk": risk, "genetic": g, "metabolic": m, "symptoms": s, "structural": l_}
+        ),
+        root / c.GROUND_TRUTH,
+    )
     y = np.array([lab[2] for lab in labels])
     oracle = {}
     for split in c.SPLITS:

@@ -35,11 +35,11 @@ def draw_radiograph(structural: float, size: int, rng: np.random.Generator) -> n
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def write_dicom(path: Path, image: np.ndarray, subject_id: int, study_time: np.datetime64,
-                uid_seed: int) -> None:
+def write_dicom(
+    path: Path, image: np.ndarray, subject_id: int, study_time: np.datetime64, uid_seed: int
+) -> None:
     """Write one CR image with the header fields a PACS export carries."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.dataset import Dataset
+    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     stored = np.round(image * 4000).astype(np.uint16)  # 12-bit values, intercept below

@@ -19,15 +19,29 @@ SYMPTOMS = {
     "palpitations": ["palpitations", "irregular heartbeat", "racing heart"],
     "dizziness": ["dizziness", "light-headedness", "vertigo"],
 }
-PRESENT = ["Patient reports {}.", "Complains of {}.", "{} noted on examination.",
-           "Ongoing {} since last visit.", "Describes worsening {}."]
-ABSENT = ["No signs of {}.", "Denies {}.", "{} not present.", "Negative for {}.",
-          "No {} reported."]
-UNCERTAIN = ["Possible {}.", "Cannot rule out {}.", "Questionable {}, to be followed up.",
-             "{} may be present."]
-FILLER = ["Blood pressure measured.", "Medication reviewed with the patient.",
-          "Follow-up in three months.", "Weight stable.", "Vaccination status up to date.",
-          "Referred for routine blood tests.", "Patient seen in outpatient clinic."]
+PRESENT = [
+    "Patient reports {}.",
+    "Complains of {}.",
+    "{} noted on examination.",
+    "Ongoing {} since last visit.",
+    "Describes worsening {}.",
+]
+ABSENT = ["No signs of {}.", "Denies {}.", "{} not present.", "Negative for {}.", "No {} reported."]
+UNCERTAIN = [
+    "Possible {}.",
+    "Cannot rule out {}.",
+    "Questionable {}, to be followed up.",
+    "{} may be present.",
+]
+FILLER = [
+    "Blood pressure measured.",
+    "Medication reviewed with the patient.",
+    "Follow-up in three months.",
+    "Weight stable.",
+    "Vaccination status up to date.",
+    "Referred for routine blood tests.",
+    "Patient seen in outpatient clinic.",
+]
 NOTE_TYPES = ["NOTE//clinic", "NOTE//discharge"]
 
 

@@ -25,9 +25,14 @@ def resolve_tracking_uri(store_dir: str | Path, uri: str | None = None) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
-def make_mlflow_logger(experiment_name: str, store_dir: str, run_name: str | None = None,
-                       tracking_uri: str | None = None, log_model: bool = True,
-                       tags: dict | None = None):
+def make_mlflow_logger(
+    experiment_name: str,
+    store_dir: str,
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
+    log_model: bool = True,
+    tags: dict | None = None,
+):
     """A Lightning MLFlowLogger; artifacts of an embedded store sit beside its database."""
     from lightning.pytorch.loggers import MLFlowLogger
 
@@ -35,8 +40,14 @@ def make_mlflow_logger(experiment_name: str, store_dir: str, run_name: str | Non
     artifacts = None
     if uri.startswith("sqlite:///"):
         artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-    return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri,
-                        tags=dict(tags or {}), log_model=log_model, artifact_location=artifacts)
+    return MLFlowLogger(
+        experiment_name=experiment_name,
+        run_name=run_name,
+        tracking_uri=uri,
+        tags=dict(tags or {}),
+        log_model=log_model,
+        artifact_location=artifacts,
+    )
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:

@@ -28,11 +28,14 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     if pixels.ndim != 2:
         raise MedweaveError(f"{path}: expected a single 2D frame, got shape {pixels.shape}")
     pixels = pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
-        getattr(ds, "RescaleIntercept", 0) or 0)
+        getattr(ds, "RescaleIntercept", 0) or 0
+    )
     window = None
     if "WindowCenter" in ds and "WindowWidth" in ds:
-        center, width = (float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)
-                         for v in (ds.WindowCenter, ds.WindowWidth))
+        center, width = (
+            float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)
+            for v in (ds.WindowCenter, ds.WindowWidth)
+        )
         window = (center - width / 2, center + width / 2)
     if getattr(ds, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
         low, high = float(pixels.min()), float(pixels.max())

@@ -34,8 +34,11 @@ def read_events(root: Path, with_text: bool) -> pa.Table:
     for path in event_files(root):
         schema = pq.read_schema(path)
         c.require_columns(schema, cols, path)
-        tables.append(read_parquet(path, tuple(cols), columns=cols).cast(
-            pa.schema([c.EVENTS_SCHEMA.field(n) for n in cols]), safe=False))
+        tables.append(
+            read_parquet(path, tuple(cols), columns=cols).cast(
+                pa.schema([c.EVENTS_SCHEMA.field(n) for n in cols]), safe=False
+            )
+        )
     return pa.concat_tables(tables)
 
 
@@ -44,11 +47,14 @@ def read_splits(root: Path) -> pa.Table:
     table = read_parquet(path, c.REQUIRED_COLUMNS["splits"])
     bad = set(table.column("split").unique().to_pylist()) - set(c.SPLITS)
     if bad:
-        raise MedweaveError(f"{path}: split values {sorted(map(str, bad))} are not MEDS splits {list(c.SPLITS)}")
+        raise MedweaveError(
+            f"{path}: split values {sorted(map(str, bad))} are not MEDS splits {list(c.SPLITS)}"
+        )
     ids = table.column("subject_id")
     if len(ids.unique()) != len(ids):
-        raise MedweaveError(f"{path}: a subject_id appears more than once; each subject belongs to "
-                            "exactly one split")
+        raise MedweaveError(
+            f"{path}: a subject_id appears more than once; each subject belongs to exactly one split"
+        )
     return table
 
 
@@ -56,8 +62,9 @@ def read_labels(root: Path, task: str) -> pa.Table:
     path = c.label_path(root, task)
     if not path.exists():
         available = sorted(p.stem for p in (root / c.LABELS_DIR).glob("*.parquet"))
-        raise MedweaveError(f"cohort '{root}' has no labels for task '{task}' ({path}); "
-                            f"tasks available: {available}")
+        raise MedweaveError(
+            f"cohort '{root}' has no labels for task '{task}' ({path}); tasks available: {available}"
+        )
     table = read_parquet(path, c.REQUIRED_COLUMNS["labels"])
     if "boolean_value" not in table.column_names or table.column("boolean_value").null_count:
         raise MedweaveError(f"{path}: binary task needs a boolean_value column without nulls")

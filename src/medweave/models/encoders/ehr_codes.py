@@ -18,15 +18,17 @@ class EHRCodesEncoder(nn.Module):
         dropout: dropout inside the transformer.
     """
 
-    def __init__(self, vocab_size: int, dim: int = 64, n_layers: int = 2, n_heads: int = 4,
-                 dropout: float = 0.1):
+    def __init__(
+        self, vocab_size: int, dim: int = 64, n_layers: int = 2, n_heads: int = 4, dropout: float = 0.1
+    ):
         super().__init__()
         self.out_dim = dim
         self.code = nn.Embedding(vocab_size, dim, padding_idx=0)
         self.value = nn.Linear(2, dim)  # (z-scored value, has value)
         self.time = nn.Linear(2, dim)  # log-days before prediction, and its square
-        layer = nn.TransformerEncoderLayer(dim, n_heads, 2 * dim, dropout, batch_first=True,
-                                           norm_first=True, activation="gelu")
+        layer = nn.TransformerEncoderLayer(
+            dim, n_heads, 2 * dim, dropout, batch_first=True, norm_first=True, activation="gelu"
+        )
         self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
 

@@ -20,12 +20,23 @@ class GenomicsEncoder(nn.Module):
         dropout: dropout after the bottleneck.
     """
 
-    def __init__(self, n_variants: int, dim: int = 64, hidden: int = 16,
-                 input_dropout: float = 0.5, dropout: float = 0.2):
+    def __init__(
+        self,
+        n_variants: int,
+        dim: int = 64,
+        hidden: int = 16,
+        input_dropout: float = 0.5,
+        dropout: float = 0.2,
+    ):
         super().__init__()
         self.out_dim = dim
-        self.net = nn.Sequential(nn.Dropout(input_dropout), nn.Linear(n_variants, hidden),
-                                 nn.Dropout(dropout), nn.GELU(), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(
+            nn.Dropout(input_dropout),
+            nn.Linear(n_variants, hidden),
+            nn.Dropout(dropout),
+            nn.GELU(),
+            nn.Linear(hidden, dim),
+        )
 
     def forward(self, dosages: torch.Tensor) -> torch.Tensor:
         return self.net(dosages)

@@ -20,9 +20,15 @@ class TextEncoder(nn.Module):
         freeze: keep the transformer's weights fixed (train only the projection).
     """
 
-    def __init__(self, vocab_size: int, pad_token_id: int, dim: int = 64,
-                 pretrained_path: str | None = None, config: dict | None = None,
-                 freeze: bool = False):
+    def __init__(
+        self,
+        vocab_size: int,
+        pad_token_id: int,
+        dim: int = 64,
+        pretrained_path: str | None = None,
+        config: dict | None = None,
+        freeze: bool = False,
+    ):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
@@ -32,8 +38,9 @@ class TextEncoder(nn.Module):
         else:
             settings = dict(config or {"model_type": "bert"})
             model_type = settings.pop("model_type")
-            hf_config = AutoConfig.for_model(model_type, vocab_size=vocab_size,
-                                             pad_token_id=pad_token_id, **settings)
+            hf_config = AutoConfig.for_model(
+                model_type, vocab_size=vocab_size, pad_token_id=pad_token_id, **settings
+            )
             self.transformer = AutoModel.from_config(hf_config)
         if freeze:
             self.transformer.requires_grad_(False)

@@ -18,15 +18,17 @@ class AttentionFusion(nn.Module):
         dropout: attention and feed-forward dropout.
     """
 
-    def __init__(self, modalities: list[str], dim: int, n_heads: int = 4, n_layers: int = 1,
-                 dropout: float = 0.1):
+    def __init__(
+        self, modalities: list[str], dim: int, n_heads: int = 4, n_layers: int = 1, dropout: float = 0.1
+    ):
         super().__init__()
         self.modalities = list(modalities)
         self.out_dim = dim
         self.summary = nn.Parameter(torch.zeros(1, 1, dim))
         self.modality_embedding = nn.Parameter(torch.randn(len(self.modalities), dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, n_heads, 2 * dim, dropout, batch_first=True,
-                                           norm_first=True, activation="gelu")
+        layer = nn.TransformerEncoderLayer(
+            dim, n_heads, 2 * dim, dropout, batch_first=True, norm_first=True, activation="gelu"
+        )
         self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
 

@@ -20,8 +20,13 @@ class ConcatFusion(nn.Module):
         super().__init__()
         self.modalities = list(modalities)
         self.out_dim = hidden
-        self.net = nn.Sequential(nn.Linear(len(self.modalities) * (dim + 1), hidden), nn.GELU(),
-                                 nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.GELU())
+        self.net = nn.Sequential(
+            nn.Linear(len(self.modalities) * (dim + 1), hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+        )
 
     def forward(self, embeddings: dict, masks: dict) -> torch.Tensor:
         parts = []
