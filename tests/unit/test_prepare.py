@@ -2,6 +2,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -28,9 +29,76 @@ def test_only_events_before_prediction_time(prepared):
     # In the sandbox the outcome diagnosis happens only after prediction_time.
     assert "ICD10//I21" not in vocab["codes"]
     codes, days = np.load(prepared / "ehr_codes.npy"), np.load(prepared / "ehr_days.npy")
-    static = {vocab["codes"].index(f"SEX//{s}") + 2 for s in "FM" if f"SEX//{s}" in vocab["codes"]}
-    real = (codes > 0) & ~np.isin(codes, list(static))
-    assert (days[real] > 0).all()
+    static = np.isnan(days)
+    sex = [vocab["codes"].index(f"SEX//{s}") + 2 for s in "FM"]
+    assert np.isin(codes[static], sex).all() and static.sum() == len(codes)  # one sex event each
+    assert (days[(codes > 0) & ~static] > 0).all()
+
+
+def test_post_prediction_notes_never_reach_the_cache(tiny_cohort, tmp_path):
+    """Plant a marker word in notes at and after prediction_time: it must not be tokenised."""
+    copy = shutil.copytree(tiny_cohort, tmp_path / "copy")
+    shard = next((copy / "data").glob("*.parquet"))
+    events = pq.read_table(shard).to_pandas()
+    labels = pq.read_table(copy / "labels/cvd_onset_1y.parquet").to_pandas()
+    pred = events.subject_id.map(labels.set_index("subject_id").prediction_time)
+    late = events.code.str.startswith("NOTE//") & (events.time >= pred)
+    assert late.any()
+    events.loc[late, "text_value"] = "zebracanary " * 3
+    at_pred = labels[["subject_id"]].assign(
+        time=labels.prediction_time, code="NOTE//clinic", numeric_value=np.nan, text_value="zebracanary"
+    )
+    both = pa.Table.from_pandas(pd.concat([events, at_pred]), preserve_index=False)
+    pq.write_table(both.cast(c.EVENTS_SCHEMA), shard)
+    out = prepare(copy, tmp_path / "cache", cfg(modalities=("text",), min_subjects=1))
+    assert "zebracanary" not in json.loads((out / "vocab.json").read_text())["tokenizer"]["json"]
+
+
+def test_nanosecond_timestamps_are_read_as_times(tiny_cohort, prepared, tmp_path):
+    """pandas writes timestamp[ns]; a unit mix-up would let every future event through."""
+    copy = shutil.copytree(tiny_cohort, tmp_path / "copy")
+    path = copy / "labels/cvd_onset_1y.parquet"
+    labels = pq.read_table(path)
+    pq.write_table(labels.set_column(1, "prediction_time", labels.column(1).cast(pa.timestamp("ns"))), path)
+    again = prepare(copy, tmp_path / "cache", cfg())
+    for name in ("ehr_codes.npy", "text_ids.npy"):
+        np.testing.assert_array_equal(np.load(again / name), np.load(prepared / name))
+
+
+def test_held_out_only_cohort_with_checkpoint_vocab(tiny_cohort, prepared, tmp_path):
+    copy = shutil.copytree(tiny_cohort, tmp_path / "copy")
+    splits = pq.read_table(copy / c.SUBJECT_SPLITS)
+    held = pa.array(["held_out"] * splits.num_rows)
+    pq.write_table(splits.set_column(1, "split", held), copy / c.SUBJECT_SPLITS)
+    with pytest.raises(MedweaveError, match="no labelled subject is in the train split"):
+        prepare(copy, tmp_path / "cache", cfg())
+    vocab = json.loads((prepared / "vocab.json").read_text())
+    out = prepare(copy, tmp_path / "cache", cfg(), vocab=vocab)
+    assert (np.load(out / "subjects.npz")["split"] == 2).all()
+
+
+def test_rare_codes_and_their_values_stay_out_of_the_vocabulary(tiny_cohort, tmp_path):
+    copy = shutil.copytree(tiny_cohort, tmp_path / "copy")
+    shard = next((copy / "data").glob("*.parquet"))
+    events = pq.read_table(shard)
+    first = events.slice(0, 1).to_pandas()
+    subject = pq.read_table(copy / c.SUBJECT_SPLITS).to_pandas().query("split == 'train'").subject_id.iloc[0]
+    rare = first.assign(
+        subject_id=subject,
+        time=pd.Timestamp("2000-01-01"),
+        code="LOCAL//ONE_PERSON",
+        numeric_value=123.0,
+        text_value=None,
+    )
+    pq.write_table(
+        pa.concat_tables([events, pa.Table.from_pandas(rare, preserve_index=False).cast(c.EVENTS_SCHEMA)]),
+        shard,
+    )
+    vocab = json.loads(
+        (prepare(copy, tmp_path / "c", cfg(modalities=("ehr_codes",))) / "vocab.json").read_text()
+    )
+    assert "LOCAL//ONE_PERSON" not in vocab["codes"] and "LOCAL//ONE_PERSON" not in vocab["code_stats"]
+    assert "NPU//NPU27300" in vocab["code_stats"]
 
 
 def test_presence_and_shapes(prepared):
@@ -70,7 +138,8 @@ def test_subject_in_two_splits_refused(tiny_cohort, tmp_path):
     pq.write_table(doubled, copy / c.SUBJECT_SPLITS)
     with pytest.raises(MedweaveError, match="subject_splits.parquet: a subject_id appears more than once"):
         prepare(copy, tmp_path / "cache", cfg(modalities=("ehr_codes",)))
-    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    left = [p.name for p in (tmp_path / "cache").glob("*") if not p.name.endswith(".lock")]
+    assert not left
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,9 @@ def test_pretrained_folder_feeds_prepare_and_encoder(tiny_cohort, tmp_path):
     from transformers import AutoConfig, AutoModel
 
     folder = tmp_path / "local-bert"
-    tokenizer = load_tokenizer({"json": fit_tokenizer(["no signs of dyspnea", "reports fatigue"] * 5, 50)})
+    tokenizer = load_tokenizer(
+        {"json": fit_tokenizer(["no signs of dyspnea", "reports fatigue"] * 5, 50, min_subjects=1)}
+    )
     tokenizer.save_pretrained(folder)
     config = AutoConfig.for_model(
         "bert",
@@ -56,3 +58,9 @@ def test_fitted_tokenizer_drops_rare_words():
         "common",
         "[SEP]",
     ]
+
+
+def test_word_from_one_subject_stays_out_however_often_written():
+    docs = ["patient seen today"] * 5 + ["Jensen Jensen Jensen Jensen Jensen Jensen seen"]
+    tok = load_tokenizer({"json": fit_tokenizer(docs, 100, min_subjects=5)})
+    assert tok.convert_ids_to_tokens(tok("Jensen seen")["input_ids"])[1:3] == ["[UNK]", "seen"]

@@ -79,7 +79,8 @@ def evaluate(cfg) -> dict[str, float]:
     data_cfg = OmegaConf.merge(
         ckpt["medweave"]["config"]["data"], OmegaConf.to_container(cfg.data, resolve=True)
     )
-    datamodule = instantiate(data_cfg, vocab=ckpt["medweave"]["vocab"], _convert_="all")
+    # The vocabulary goes in after Hydra: through it, note words like "${" would be interpolated.
+    datamodule = instantiate(data_cfg, _partial_=True)(vocab=ckpt["medweave"]["vocab"])
     model = restore_model(ckpt, cfg.ckpt_path, datamodule.encoder_inputs())
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]

@@ -3,7 +3,7 @@
 A batch is a dict (the one batch contract of medweave)::
 
     ehr_codes       {"codes": int64 [B, L] (0 = padding), "values": float [B, L] (nan = no value),
-                     "days": float [B, L] (days before prediction_time)}
+                     "days": float [B, L] (days before prediction_time; nan = static)}
     text            {"input_ids": int64 [B, T], "attention_mask": int64 [B, T]}
     image           float [B, 1, H, W]
     genomics        float [B, V] (standardised dosages, 0 where missing)
@@ -145,6 +145,8 @@ class CohortDataModule(L.LightningDataModule):
         text_vocab_size: size of the word-level tokenizer fitted when none is given.
         text_tokenizer_path: local folder of a pretrained tokenizer (matching the text encoder).
         image_size: side of the square image the encoder sees.
+        vocab_min_subjects: codes and note words need this many train subjects to enter a
+            vocabulary (rarer ones map to unknown; vocabularies travel inside checkpoints).
         vocab: fitted vocabularies from a checkpoint (evaluation); None fits them on train.
     """
 
@@ -161,6 +163,7 @@ class CohortDataModule(L.LightningDataModule):
         text_vocab_size: int = 4000,
         text_tokenizer_path: str | None = None,
         image_size: int = 64,
+        vocab_min_subjects: int = 5,
         pin_memory: bool = False,
         vocab: dict | None = None,
     ):
@@ -177,6 +180,7 @@ class CohortDataModule(L.LightningDataModule):
             text_vocab_size=text_vocab_size,
             text_tokenizer_path=text_tokenizer_path,
             image_size=image_size,
+            min_subjects=vocab_min_subjects,
         )
         self.cache_dir = Path(cache_dir)
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
@@ -184,10 +188,10 @@ class CohortDataModule(L.LightningDataModule):
         self.cohort: PreparedCohort | None = None
 
     def prepare_data(self) -> None:
-        # Lightning runs this on one process per node; the others wait, then find the cache.
-        prepare(self.root, self.cache_dir, self.prepare_config, self.vocab)
+        self.setup()
 
     def setup(self, stage: str | None = None) -> None:
+        # Every process may call this; prepare() locks, so one builds and the others reuse.
         if self.cohort is None:
             folder = prepare(self.root, self.cache_dir, self.prepare_config, self.vocab)
             self.cohort = PreparedCohort(folder, self.modalities)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from medweave import __version__
@@ -47,6 +48,7 @@ class PrepareConfig:
     text_vocab_size: int = 4000
     text_tokenizer_path: str | None = None  # a local Hugging Face tokenizer; None fits one
     image_size: int = 64
+    min_subjects: int = 5  # a code or note word enters a vocabulary only if this many train subjects have it
 
 
 def cohort_fingerprint(root: Path) -> str:
@@ -78,21 +80,20 @@ def prepare(root: Path, cache_dir: Path, cfg: PrepareConfig, vocab: dict | None 
     )
     key = hashlib.blake2b(key_src.encode(), digest_size=10).hexdigest()
     out = Path(cache_dir).expanduser().resolve() / key
-    if (out / MANIFEST).exists():
-        log.info("Using prepared cache %s", out)
-        return out
-    tmp = out.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    try:
-        _build(root, tmp, cfg, vocab)
-        (tmp / MANIFEST).write_text(json.dumps({"format": CACHE_FORMAT, "config": asdict(cfg)}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One process builds; the others (DDP ranks, parallel runs) wait here and then reuse it.
+    with FileLock(str(out.with_name(f".{key}.lock"))):
+        if (out / MANIFEST).exists():
+            log.info("Using prepared cache %s", out)
+            return out
+        tmp = out.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
         try:
+            _build(root, tmp, cfg, vocab)
+            (tmp / MANIFEST).write_text(json.dumps({"format": CACHE_FORMAT, "config": asdict(cfg)}))
             tmp.rename(out)
-        except OSError:  # another process finished the same cache first
-            if not (out / MANIFEST).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     log.info("Prepared cohort cache %s", out)
     return out
 
@@ -103,7 +104,7 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
     subject_ids = labels.column("subject_id").to_numpy()
     order = np.argsort(subject_ids)
     subject_ids = subject_ids[order]
-    pred_time = labels.column("prediction_time").cast(pa.int64()).to_numpy()[order]
+    pred_time = _microseconds(labels.column("prediction_time"))[order]
     target = labels.column("boolean_value").to_numpy(zero_copy_only=False)[order].astype(np.float32)
     split_of = dict(
         zip(splits.column("subject_id").to_pylist(), splits.column("split").to_pylist(), strict=True)
@@ -116,7 +117,7 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
         )
     split = np.array([c.SPLITS.index(split_of[s]) for s in subject_ids], np.int8)
     train = split == c.SPLITS.index(c.TRAIN_SPLIT)
-    if not train.any():
+    if vocab is None and not train.any():  # vocabularies are fitted on train
         raise MedweaveError(f"{root / c.SUBJECT_SPLITS}: no labelled subject is in the train split")
 
     vocab = dict(vocab or {})
@@ -146,19 +147,29 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
     (out / "vocab.json").write_text(json.dumps(vocab))
 
 
+def _microseconds(column) -> np.ndarray:
+    """Timestamps as int64 microseconds, whatever unit the file stored (pandas writes ns)."""
+    return column.cast(pa.timestamp("us")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
 def _events_before_prediction(root, subject_ids, pred_time, with_text) -> dict:
-    """Events of labelled subjects strictly before their prediction_time (static ones kept)."""
+    """Events of labelled subjects strictly before their prediction_time, in time order per subject.
+
+    Static events (null time, e.g. sex) are kept, placed last so truncation never drops them,
+    and get days = NaN. MEDS allows events at prediction_time; medweave leaves them out too.
+    """
     table = meds.read_events(root, with_text)
     sid = table.column("subject_id").to_numpy()
     row = np.searchsorted(subject_ids, sid)
     row = np.clip(row, 0, len(subject_ids) - 1)
     known = subject_ids[row] == sid
-    time = table.column("time").cast(pa.int64()).fill_null(np.iinfo(np.int64).min).to_numpy()
-    keep = known & (time < pred_time[row])  # no temporal leakage: time < prediction_time
+    static_all = table.column("time").is_null().to_numpy(zero_copy_only=False)
+    time = table.column("time").cast(pa.int64()).fill_null(np.iinfo(np.int64).max).to_numpy()
+    keep = known & (static_all | (time < pred_time[row]))  # no temporal leakage
     idx = np.flatnonzero(keep)
     idx = idx[np.lexsort((time[idx], row[idx]))]
-    static = time[idx] == np.iinfo(np.int64).min
-    days = np.where(static, 0.0, (pred_time[row[idx]] - time[idx]) / 8.64e10)
+    static = static_all[idx]
+    days = np.where(static, np.nan, (pred_time[row[idx]] - time[idx]) / 8.64e10)
     out = {
         "row": row[idx],
         "code": table.column("code").take(pa.array(idx)),
@@ -180,28 +191,40 @@ def _last_k(rows: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return keep, (rank - skip)[keep]
 
 
+def _subjects_per_key(keys: np.ndarray, rows: np.ndarray, n_keys: int) -> np.ndarray:
+    """How many distinct subjects (rows) have each key."""
+    pairs = np.unique(np.stack([keys, rows]), axis=1)
+    return np.bincount(pairs[0], minlength=n_keys)
+
+
 def _prepare_codes(events, n, train, cfg, vocab, out) -> np.ndarray:
     is_note = pc.starts_with(events["code"], c.NOTE_PREFIX).to_numpy(zero_copy_only=False)
     sel = ~is_note
-    rows, codes = events["row"][sel], events["code"].filter(pa.array(sel))
-    values, days = events["value"][sel], events["days"][sel]
-    codes_np = np.asarray(codes.to_pylist(), dtype=object)
+    rows, values, days = events["row"][sel], events["value"][sel], events["days"][sel]
+    encoded = pc.dictionary_encode(events["code"].filter(pa.array(sel))).combine_chunks()
+    names_here = encoded.dictionary.to_pylist()
+    code_idx = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     if "codes" not in vocab:
-        in_train = train[rows]
-        names = sorted(set(codes_np[in_train]))
-        stats = {}
-        for name in names:
-            v = values[in_train & (codes_np == name)]
-            v = v[~np.isnan(v)]
-            if len(v):
-                stats[name] = [float(v.mean()), float(v.std() or 1.0)]
-        vocab["codes"], vocab["code_stats"] = names, stats
+        # Keep codes (and value statistics) seen in enough train subjects: a code or a mean
+        # that describes one person would travel inside every checkpoint.
+        t = train[rows]
+        enough = _subjects_per_key(code_idx[t], rows[t], len(names_here)) >= cfg.min_subjects
+        valued = t & ~np.isnan(values)
+        enough_values = _subjects_per_key(code_idx[valued], rows[valued], len(names_here))
+        total = np.bincount(code_idx[valued], values[valued], len(names_here))
+        square = np.bincount(code_idx[valued], values[valued].astype(np.float64) ** 2, len(names_here))
+        count = np.maximum(np.bincount(code_idx[valued], minlength=len(names_here)), 1)
+        mean = total / count
+        sd = np.sqrt(np.maximum(square / count - mean**2, 0))
+        vocab["codes"] = sorted(names_here[i] for i in np.flatnonzero(enough))
+        vocab["code_stats"] = {
+            names_here[i]: [round(float(mean[i]), 6), round(float(sd[i]) or 1.0, 6)]
+            for i in np.flatnonzero(enough & (enough_values >= cfg.min_subjects))
+        }
     index = {name: i + 2 for i, name in enumerate(vocab["codes"])}
-    ids = np.fromiter((index.get(x, UNK) for x in codes_np), np.int32, len(codes_np))
-    z = np.full(len(values), np.nan, np.float32)
-    for name, (mean, sd) in vocab["code_stats"].items():
-        m = codes_np == name
-        z[m] = (values[m] - mean) / sd
+    ids = np.array([index.get(name, UNK) for name in names_here], np.int32)[code_idx]
+    stats = np.array([vocab["code_stats"].get(name, [np.nan, 1.0]) for name in names_here]).reshape(-1, 2)
+    z = ((values - stats[code_idx, 0]) / stats[code_idx, 1]).astype(np.float32)  # nan: no value/stats
     keep, col = _last_k(rows, n, cfg.max_events)
     shape = (n, cfg.max_events)
     arrays = {
@@ -235,8 +258,15 @@ def _prepare_text(events, n, train, cfg, vocab, out) -> np.ndarray:
             vocab["tokenizer"] = {"path": str(Path(cfg.text_tokenizer_path).resolve())}
         else:
             train_docs = [d for d, t in zip(docs, train, strict=True) if t and d]
-            vocab["tokenizer"] = {"json": fit_tokenizer(train_docs, cfg.text_vocab_size)}
+            vocab["tokenizer"] = {
+                "json": fit_tokenizer(train_docs, cfg.text_vocab_size, min_subjects=cfg.min_subjects)
+            }
     tokenizer = load_tokenizer(vocab["tokenizer"])
+    if tokenizer.pad_token_id is None:
+        raise MedweaveError(
+            f"tokenizer {vocab['tokenizer'].get('path', '(fitted)')} has no pad token; "
+            "expected an encoder-style tokenizer (BERT-like) with [PAD]"
+        )
     ids = np.full((n, cfg.max_text_tokens), tokenizer.pad_token_id, np.int32)
     batch = 512
     for start in tqdm(range(0, n, batch), desc="tokenising notes", unit="batch", leave=False):
@@ -256,7 +286,7 @@ def _prepare_images(root, subject_ids, pred_time, cfg, out) -> np.ndarray:
 
     index = meds.read_imaging_index(root)
     sid = index.column("subject_id").to_numpy()
-    time = index.column("time").cast(pa.int64()).to_numpy()
+    time = _microseconds(index.column("time"))
     paths = index.column("path").to_pylist()
     row = np.clip(np.searchsorted(subject_ids, sid), 0, len(subject_ids) - 1)
     ok = (subject_ids[row] == sid) & (time < pred_time[row])

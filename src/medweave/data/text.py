@@ -5,22 +5,28 @@ from __future__ import annotations
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 
 
-def fit_tokenizer(docs: list[str], vocab_size: int, min_frequency: int = 5) -> str:
+def fit_tokenizer(docs: list[str], vocab_size: int, min_subjects: int = 5) -> str:
     """A lower-cased word-level tokenizer as Hugging Face tokenizer JSON (works offline).
 
-    Words seen fewer than ``min_frequency`` times become [UNK]: rare words are where names and
-    other identifiers hide, and the vocabulary travels inside checkpoints.
+    ``docs`` holds one document per subject. Words used by fewer than ``min_subjects`` subjects
+    become [UNK]: rare words are where names and other identifiers hide, and the vocabulary
+    travels inside checkpoints.
     """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+
+    # Each subject's words once, so that a word's frequency counts subjects, not mentions. Built
+    # before training: the trainer holds the tokenizer, and using it from the iterator deadlocks.
+    once_per_subject = [
+        " ".join(sorted({w for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(d))}))
+        for d in docs
+    ]
     tok.train_from_iterator(
-        docs,
-        trainers.WordLevelTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS
-        ),
+        once_per_subject,
+        trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_subjects, special_tokens=SPECIALS),
     )
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]

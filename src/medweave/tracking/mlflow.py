@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-# Config keys whose values never go to MLflow as params (identifiers and local paths).
+# Config keys never sent to MLflow as params: fitted vocabularies (codes and note words).
 PRIVATE_KEYS = ("data.vocab",)
 
 

@@ -25,7 +25,7 @@ class EHRCodesEncoder(nn.Module):
         self.out_dim = dim
         self.code = nn.Embedding(vocab_size, dim, padding_idx=0)
         self.value = nn.Linear(2, dim)  # (z-scored value, has value)
-        self.time = nn.Linear(2, dim)  # log-days before prediction, and its square
+        self.time = nn.Linear(3, dim)  # log-days before prediction, its square, is-static
         layer = nn.TransformerEncoderLayer(
             dim, n_heads, 2 * dim, dropout, batch_first=True, norm_first=True, activation="gelu"
         )
@@ -37,8 +37,10 @@ class EHRCodesEncoder(nn.Module):
         padding = codes == 0  # [B, L], True = no event
         has_value = ~torch.isnan(values)
         value_feats = torch.stack([torch.nan_to_num(values).clamp(-5, 5), has_value.float()], -1)
-        log_days = torch.log1p(days.clamp(min=0)) / 10
-        x = self.code(codes) + self.value(value_feats) + self.time(torch.stack([log_days, log_days**2], -1))
+        static = torch.isnan(days)  # events without a time (sex)
+        log_days = torch.log1p(torch.nan_to_num(days).clamp(min=0)) / 10
+        time_feats = torch.stack([log_days, log_days**2, static.float()], -1)
+        x = self.code(codes) + self.value(value_feats) + self.time(time_feats)
         # A subject with no events would make attention all-masked (NaN); let it see one pad token.
         padding = padding.clone()
         padding[:, 0] &= ~padding.all(1)
