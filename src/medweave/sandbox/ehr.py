@@ -62,7 +62,7 @@ def visit_times(person: Person, rng: np.random.Generator, follow_up_days: int) -
 
 
 def draw_events(person: Person, visits: np.ndarray, onset_time, rng: np.random.Generator) -> list[tuple]:
-    """(time, code, numeric_value) tuples for one person, static and birth events first."""
+    """(time, code, numeric_value, text_value) tuples for one person."""
     events: list[tuple] = [(None, f"SEX//{person.sex}", None), (person.birth, "MEDS_BIRTH", None)]
     m = person.metabolic
     chance = {code: sigmoid(a + b * m) for code, a, b, _ in METABOLIC}
@@ -83,4 +83,4 @@ def draw_events(person: Person, visits: np.ndarray, onset_time, rng: np.random.G
             events.append((t, "NPU//NPU18016", 80 + 8 * (age - 60) / 10 + rng.normal(0, 12)))
     if onset_time is not None:
         events.append((onset_time, OUTCOME_CODE, None))
-    return events
+    return [(*event, None) for event in events]

@@ -103,26 +103,8 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
         visits = ehr.visit_times(person, rng, follow_up_days=cfg.horizon_days)
         person_events = ehr.draw_events(person, visits, onset_time, rng)
         if has["text"]:
-            before = visits[visits < person.prediction_time]
-            n_notes = min(len(before), 1 + rng.poisson(1.0)) if len(before) else 1
-            times = before[-n_notes:] if len(before) else [person.prediction_time - np.timedelta64(3, "D")]
-            for t in times:
-                person_events.append(
-                    (t, str(rng.choice(notes.NOTE_TYPES)), None, notes.draw_note(person.symptoms, rng))
-                )
-            # Notes after prediction_time exist in real records too; they must never reach a model.
-            person_events.append(
-                (
-                    person.prediction_time + np.timedelta64(30, "D"),
-                    "NOTE//clinic",
-                    None,
-                    notes.draw_note(person.symptoms + 2.0 * onset, rng),
-                )
-            )
-        for ev in person_events:
-            time, code, value = ev[0], ev[1], ev[2]
-            text = ev[3] if len(ev) > 3 else None
-            events.append((sid, time, code, value, text))
+            person_events += notes.draw_note_events(person, visits, onset, rng)
+        events += [(sid, *event) for event in person_events]
 
         if has["image"]:
             study = person.prediction_time - np.timedelta64(int(rng.integers(1, 300)), "D")

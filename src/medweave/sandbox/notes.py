@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medweave.sandbox.latent import sigmoid
+from medweave.sandbox.latent import Person, sigmoid
 
 SYMPTOMS = {
     "dyspnea": ["dyspnea", "shortness of breath", "breathlessness"],
@@ -63,3 +63,19 @@ def draw_note(symptoms: float, rng: np.random.Generator) -> str:
             sentences.append(_sentence(ABSENT, phrase, rng))
     order = rng.permutation(len(sentences))
     return " ".join(sentences[i] for i in order)
+
+
+def draw_note_events(
+    person: Person, visits: np.ndarray, onset: bool, rng: np.random.Generator
+) -> list[tuple]:
+    """Notes at the last one to three visits before prediction_time, and one 30 days after it
+    (real records have those too; a pipeline must never let them reach a model)."""
+    before = visits[visits < person.prediction_time]
+    if len(before):
+        times = before[-min(len(before), 1 + rng.poisson(1.0)) :]
+    else:
+        times = [person.prediction_time - np.timedelta64(3, "D")]
+    events = [(t, str(rng.choice(NOTE_TYPES)), None, draw_note(person.symptoms, rng)) for t in times]
+    later = person.prediction_time + np.timedelta64(30, "D")
+    events.append((later, "NOTE//clinic", None, draw_note(person.symptoms + 2.0 * onset, rng)))
+    return events
