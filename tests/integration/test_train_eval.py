@@ -152,3 +152,33 @@ def test_cli_sandbox_train_eval(tmp_path):
     proc = run_cli("medweave.cli.eval", f"ckpt_path={ckpt}", f"data.root={tmp_path / 'c'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test/auroc" in proc.stdout + proc.stderr
+
+
+def test_cli_ddp_on_cpu_gives_one_mlflow_run(tiny_cohort, tmp_path):
+    """Two gloo processes: one MLflow run, metrics synced across ranks, one set of checkpoints."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medweave.cli.train",
+            "debug=smoke",
+            f"data.root={tiny_cohort}",
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = mlflow_client(tmp_path / "logs")
+    [run] = only_run(client)
+    assert 0.0 <= run.data.metrics["test/auroc"] <= 1.0
+    assert run.data.params["trainer.strategy"] == "ddp"
+    assert len(list((tmp_path / "logs" / "debug" / "runs").glob("*/checkpoints/last.ckpt"))) == 1

@@ -72,8 +72,8 @@ def train(cfg) -> float | None:
         for name, part in [*model.encoders.items(), ("fusion", model.fusion), ("head", model.head)]
     }
     counts["params/total"] = sum(p.numel() for p in model.parameters())
-    log.info("Parameters: %s", counts)
     if trainer.is_global_zero:
+        log.info("Parameters: %s", counts)
         log_run_config(loggers, cfg, Path(cfg.paths.output_dir), counts)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -82,8 +82,9 @@ def train(cfg) -> float | None:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    log.info("Metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
-    log.info("Outputs in %s", cfg.paths.output_dir)
+    if trainer.is_global_zero:
+        log.info("Metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
+        log.info("Outputs in %s", cfg.paths.output_dir)
     return metrics.get(cfg.get("optimized_metric"))
 
 

@@ -42,6 +42,9 @@ class TextEncoder(nn.Module):
                 model_type, vocab_size=vocab_size, pad_token_id=pad_token_id, **settings
             )
             self.transformer = AutoModel.from_config(hf_config)
+        if getattr(self.transformer, "pooler", None) is not None:
+            # We pool ourselves; an unused pooler would also stall DDP (unused parameters).
+            self.transformer.pooler = None
         if freeze:
             self.transformer.requires_grad_(False)
         self.project = nn.Linear(self.transformer.config.hidden_size, dim)
