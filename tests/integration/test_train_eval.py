@@ -115,8 +115,20 @@ def test_checkpoint_from_another_model_is_refused(smoke_cfg, tmp_path, tiny_coho
         load_checkpoint(str(tmp_path / "nope.ckpt"))
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """A CLI run in a child process. In-process MLflow runs of other tests export
+    MLFLOW_TRACKING_URI, which would send the child's run elsewhere: drop it."""
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**clean, **env},
+    )
 
 
 @pytest.mark.parametrize(
@@ -156,25 +168,15 @@ def test_cli_sandbox_train_eval(tmp_path):
 
 def test_cli_ddp_on_cpu_gives_one_mlflow_run(tiny_cohort, tmp_path):
     """Two gloo processes: one MLflow run, metrics synced across ranks, one set of checkpoints."""
-    import os
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medweave.cli.train",
-            "debug=smoke",
-            f"data.root={tiny_cohort}",
-            "trainer=ddp",
-            "trainer.devices=2",
-            "trainer.accelerator=cpu",
-        ],
+    proc = run_cli(
+        "medweave.cli.train",
+        "debug=smoke",
+        f"data.root={tiny_cohort}",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
+        OMP_NUM_THREADS="1",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow_client(tmp_path / "logs")
