@@ -37,24 +37,21 @@ def compose(config_name: str, overrides: list[str]):
     return cfg
 
 
+def compose_run(config_name: str, overrides: list[str], log_dir, run_dir):
+    """A composed config ready to hand to a task function, as the CLI would in ``run_dir``."""
+    from omegaconf import open_dict
+
+    cfg = compose(config_name, [f"paths.log_dir={log_dir}", f"hydra.run.dir={run_dir}", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+        del cfg.hydra
+    return cfg
+
+
 @pytest.fixture
 def smoke_cfg(tiny_cohort, tmp_path):
     def make(*overrides: str):
-        cfg = compose(
-            "train",
-            [
-                "debug=smoke",
-                f"data.root={tiny_cohort}",
-                f"paths.log_dir={tmp_path / 'logs'}",
-                f"hydra.run.dir={tmp_path / 'run'}",
-                *overrides,
-            ],
-        )
-        from omegaconf import open_dict
-
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path / "run")
-            del cfg.hydra
-        return cfg
+        overrides = ["debug=smoke", f"data.root={tiny_cohort}", *overrides]
+        return compose_run("train", overrides, tmp_path / "logs", tmp_path / "run")
 
     return make

@@ -35,7 +35,7 @@ def all_artifacts(client, run_id, path=None):
 def test_train_logs_everything_to_mlflow_then_eval(smoke_cfg, tmp_path, tiny_cohort):
     from medweave.cli.eval import evaluate
     from medweave.cli.train import train
-    from tests.conftest import compose
+    from tests.conftest import compose_run
 
     cfg = smoke_cfg()
     value = train(cfg)
@@ -57,20 +57,9 @@ def test_train_logs_everything_to_mlflow_then_eval(smoke_cfg, tmp_path, tiny_coh
     assert any(a.endswith(".ckpt") for a in artifacts), artifacts
 
     ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
-    eval_cfg = compose(
-        "eval",
-        [
-            f"ckpt_path={ckpt}",
-            f"data.root={tiny_cohort}",
-            f"paths.log_dir={tmp_path / 'logs'}",
-            f"hydra.run.dir={tmp_path / 'eval'}",
-        ],
+    eval_cfg = compose_run(
+        "eval", [f"ckpt_path={ckpt}", f"data.root={tiny_cohort}"], tmp_path / "logs", tmp_path / "eval"
     )
-    from omegaconf import open_dict
-
-    with open_dict(eval_cfg):
-        eval_cfg.paths.output_dir = str(tmp_path / "eval")
-        del eval_cfg.hydra
     results = evaluate(eval_cfg)
     assert 0.0 <= results["test/auroc"] <= 1.0
     runs = only_run(client)
