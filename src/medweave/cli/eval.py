@@ -70,9 +70,11 @@ def evaluate(cfg) -> dict[str, float]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from medweave.cli.hydra_main import one_log_stream
     from medweave.errors import MedweaveError
     from medweave.tracking.mlflow import log_run_config
 
+    one_log_stream()
     if cfg.split not in EVAL_SPLITS:
         raise MedweaveError(f"split='{cfg.split}': expected one of {list(EVAL_SPLITS)}")
     ckpt = load_checkpoint(cfg.ckpt_path)

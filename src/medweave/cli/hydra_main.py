@@ -15,6 +15,13 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parents[3] / "configs"
 
 
+def one_log_stream() -> None:
+    """Lightning adds its own console handler to the "lightning" logger on import; under Hydra,
+    whose root handlers already print (and write the run's log file), that doubles every line."""
+    if logging.getLogger().handlers:
+        logging.getLogger("lightning").handlers.clear()
+
+
 def run(task_fn, config_name: str, program: str) -> None:
     import hydra
     from hydra.errors import InstantiationException

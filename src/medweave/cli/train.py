@@ -48,9 +48,11 @@ def train(cfg) -> float | None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from medweave.cli.hydra_main import one_log_stream
     from medweave.models.build import build_model
     from medweave.tracking.mlflow import log_run_config
 
+    one_log_stream()
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
 
