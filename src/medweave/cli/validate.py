@@ -1,0 +1,34 @@
+"""medweave-validate: check a cohort against the contract; every problem, with file and row.
+
+    medweave-validate data.root=data/sandbox
+
+Exit status 0 when the cohort passes, 1 when anything is wrong.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def validate(cfg) -> None:
+    from medweave.data.validate import validate_cohort
+
+    report = validate_cohort(cfg.data.root)
+    sizes = ", ".join(f"{v} {k}" for k, v in report.counts.items())
+    if report.ok:
+        print(f"OK: {report.root} follows the cohort contract ({sizes})")
+        return
+    print(f"{report.root}: {len(report.problems)} problem(s) ({sizes})")
+    for problem in report.problems:
+        print(f"  {problem}")
+    sys.exit(1)
+
+
+def main() -> None:
+    from medweave.cli.hydra_main import run
+
+    run(validate, "validate", "medweave-validate")
+
+
+if __name__ == "__main__":
+    main()
