@@ -129,3 +129,22 @@ def test_modalities_carry_signal(tmp_path):
     events = pq.read_table(next((root / "data").glob("*.parquet"))).to_pandas()
     hba1c = events[events.code == "NPU//NPU27300"].groupby("subject_id").numeric_value.mean()
     assert np.corrcoef(hba1c, truth.loc[hba1c.index, "metabolic"])[0, 1] > 0.5
+
+
+def test_quadrature_matches_monte_carlo():
+    from medweave.sandbox.latent import sigmoid
+    from medweave.sandbox.oracle import _expected_sigmoid
+
+    rng = np.random.default_rng(0)
+    mean = np.array([-2.0, 0.0, 1.5])
+    mc = sigmoid(mean[:, None] + 1.3 * rng.standard_normal((3, 200_000))).mean(1)
+    np.testing.assert_allclose(_expected_sigmoid(mean, 1.3), mc, atol=3e-3)
+
+
+def test_each_modality_alone_falls_short_of_the_oracle(tmp_path):
+    root = generate_cohort(tmp_path / "o", SandboxConfig(n_subjects=1500, n_variants=20, image_size=16))
+    oracle = json.loads((root / c.DATASET_METADATA).read_text())["medweave"]["oracle"]["cvd_onset_1y"]
+    full = oracle["auroc"]["train"]
+    alone = {m: v["train"] for m, v in oracle["auroc_by_modality"].items()}
+    assert set(alone) == {"ehr_codes", "text", "image", "genomics"}
+    assert all(0.55 < v < full - 0.1 for v in alone.values()), (full, alone)

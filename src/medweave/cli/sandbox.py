@@ -24,6 +24,8 @@ def sandbox(cfg) -> str:
     root = generate_cohort(out, SandboxConfig(**settings), overwrite=overwrite)
     meta = json.loads((root / "metadata/dataset.json").read_text())["medweave"]
     for task, oracle in meta["oracle"].items():
+        for modality, auroc in oracle["auroc_by_modality"].items():
+            log.info("Oracle AUROC given %s alone: %s", modality, auroc)
         log.info(
             "Cohort written to %s: task %s, prevalence %.3f, oracle AUROC %s",
             root,

@@ -24,6 +24,7 @@ from medweave.data import contract as c
 from medweave.errors import MedweaveError
 from medweave.sandbox import ehr, genomics, imaging, notes
 from medweave.sandbox.latent import LatentWeights, draw_person, onset_logit, sigmoid
+from medweave.sandbox.oracle import modality_oracle_scores
 
 TASK = "cvd_onset_1y"
 
@@ -120,7 +121,21 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
         if has["genomics"]:
             genotypes[sid] = haplotypes
         labels.append((sid, person.prediction_time, bool(onset)))
-        truth.append((sid, risk, genetic, person.metabolic, person.symptoms, person.structural))
+        truth.append(
+            (
+                sid,
+                risk,
+                genetic,
+                person.metabolic,
+                person.symptoms,
+                person.structural,
+                person.age,
+                person.sex == "M",
+                has["text"],
+                has["image"],
+                has["genomics"],
+            )
+        )
 
     _write_events(root, events)
     _write_labels(root, labels)
@@ -128,7 +143,7 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
     _write_codes(root)
     _write_imaging_index(root, image_rows)
     _write_vcf(root, panel, genotypes)
-    oracle = _write_truth(root, truth, subject_ids, splits, labels)
+    oracle = _write_truth(root, truth, splits, labels, cfg.weights)
     _write_dataset_metadata(root, cfg, oracle)
 
 
@@ -254,24 +269,46 @@ def _write_vcf(root: Path, panel: genomics.VariantPanel, genotypes: dict[int, np
     plain.unlink()
 
 
-def _write_truth(root, truth, subject_ids, splits, labels) -> dict:
+TRUTH_COLUMNS = (
+    "subject_id",
+    "risk",
+    "genetic",
+    "metabolic",
+    "symptoms",
+    "structural",
+    "age",
+    "male",
+    "has_text",
+    "has_image",
+    "has_genomics",
+)
+
+
+def _write_truth(root, truth, splits, labels, weights: LatentWeights) -> dict:
+    """Save the true risk apart from the inputs; return the oracle AUROC per split, for the
+    true risk and for each modality alone (see sandbox/oracle.py)."""
     from sklearn.metrics import roc_auc_score
 
-    sid, risk, g, m, s, l_ = (np.array(x) for x in zip(*truth, strict=True))
+    table = {name: np.array(col) for name, col in zip(TRUTH_COLUMNS, zip(*truth, strict=True), strict=True)}
     (root / "ground_truth").mkdir()
-    pq.write_table(
-        pa.table(
-            {"subject_id": sid, "risk": risk, "genetic": g, "metabolic": m, "symptoms": s, "structural": l_}
-        ),
-        root / c.GROUND_TRUTH,
-    )
+    pq.write_table(pa.table(table), root / c.GROUND_TRUTH)
+    table["has_ehr_codes"] = np.ones(len(splits), bool)
     y = np.array([lab[2] for lab in labels])
-    oracle = {}
-    for split in c.SPLITS:
-        sel = splits == split
-        if sel.any() and 0 < y[sel].sum() < sel.sum():
-            oracle[split] = round(float(roc_auc_score(y[sel], risk[sel])), 4)
-    return {"auroc": oracle, "prevalence": round(float(y.mean()), 4)}
+    by_modality = modality_oracle_scores(table, weights)
+
+    def auroc(score) -> dict:
+        out = {}
+        for split in c.SPLITS:
+            sel = splits == split
+            if sel.any() and 0 < y[sel].sum() < sel.sum():
+                out[split] = round(float(roc_auc_score(y[sel], score[sel])), 4)
+        return out
+
+    return {
+        "auroc": auroc(table["risk"]),
+        "auroc_by_modality": {m: auroc(score) for m, score in by_modality.items()},
+        "prevalence": round(float(y.mean()), 4),
+    }
 
 
 def _write_dataset_metadata(root: Path, cfg: SandboxConfig, oracle: dict) -> None:
