@@ -3,14 +3,25 @@ import torch
 
 from medweave.models.fusion.attention import AttentionFusion
 from medweave.models.fusion.concat import ConcatFusion
+from medweave.models.fusion.cross_attention import CrossAttentionFusion
+from medweave.models.fusion.gated import GatedFusion
+from medweave.models.fusion.late import LateFusion
+from medweave.models.fusion.low_rank import LowRankTensorFusion
 from medweave.models.heads.binary import BinaryHead
 
 MODS = ["ehr_codes", "text", "image", "genomics"]
 B, D = 4, 8
 
 
-def fusions():
-    return [ConcatFusion(MODS, D, hidden=12), AttentionFusion(MODS, D, n_heads=2)]
+def fusions(mods=MODS):
+    return [
+        ConcatFusion(mods, D, hidden=12),
+        AttentionFusion(mods, D, n_heads=2),
+        LateFusion(mods, D, hidden=12),
+        GatedFusion(mods, D, hidden=12),
+        CrossAttentionFusion(mods, D, n_heads=2),
+        LowRankTensorFusion(mods, D, hidden=12, rank=3),
+    ]
 
 
 def inputs():
@@ -32,18 +43,43 @@ def test_fusion_shape_and_missing_modalities(fusion):
     assert out.shape == (B, fusion.out_dim) and torch.isfinite(out).all()
 
 
-def test_attention_ignores_what_a_missing_modality_holds():
-    fusion = AttentionFusion(MODS, D, n_heads=2).eval()
+@pytest.mark.parametrize("fusion", fusions(), ids=lambda f: type(f).__name__)
+def test_fusion_ignores_what_a_missing_modality_holds(fusion):
+    fusion.eval()
     emb, masks = inputs()
     noisy = {m: e.clone() for m, e in emb.items()}
     noisy["image"][0] = 100.0  # subject 0 has no image: whatever sits there must not matter
+    noisy["genomics"][1] = -50.0  # nor subject 1's missing genome
     torch.testing.assert_close(fusion(emb, masks), fusion(noisy, masks))
 
 
-def test_fusion_subset_of_modalities():
-    fusion = AttentionFusion(["image"], D, n_heads=2).eval()
+@pytest.mark.parametrize("fusion", fusions(), ids=lambda f: type(f).__name__)
+def test_fusion_uses_present_modalities(fusion):
+    fusion.eval()
+    emb, masks = inputs()
+    changed = {m: e.clone() for m, e in emb.items()}
+    changed["ehr_codes"][0] += torch.linspace(-1, 1, D)  # subject 0 has only EHR: output must move
+    assert not torch.allclose(fusion(emb, masks)[0], fusion(changed, masks)[0])
+
+
+@pytest.mark.parametrize("fusion", fusions(), ids=lambda f: type(f).__name__)
+def test_fusion_gradients_finite_with_nothing_present(fusion):
+    emb, masks = inputs()
+    emb = {m: e.clone().requires_grad_(True) for m, e in emb.items()}
+    for m in MODS:
+        masks[m] = masks[m].clone()
+        masks[m][3] = False  # subject 3 has no modality at all
+    out = fusion(emb, masks)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in fusion.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("fusion", fusions(["image"]), ids=lambda f: type(f).__name__)
+def test_fusion_single_modality(fusion):
+    fusion.eval()
     out = fusion({"image": torch.randn(B, D)}, {"image": torch.tensor([True, False, True, True])})
-    assert out.shape == (B, D) and torch.isfinite(out).all()
+    assert out.shape == (B, fusion.out_dim) and torch.isfinite(out).all()
 
 
 def test_binary_head_loss_and_score():
