@@ -30,6 +30,7 @@ def inputs():
     masks = {m: torch.ones(B, dtype=torch.bool) for m in MODS}
     masks["image"][0] = masks["genomics"][0] = masks["text"][0] = False  # only EHR left
     masks["genomics"][1:3] = False
+    masks["ehr_codes"][2] = False  # the cross-attention query is missing for subject 2
     for m in MODS:  # as the module hands them over: missing rows are zero
         emb[m] = emb[m] * masks[m].unsqueeze(-1)
     return emb, masks
@@ -50,6 +51,7 @@ def test_fusion_ignores_what_a_missing_modality_holds(fusion):
     noisy = {m: e.clone() for m, e in emb.items()}
     noisy["image"][0] = 100.0  # subject 0 has no image: whatever sits there must not matter
     noisy["genomics"][1] = -50.0  # nor subject 1's missing genome
+    noisy["ehr_codes"][2] = 7.0  # nor subject 2's missing EHR
     torch.testing.assert_close(fusion(emb, masks), fusion(noisy, masks))
 
 
@@ -59,7 +61,11 @@ def test_fusion_uses_present_modalities(fusion):
     emb, masks = inputs()
     changed = {m: e.clone() for m, e in emb.items()}
     changed["ehr_codes"][0] += torch.linspace(-1, 1, D)  # subject 0 has only EHR: output must move
-    assert not torch.allclose(fusion(emb, masks)[0], fusion(changed, masks)[0])
+    changed["image"][1] += torch.linspace(1, -1, D)  # subject 1 has an image beside EHR
+    changed["text"][2] += torch.linspace(-1, 1, D)  # subject 2 has no EHR (no cross-attention query)
+    before, after = fusion(emb, masks), fusion(changed, masks)
+    for subject in (0, 1, 2):
+        assert not torch.allclose(before[subject], after[subject]), subject
 
 
 @pytest.mark.parametrize("fusion", fusions(), ids=lambda f: type(f).__name__)
@@ -73,6 +79,7 @@ def test_fusion_gradients_finite_with_nothing_present(fusion):
     out.sum().backward()
     assert torch.isfinite(out).all()
     assert all(torch.isfinite(p.grad).all() for p in fusion.parameters() if p.grad is not None)
+    assert all(torch.isfinite(e.grad).all() for e in emb.values())
 
 
 @pytest.mark.parametrize("fusion", fusions(["image"]), ids=lambda f: type(f).__name__)

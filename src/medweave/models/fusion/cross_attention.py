@@ -35,9 +35,11 @@ class CrossAttentionFusion(nn.Module):
         self.keys = [m for m in self.modalities if m != self.query]
         self.out_dim = dim
         self.missing_query = nn.Parameter(torch.zeros(dim))
-        self.key_embedding = nn.Parameter(torch.randn(max(len(self.keys), 1), dim) * 0.02)
-        self.attention = nn.MultiheadAttention(dim, n_heads, dropout=dropout, batch_first=True)
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        if self.keys:  # with one modality there is nothing to attend to (and no unused weights for DDP)
+            self.key_embedding = nn.Parameter(torch.randn(len(self.keys), dim) * 0.02)
+            self.attention = nn.MultiheadAttention(dim, n_heads, dropout=dropout, batch_first=True)
+            self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
         self.ff = nn.Sequential(
             nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
         )

@@ -29,7 +29,7 @@ class GatedFusion(nn.Module):
         x, present = stack(embeddings, masks, self.modalities)  # [B, M, D], [B, M]
         h = torch.stack([torch.tanh(self.transform[m](embeddings[m])) for m in self.modalities], 1)
         gate_in = torch.cat([x * present.unsqueeze(-1), present.to(x.dtype).unsqueeze(-1)], -1).flatten(1)
-        scores = self.gate(gate_in).masked_fill(~present, float("-inf"))
-        # A subject with no modality at all would give NaN; give it zero gates instead.
-        z = torch.nan_to_num(torch.softmax(scores, -1), nan=0.0)
+        scores = self.gate(gate_in).masked_fill(~present, torch.finfo(x.dtype).min)
+        # Finite fill, then zero the absent: a subject with no modality gets all-zero gates, no NaN.
+        z = torch.softmax(scores, -1) * present
         return (z.unsqueeze(-1) * h).sum(1)

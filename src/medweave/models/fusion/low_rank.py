@@ -24,10 +24,13 @@ class LowRankTensorFusion(nn.Module):
         self.modalities = list(modalities)
         self.out_dim = hidden
         self.factors = nn.ParameterDict(
-            {m: nn.Parameter(torch.randn(rank, dim + 1, hidden) * (dim + 1) ** -0.5) for m in self.modalities}
+            {
+                m: nn.Parameter(torch.randn(rank, dim + 1, hidden) * 0.25 * (dim + 1) ** -0.5)
+                for m in self.modalities
+            }
         )
-        with torch.no_grad():  # start each factor near "pass the constant through": product ~ 1
-            for factor in self.factors.values():
+        with torch.no_grad():  # each factor starts near 1 + small, so the product over modalities
+            for factor in self.factors.values():  # neither vanishes nor explodes
                 factor[:, -1, :] += 1.0
         self.rank_weights = nn.Parameter(torch.full((rank,), 1.0 / rank))
         self.bias = nn.Parameter(torch.zeros(hidden))
