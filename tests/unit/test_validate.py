@@ -37,6 +37,11 @@ def broken(tiny_cohort, tmp_path):
 
     labels = pq.read_table(root / "labels/cvd_onset_1y.parquet")
     pq.write_table(labels.drop_columns(["prediction_time"]), root / "labels/cvd_onset_1y.parquet")
+    other = labels.to_pandas()
+    other["boolean_value"] = other["boolean_value"].astype(object)
+    other.loc[4, "boolean_value"] = None  # a label without a value
+    other.loc[6, "subject_id"] = 8  # a subject no split knows
+    pq.write_table(pa.Table.from_pandas(other, preserve_index=False), root / "labels/other_task.parquet")
 
     index = pq.read_table(root / c.IMAGING_INDEX)
     paths = index.column("path").to_pylist()
@@ -56,6 +61,8 @@ def test_every_planted_fault_is_reported(broken):
         f"data/0.parquet: row {n_events}, field subject_id: subject has no split",
         "data/extra.parquet: file: not readable as parquet",
         "labels/cvd_onset_1y.parquet: column prediction_time: missing",
+        "labels/other_task.parquet: row 4, field boolean_value/integer_value/float_value/categ",
+        "labels/other_task.parquet: row 6, field subject_id: subject has no split",
         "imaging/index.parquet: row 1, field path: image file does not exist",
         "imaging/index.parquet: row 2, field path: not a readable DICOM image",
         "genomics/variants.vcf.gz: index: no .tbi or .csi index",
@@ -79,7 +86,7 @@ def test_cli_exit_status(tiny_cohort, broken, tmp_path):
     assert good.returncode == 0 and good.stdout.startswith("OK:")
     bad = run(broken[0])
     assert bad.returncode == 1
-    assert "8 problem(s)" in bad.stdout and "imaging/index.parquet: row 1" in bad.stdout
+    assert "10 problem(s)" in bad.stdout and "imaging/index.parquet: row 1" in bad.stdout
     assert not any(
         str(s) in bad.stdout
         for s in pq.read_table(tiny_cohort / c.SUBJECT_SPLITS).column("subject_id").to_pylist()

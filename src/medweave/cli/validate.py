@@ -2,7 +2,7 @@
 
     medweave-validate data.root=data/sandbox
 
-Exit status 0 when the cohort passes, 1 when anything is wrong.
+Exit status 0 when the cohort passes, 1 when anything is wrong, 2 for a bad command line.
 """
 
 from __future__ import annotations

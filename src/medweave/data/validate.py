@@ -21,8 +21,10 @@ from medweave.data import contract as c
 
 @dataclass(frozen=True)
 class Problem:
+    """One fault. Rows (and VCF sample columns) are counted from 0, as pyarrow and pandas do."""
+
     file: str  # relative to the cohort root
-    where: str  # "row 17", "column code", ...
+    where: str  # "row 17, field code", "column code", ...
     message: str
 
     def __str__(self) -> str:
@@ -52,7 +54,7 @@ class _Collector:
         """The table if it is readable and has the required columns with compatible types."""
         try:
             table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as err:
+        except (pa.ArrowException, OSError) as err:
             self.add(path, "file", f"not readable as parquet ({err})")
             return None
         ok = True
@@ -192,7 +194,6 @@ def _check_labels(root, col, counts, split_ids) -> None:
 
 def _check_imaging(root, col, counts, split_ids) -> None:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     path = root / c.IMAGING_INDEX
     if not path.exists():
@@ -209,12 +210,12 @@ def _check_imaging(root, col, counts, split_ids) -> None:
         file = root / c.IMAGING_DIR / (rel or "")
         if not rel or not file.is_file():
             missing.append(row)
-        elif file.suffix.lower() == ".dcm":
+        elif not file.name.lower().endswith((".nii", ".nii.gz", ".png")):  # DICOM, with or without .dcm
             try:
                 ds = pydicom.dcmread(file, stop_before_pixels=True)
                 if "Rows" not in ds:
                     unreadable.append(row)
-            except (InvalidDicomError, OSError):
+            except Exception:  # truncated files raise many types; each is one reported row
                 unreadable.append(row)
     n = table.num_rows
     col.first_rows(path, np.isin(np.arange(n), missing), "image file does not exist under imaging/", "path")
@@ -237,8 +238,8 @@ def _check_genomics(root, col, counts, split_ids) -> None:
     counts["genomes"] = len(samples)
     bad = [i for i, s in enumerate(samples) if not s.isdigit()]
     if bad:
-        col.add(path, f"sample {bad[0] + 1}", f"{len(bad)} sample name(s) are not subject_ids (integers)")
+        col.add(path, f"sample {bad[0]}", f"{len(bad)} sample name(s) are not subject_ids (integers)")
     ids = np.array([int(s) if s.isdigit() else -1 for s in samples], np.int64)
     unknown = np.flatnonzero(~_known(ids, split_ids) & (ids >= 0))
     if len(unknown):
-        col.add(path, f"sample {unknown[0] + 1}", f"{len(unknown)} sample(s) match no subject in the splits")
+        col.add(path, f"sample {unknown[0]}", f"{len(unknown)} sample(s) match no subject in the splits")

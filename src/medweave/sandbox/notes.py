@@ -68,7 +68,7 @@ def draw_note(symptoms: float, rng: np.random.Generator) -> str:
 def draw_note_events(
     person: Person, visits: np.ndarray, onset: bool, rng: np.random.Generator
 ) -> list[tuple]:
-    """Notes at the last one to three visits before prediction_time, and one 30 days after it
+    """Notes at the last 1 + Poisson(1) visits before prediction_time, and one 30 days after it
     (real records have those too; a pipeline must never let them reach a model)."""
     before = visits[visits < person.prediction_time]
     if len(before):

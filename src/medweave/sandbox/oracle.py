@@ -1,9 +1,12 @@
 """What each modality can carry: the best possible score given one modality's latent factor.
 
 A model that sees only one modality can at best learn P(onset | that modality's factor), with the
-other factors unknown (independent standard normals), averaged out here by Gauss-Hermite
-quadrature. Subjects without the modality get the cohort's mean risk. EHR also shows age and sex
-(birth and sex events), so its oracle uses them; images, notes and genomes do not.
+other factors unknown, averaged out here by Gauss-Hermite quadrature. This is approximate: hidden
+factors are treated as Gaussian (the genetic score is a sum over a few large-effect variants; age
+and sex are folded in by their variance). Among subjects who have the modality the score is
+monotone in the factor, so that part of the AUROC is exact; subjects without it get the cohort's
+mean risk. EHR also shows age and sex (birth and sex events), so its oracle uses them; images,
+notes and genomes do not. Note counts follow visit rate, so the text ceiling is not strict.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def _expected_sigmoid(mean: np.ndarray, sd: float, nodes: int = 40) -> np.ndarra
 
 def modality_oracle_scores(truth: dict[str, np.ndarray], weights: LatentWeights) -> dict[str, np.ndarray]:
     """Per modality, each subject's P(onset | what that modality shows); ``truth`` holds the factors,
-    age, male and has_<modality> arrays."""
+    risk, age, male and has_<modality> arrays."""
     demo = weights.age_per_decade * (truth["age"] - 60.0) / 10.0 + weights.male * truth["male"]
     factors = {f: getattr(weights, WEIGHT_OF[f]) for f in WEIGHT_OF}
     scores = {}
@@ -44,5 +47,5 @@ def modality_oracle_scores(truth: dict[str, np.ndarray], weights: LatentWeights)
             sd = float(np.sqrt(sum(w**2 for w in hidden) + demo.var()))
         score = _expected_sigmoid(mean, sd)
         has = truth.get(f"has_{modality}", np.ones(len(score), bool))
-        scores[modality] = np.where(has, score, score[has].mean() if has.any() else score.mean())
+        scores[modality] = np.where(has, score, truth["risk"].mean())
     return scores
