@@ -66,6 +66,25 @@ def test_train_logs_everything_to_mlflow_then_eval(smoke_cfg, tmp_path, tiny_coh
     assert len(runs) == 2 and runs[0].data.params["ckpt_path"] == str(ckpt)
     assert abs(runs[0].data.metrics["test/auroc"] - results["test/auroc"]) < 1e-6
 
+    # Predictions: the run's own file, not MLflow; the logged metric is what sklearn gets from it.
+    import pyarrow.parquet as pq
+    from sklearn.metrics import roc_auc_score
+
+    from medweave.cli.predict import predict
+
+    predict_cfg = compose_run(
+        "predict",
+        [f"ckpt_path={ckpt}", f"data.root={tiny_cohort}", "splits=[tuning,held_out]"],
+        tmp_path / "logs",
+        tmp_path / "predict",
+    )
+    table = pq.read_table(predict(predict_cfg)).to_pandas()
+    splits = pq.read_table(tiny_cohort / "metadata/subject_splits.parquet").to_pandas()
+    assert sorted(table.subject_id) == sorted(splits[splits.split.isin(["tuning", "held_out"])].subject_id)
+    held = table[table.split == "held_out"]
+    assert abs(roc_auc_score(held.target, held.score) - results["test/auroc"]) < 1e-6
+    assert len(only_run(client)) == 2  # predict logged nothing
+
 
 @pytest.mark.parametrize("modalities", [["image"], ["ehr_codes", "text"], ["genomics"]])
 def test_single_and_pair_baselines(smoke_cfg, modalities, tmp_path):

@@ -96,7 +96,11 @@ class MultimodalModule(L.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"score": self.head.score(self(batch)), "subject_id": batch["subject_id"]}
+        return {
+            "score": self.head.score(self(batch)),
+            "subject_id": batch["subject_id"],
+            "target": batch["targets"],
+        }
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
