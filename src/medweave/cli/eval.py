@@ -65,10 +65,27 @@ def restore_model(ckpt: dict, path: str, encoder_inputs: dict):
     return model
 
 
+def restore_for_inference(cfg):
+    """(checkpoint, data module, model) for ``cfg.ckpt_path`` over the cohort at ``cfg.data.root``.
+
+    The data module is the training one, with only where-and-how-fast keys (root, cache_dir,
+    batch_size, num_workers) taken from ``cfg.data``; the vocabularies come from the checkpoint.
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    data_cfg = OmegaConf.merge(
+        ckpt["medweave"]["config"]["data"], OmegaConf.to_container(cfg.data, resolve=True)
+    )
+    # The vocabulary goes in after Hydra: through it, note words like "${" would be interpolated.
+    datamodule = instantiate(data_cfg, _partial_=True)(vocab=ckpt["medweave"]["vocab"])
+    return ckpt, datamodule, restore_model(ckpt, cfg.ckpt_path, datamodule.encoder_inputs())
+
+
 def evaluate(cfg) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from medweave.cli.hydra_main import one_log_stream
     from medweave.errors import MedweaveError
@@ -77,13 +94,7 @@ def evaluate(cfg) -> dict[str, float]:
     one_log_stream()
     if cfg.split not in EVAL_SPLITS:
         raise MedweaveError(f"split='{cfg.split}': expected one of {list(EVAL_SPLITS)}")
-    ckpt = load_checkpoint(cfg.ckpt_path)
-    data_cfg = OmegaConf.merge(
-        ckpt["medweave"]["config"]["data"], OmegaConf.to_container(cfg.data, resolve=True)
-    )
-    # The vocabulary goes in after Hydra: through it, note words like "${" would be interpolated.
-    datamodule = instantiate(data_cfg, _partial_=True)(vocab=ckpt["medweave"]["vocab"])
-    model = restore_model(ckpt, cfg.ckpt_path, datamodule.encoder_inputs())
+    ckpt, datamodule, model = restore_for_inference(cfg)
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])

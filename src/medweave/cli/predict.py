@@ -20,9 +20,8 @@ def predict(cfg) -> str:
     import pyarrow.parquet as pq
     import torch
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    from medweave.cli.eval import load_checkpoint, restore_model
+    from medweave.cli.eval import restore_for_inference
     from medweave.cli.hydra_main import one_log_stream
     from medweave.data.contract import SPLITS
     from medweave.errors import MedweaveError
@@ -31,12 +30,7 @@ def predict(cfg) -> str:
     unknown = [s for s in cfg.splits if s not in SPLITS]
     if unknown:
         raise MedweaveError(f"splits={list(cfg.splits)}: {unknown} not among {list(SPLITS)}")
-    ckpt = load_checkpoint(cfg.ckpt_path)
-    data_cfg = OmegaConf.merge(
-        ckpt["medweave"]["config"]["data"], OmegaConf.to_container(cfg.data, resolve=True)
-    )
-    datamodule = instantiate(data_cfg, _partial_=True)(vocab=ckpt["medweave"]["vocab"])
-    model = restore_model(ckpt, cfg.ckpt_path, datamodule.encoder_inputs())
+    _, datamodule, model = restore_for_inference(cfg)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
 
     columns: dict[str, list] = {"subject_id": [], "split": [], "score": [], "target": []}
