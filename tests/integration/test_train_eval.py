@@ -49,6 +49,7 @@ def test_train_logs_everything_to_mlflow_then_eval(smoke_cfg, tmp_path, tiny_coh
         assert metrics[key] == metrics[key]  # not NaN
     history = client.get_metric_history(run.info.run_id, "val/auroc")
     assert len(history) == cfg.trainer.max_epochs  # one value per epoch
+    assert value == pytest.approx(max(h.value for h in history))  # the best epoch, for sweepers
     assert params["data.modalities"] == "['ehr_codes', 'text', 'image', 'genomics']"
     assert params["model.fusion._target_"].endswith("AttentionFusion")
     assert int(params["params/total"]) > 0

@@ -87,6 +87,14 @@ def train(cfg) -> float | None:
     if trainer.is_global_zero:
         log.info("Metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
         log.info("Outputs in %s", cfg.paths.output_dir)
+    # A sweeper should see the best epoch's value (the checkpoint tested), not the last epoch's.
+    checkpoint = trainer.checkpoint_callback
+    if (
+        checkpoint
+        and checkpoint.monitor == cfg.get("optimized_metric")
+        and checkpoint.best_model_score is not None
+    ):
+        return float(checkpoint.best_model_score)
     return metrics.get(cfg.get("optimized_metric"))
 
 
