@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medweave.models.fusion._masking import stack
+
 
 class AttentionFusion(nn.Module):
     """Tokens = [summary] + one per modality (+ a learned modality embedding); missing
@@ -33,9 +35,8 @@ class AttentionFusion(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, embeddings: dict, masks: dict) -> torch.Tensor:
-        tokens = torch.stack([embeddings[m] for m in self.modalities], 1) + self.modality_embedding
+        tokens, present = stack(embeddings, masks, self.modalities)
         batch = tokens.shape[0]
-        tokens = torch.cat([self.summary.expand(batch, -1, -1), tokens], 1)
-        present = torch.stack([masks[m] for m in self.modalities], 1)
+        tokens = torch.cat([self.summary.expand(batch, -1, -1), tokens + self.modality_embedding], 1)
         padding = torch.cat([present.new_zeros(batch, 1), ~present], 1)  # summary always visible
         return self.norm(self.transformer(tokens, src_key_padding_mask=padding)[:, 0])
