@@ -1,7 +1,7 @@
 """medweave-sandbox: write a synthetic cohort in the contract layout.
 
 medweave-sandbox out=data/sandbox n_subjects=2000 seed=0
-medweave-sandbox out=data/sandbox missing.image=0.6 overwrite=true
+medweave-sandbox out=data/sandbox missing.image=0.6 volumes=true overwrite=true
 """
 
 from __future__ import annotations
@@ -16,23 +16,26 @@ def sandbox(cfg) -> str:
     from omegaconf import OmegaConf
 
     from medweave.sandbox.generate import SandboxConfig, generate_cohort
-    from medweave.sandbox.latent import LatentWeights
+    from medweave.sandbox.latent import Disease
 
     settings = OmegaConf.to_container(cfg, resolve=True)
     out, overwrite = settings.pop("out"), settings.pop("overwrite")
-    settings["weights"] = LatentWeights(**settings.get("weights", {}))
+    settings["diseases"] = {name: Disease(**d) for name, d in settings["diseases"].items()}
+    settings["volume_shape"] = tuple(settings["volume_shape"])
     root = generate_cohort(out, SandboxConfig(**settings), overwrite=overwrite)
     meta = json.loads((root / "metadata/dataset.json").read_text())["medweave"]
     for task, oracle in meta["oracle"].items():
-        for modality, auroc in oracle["auroc_by_modality"].items():
-            log.info("Oracle AUROC given %s alone: %s", modality, auroc)
+        metric = "auroc" if "auroc" in oracle else "c_index"
+        name = "AUROC" if metric == "auroc" else "C-index (Harrell)"
+        held_out = {m: v.get("held_out") for m, v in oracle[f"{metric}_by_modality"].items()}
         log.info(
-            "Cohort written to %s: task %s, prevalence %.3f, oracle AUROC %s",
-            root,
+            "%s: oracle %s on held_out %s; given one modality alone %s",
             task,
-            oracle["prevalence"],
-            oracle["auroc"],
+            name,
+            oracle[metric].get("held_out"),
+            held_out,
         )
+    log.info("Cohort written to %s (oracle figures for every split: metadata/dataset.json)", root)
     return str(root)
 
 

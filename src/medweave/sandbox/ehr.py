@@ -2,7 +2,7 @@
 
 The metabolic factor m raises the visit rate (informative missingness), the chance of metabolic
 diagnoses and their prescriptions, and lab values. Events continue after prediction_time (with
-the outcome diagnosis at onset) so that a pipeline that leaks future events is caught.
+each outcome's diagnosis at its onset) so that a pipeline that leaks future events is caught.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ CODES = {
     "ICD10//R51": ("Headache", ["ICD10//R50-R69"]),
     "ICD10//Z00": ("General examination", ["ICD10//Z00-Z13"]),
     "ICD10//I21": ("Acute myocardial infarction", ["ICD10//I20-I25"]),
+    "ICD10//E10": ("Type 1 diabetes mellitus", ["ICD10//E10-E14"]),
     "ATC//A10BA02": ("Metformin", ["ATC//A10B"]),
     "ATC//C09AA05": ("Ramipril", ["ATC//C09A"]),
     "ATC//C10AA01": ("Simvastatin", ["ATC//C10A"]),
@@ -46,7 +47,6 @@ METABOLIC = [
 ]
 BACKGROUND = ["ICD10//J06", "ICD10//M54", "ICD10//K21", "ICD10//R51", "ICD10//Z00"]
 BACKGROUND_DRUGS = ["ATC//N02BE01", "ATC//M01AE01"]
-OUTCOME_CODE = "ICD10//I21"
 
 
 def visit_times(person: Person, rng: np.random.Generator, follow_up_days: int) -> np.ndarray:
@@ -61,8 +61,9 @@ def visit_times(person: Person, rng: np.random.Generator, follow_up_days: int) -
     return start.astype("datetime64[s]") + offsets
 
 
-def draw_events(person: Person, visits: np.ndarray, onset_time, rng: np.random.Generator) -> list[tuple]:
-    """(time, code, numeric_value, text_value) tuples for one person."""
+def draw_events(person: Person, visits: np.ndarray, onsets, rng: np.random.Generator) -> list[tuple]:
+    """(time, code, numeric_value, text_value) tuples for one person; ``onsets`` holds the
+    (time, code) of each disease onset seen in follow-up."""
     events: list[tuple] = [(None, f"SEX//{person.sex}", None), (person.birth, "MEDS_BIRTH", None)]
     m = person.metabolic
     chance = {code: sigmoid(a + b * m) for code, a, b, _ in METABOLIC}
@@ -81,6 +82,5 @@ def draw_events(person: Person, visits: np.ndarray, onset_time, rng: np.random.G
             events.append((t, "NPU//NPU01568", 2.9 + 0.5 * m + rng.normal(0, 0.6)))
             age = float((t - person.birth) / DAY) / 365.25
             events.append((t, "NPU//NPU18016", 80 + 8 * (age - 60) / 10 + rng.normal(0, 12)))
-    if onset_time is not None:
-        events.append((onset_time, OUTCOME_CODE, None))
+    events += [(t, code, None) for t, code in onsets]
     return [(*event, None) for event in events]

@@ -1,15 +1,21 @@
 """Write a synthetic cohort in the contract layout (see medweave.data.contract).
 
-Every person draws from a child random stream keyed by their index, so a person's data depend
-only on the seed and the index. The cohort is written into a temporary sibling folder and moved
-into place at the end: an interrupted run leaves nothing half-written under ``out``.
+Subjects are generated in shards of ``shard_size`` by ``workers`` processes; each shard writes
+its part files and images, and the parts are then joined into the final files (assemble.py).
+Memory is bounded by the shard size, and the output is the same for a seed whatever the shard
+size or worker count, because every person draws from their own stream (subject.py). The cohort
+is written into a temporary sibling folder and moved into place at the end: an interrupted run
+leaves nothing half-written under ``out``.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
 import uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,11 +28,12 @@ from tqdm.auto import tqdm
 from medweave import __version__
 from medweave.data import contract as c
 from medweave.errors import MedweaveError
-from medweave.sandbox import ehr, genomics, imaging, notes
-from medweave.sandbox.latent import LatentWeights, draw_person, onset_logit, sigmoid
-from medweave.sandbox.oracle import modality_oracle_scores
+from medweave.sandbox import assemble, ehr, genomics, notes
+from medweave.sandbox.latent import Disease, default_diseases
+from medweave.sandbox.oracle import oracle_report
+from medweave.sandbox.subject import OPTIONAL_MODALITIES, draw_subject
 
-TASK = "cvd_onset_1y"
+EXPRESSION_FILE = "genomics/expression.parquet"
 
 
 @dataclass
@@ -37,32 +44,63 @@ class SandboxConfig:
     seed: int = 0
     horizon_days: int = 365
     n_variants: int = 1000
-    n_large_effect_variants: int = 6
     ld_rho: float = 0.8
     image_size: int = 128
+    volumes: bool = False  # also a CT-like volume per imaged subject, as NIfTI and a DICOM series
+    volume_shape: tuple = (32, 64, 64)  # z, y, x
+    expression_genes: int = 0  # > 0: genomics/expression.parquet for sequenced subjects
     missing: dict = field(default_factory=lambda: {"text": 0.2, "image": 0.3, "genomics": 0.4})
+    missing_health_effect: float = 0.0  # 0: missing at random; > 0: the ill have more data
+    follow_up_end: str = "2025-12-31"  # data cutoff: survival labels are censored here
+    loss_per_year: float = 0.02  # emigration and death from other causes
     split_fractions: dict = field(
         default_factory=lambda: {c.TRAIN_SPLIT: 0.7, c.TUNING_SPLIT: 0.15, c.HELD_OUT_SPLIT: 0.15}
     )
-    weights: LatentWeights = field(default_factory=LatentWeights)
+    diseases: dict[str, Disease] = field(default_factory=default_diseases)
+    shard_size: int = 1000  # subjects per unit of work: bounds memory, never changes the output
+    workers: int = 0  # processes; 0 uses every core this process may run on
 
     def check(self) -> None:
         problems = []
         if self.n_subjects < 10:
             problems.append(f"n_subjects={self.n_subjects}: need at least 10")
+        if self.n_variants < 50:
+            problems.append(f"n_variants={self.n_variants}: need at least 50 (large-effect variants)")
         for name, rate in self.missing.items():
-            if name not in ("text", "image", "genomics"):
-                problems.append(f"missing.{name}: only text, image and genomics can be missing")
+            if name not in OPTIONAL_MODALITIES:
+                problems.append(f"missing.{name}: only {', '.join(OPTIONAL_MODALITIES)} can be missing")
             elif not 0 <= rate < 1:
                 problems.append(f"missing.{name}={rate}: expected a rate in [0, 1)")
         if abs(sum(self.split_fractions.values()) - 1) > 1e-6:
             problems.append(f"split_fractions {self.split_fractions} must sum to 1")
+        if self.shard_size < 1 or self.workers < 0:
+            problems.append(f"shard_size={self.shard_size}, workers={self.workers}: expected >= 1 and >= 0")
+        if not self.diseases:
+            problems.append("diseases is empty: the cohort needs at least one outcome")
+        for name, disease in self.diseases.items():
+            try:
+                disease.liability(dict.fromkeys(disease.weights, 0.0))
+            except ValueError as err:
+                problems.append(f"diseases.{name}: {err}")
+        try:
+            if np.datetime64(self.follow_up_end) <= np.datetime64("2022-01-01"):
+                problems.append(f"follow_up_end={self.follow_up_end}: must be after 2022 (prediction times)")
+        except ValueError:
+            problems.append(f"follow_up_end={self.follow_up_end}: expected a date like 2025-12-31")
         if problems:
             raise MedweaveError("bad sandbox config: " + "; ".join(problems))
 
+    def task_names(self, disease: str) -> tuple[str, str]:
+        """(binary task, survival task) label names for a disease, e.g. cvd_onset_1y, cvd_survival."""
+        h = self.horizon_days
+        return (
+            f"{disease}_onset_{h // 365}y" if h % 365 == 0 else f"{disease}_onset_{h}d",
+            f"{disease}_survival",
+        )
+
 
 def generate_cohort(out: str | Path, config: SandboxConfig, overwrite: bool = False) -> Path:
-    """Generate the cohort and return its folder; the oracle AUROC is in dataset.json."""
+    """Generate the cohort and return its folder; the oracle figures are in dataset.json."""
     config.check()
     out = Path(out).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -79,72 +117,135 @@ def generate_cohort(out: str | Path, config: SandboxConfig, overwrite: bool = Fa
 
 
 def _write(root: Path, cfg: SandboxConfig) -> None:
-    panel = genomics.make_panel(cfg.n_variants, cfg.n_large_effect_variants, cfg.ld_rho, cfg.seed)
+    panel = genomics.make_panel(cfg.n_variants, cfg.ld_rho, cfg.seed)
+    expression = (
+        genomics.make_expression_model(panel, cfg.expression_genes, cfg.seed)
+        if cfg.expression_genes
+        else None
+    )
     id_rng = np.random.default_rng([cfg.seed, 7])
     subject_ids = np.sort(id_rng.choice(10**9, size=cfg.n_subjects, replace=False) + 10**9)
     splits = _assign_splits(cfg, id_rng)
-    seeds = np.random.SeedSequence(cfg.seed).spawn(cfg.n_subjects)
+    (root / "parts").mkdir(parents=True)
 
-    events, labels, truth, image_rows, genotypes = [], [], [], [], {}
-    for i in tqdm(range(cfg.n_subjects), desc="sandbox subjects", unit="subj"):
-        rng = np.random.default_rng(seeds[i])
-        sid = int(subject_ids[i])
-        person = draw_person(rng)
-        haplotypes = genomics.draw_genotype(panel, rng)
-        genetic = genomics.polygenic_score(panel, haplotypes)
-        risk = float(sigmoid(onset_logit(person, genetic, cfg.weights)))
-        onset = rng.random() < risk
-        onset_time = None
-        if onset:
-            onset_time = person.prediction_time + np.timedelta64(
-                int(rng.integers(1, cfg.horizon_days * 86400)), "s"
-            )
-        has = {name: rng.random() >= cfg.missing.get(name, 0.0) for name in ("text", "image", "genomics")}
+    starts = range(0, cfg.n_subjects, cfg.shard_size)
+    jobs = [(cfg, panel, expression, root, s, subject_ids[s : s + cfg.shard_size]) for s in starts]
+    shards = [result for _, result in sorted(_run_shards(jobs, cfg), key=lambda r: r[0])]
 
-        visits = ehr.visit_times(person, rng, follow_up_days=cfg.horizon_days)
-        person_events = ehr.draw_events(person, visits, onset_time, rng)
-        if has["text"]:
-            person_events += notes.draw_note_events(person, visits, onset, rng)
-        events += [(sid, *event) for event in person_events]
+    truth = {k: np.concatenate([s["truth"][k] for s in shards]) for k in shards[0]["truth"]}
+    truth["subject_id"] = subject_ids
+    assemble.write_events(root, [s["events"] for s in shards], subject_ids)
+    genome_ids = [int(x) for s in shards for x in s["genome_ids"]]
+    assemble.write_vcf(root / c.VARIANTS_VCF, panel, genome_ids, [s["genotypes"] for s in shards])
+    if expression is not None:
+        schema = _expression_schema(expression.genes)
+        assemble.write_table_parts(root / EXPRESSION_FILE, [s["expression"] for s in shards], schema)
+    shutil.rmtree(root / "parts")
 
-        if has["image"]:
-            study = person.prediction_time - np.timedelta64(int(rng.integers(1, 300)), "D")
-            rel = f"cr/{uuid.UUID(int=int(rng.integers(0, 2**63)) << 64 | i).hex}.dcm"
-            imaging.write_dicom(
-                root / c.IMAGING_DIR / rel,
-                imaging.draw_radiograph(person.structural, cfg.image_size, rng),
-                sid,
-                study,
-                uid_seed=cfg.seed * 10**7 + i,
-            )
-            image_rows.append((sid, study, rel, "CR", "PA"))
-        if has["genomics"]:
-            genotypes[sid] = haplotypes
-        labels.append((sid, person.prediction_time, bool(onset)))
-        truth.append(
-            (
-                sid,
-                risk,
-                genetic,
-                person.metabolic,
-                person.symptoms,
-                person.structural,
-                person.age,
-                person.sex == "M",
-                has["text"],
-                has["image"],
-                has["genomics"],
-            )
-        )
-
-    _write_events(root, events)
-    _write_labels(root, labels)
     _write_splits(root, subject_ids, splits)
     _write_codes(root)
-    _write_imaging_index(root, image_rows)
-    _write_vcf(root, panel, genotypes)
-    oracle = _write_truth(root, truth, splits, labels, cfg.weights)
+    _write_imaging_index(root, [row for s in shards for row in s["images"]])
+    times = np.concatenate([s["prediction_time"] for s in shards])
+    oracle = {}
+    for name, disease in cfg.diseases.items():
+        binary, survival = cfg.task_names(name)
+        onset = np.concatenate([s["outcomes"][name][0] for s in shards])
+        days = np.concatenate([s["outcomes"][name][1] for s in shards])
+        seen = np.concatenate([s["outcomes"][name][2] for s in shards])
+        _write_labels(root, binary, subject_ids, times, {"boolean_value": onset})
+        _write_labels(root, survival, subject_ids, times, {"boolean_value": seen, "float_value": days})
+        report = oracle_report(
+            _factor_view(truth), disease, truth[f"risk_{name}"], splits, onset, (days, seen)
+        )
+        oracle[binary] = {k: report[k] for k in ("auroc", "auroc_by_modality", "prevalence")}
+        oracle[survival] = {
+            k: report[k] for k in ("c_index", "c_index_by_modality", "event_rate", "median_follow_up_days")
+        }
+    (root / "ground_truth").mkdir()
+    pq.write_table(pa.table(truth), root / c.GROUND_TRUTH)
     _write_dataset_metadata(root, cfg, oracle)
+
+
+def _run_shards(jobs: list, cfg: SandboxConfig):
+    """Yield (start, result) as shards finish, in worker processes when there is more than one."""
+    workers = cfg.workers or len(os.sched_getaffinity(0))
+    bar = tqdm(total=cfg.n_subjects, desc="sandbox subjects", unit="subj")
+    try:
+        if workers == 1 or len(jobs) == 1:
+            for job in jobs:
+                yield job[4], _shard(job)
+                bar.update(len(job[5]))
+            return
+        # fork: spawn would re-run the caller's script, which then needs a __main__ guard; the
+        # children use only numpy, pyarrow, pydicom and nibabel, which are safe after fork
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+            futures = {pool.submit(_shard, job): job for job in jobs}
+            for future in as_completed(futures):
+                job = futures[future]
+                yield job[4], future.result()
+                bar.update(len(job[5]))
+    finally:
+        bar.close()
+
+
+def _shard(job) -> dict:
+    """Draw a shard's subjects; write their events, genotype and expression parts and images."""
+    cfg, panel, expression, root, start, ids = job
+    events, truth, images, genotypes, genome_ids, expr, times = [], [], [], [], [], [], []
+    outcomes: dict[str, list] = {name: [] for name in cfg.diseases}
+    for offset, sid in enumerate(ids):
+        subject = draw_subject(start + offset, int(sid), cfg, panel, expression, root)
+        timed = sorted((e for e in subject.events if e[0] is not None), key=lambda e: e[0])
+        events += [(int(sid), *e) for e in subject.events if e[0] is None] + [(int(sid), *e) for e in timed]
+        truth.append(subject.truth)
+        times.append(subject.prediction_time)
+        images += [(int(sid), *row) for row in subject.image_rows]
+        for name, value in subject.outcomes.items():
+            outcomes[name].append(value)
+        if subject.genotype is not None:
+            genotypes.append(subject.genotype)
+            genome_ids.append(int(sid))
+            if subject.expression is not None:
+                expr.append(subject.expression)
+    parts = root / "parts"
+    tag = f"{start:010d}"
+    result = {
+        "events": parts / f"events-{tag}.parquet",
+        "genotypes": parts / f"genotypes-{tag}.npy",
+        "expression": parts / f"expression-{tag}.parquet",
+        "truth": {k: np.array([t[k] for t in truth]) for k in truth[0]},
+        "outcomes": {
+            name: tuple(np.array(col) for col in zip(*rows, strict=True)) for name, rows in outcomes.items()
+        },
+        "images": images,
+        "genome_ids": np.array(genome_ids, np.int64),
+        "prediction_time": np.array(times, "datetime64[us]"),
+    }
+    pq.write_table(_events_table(events), result["events"])
+    codes = np.stack(genotypes, axis=1) if genotypes else np.zeros((panel.n_variants, 0), np.uint8)
+    np.save(result["genotypes"], np.ascontiguousarray(codes))  # [V, samples]: VCF rows read whole
+    if expression is not None:
+        values = np.stack(expr) if expr else np.zeros((0, len(expression.genes)), np.float32)
+        table = {"subject_id": np.array(genome_ids, np.int64)} | dict(
+            zip(expression.genes, values.T, strict=True)
+        )
+        pq.write_table(pa.table(table, schema=_expression_schema(expression.genes)), result["expression"])
+    return result
+
+
+def _expression_schema(genes: list[str]) -> pa.Schema:
+    return pa.schema(
+        [pa.field("subject_id", pa.int64(), nullable=False)] + [pa.field(g, pa.float32()) for g in genes]
+    )
+
+
+def _factor_view(truth: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The truth columns as the causes the disease model weighs (latent.FACTORS)."""
+    return truth | {
+        "age": (truth["age_years"] - 60.0) / 10.0,
+        "has_ehr_codes": np.ones(len(truth["male"]), bool),
+    }
 
 
 def _assign_splits(cfg: SandboxConfig, rng: np.random.Generator) -> np.ndarray:
@@ -156,10 +257,9 @@ def _ts(values) -> pa.Array:
     return pa.array([None if v is None else np.datetime64(v, "us") for v in values], pa.timestamp("us"))
 
 
-def _write_events(root: Path, events: list[tuple]) -> None:
-    events.sort(key=lambda e: (e[0], e[1] is not None, e[1] if e[1] is not None else 0))
+def _events_table(events: list[tuple]) -> pa.Table:
     cols = list(zip(*events, strict=True))
-    table = pa.table(
+    return pa.table(
         {
             "subject_id": pa.array(cols[0], pa.int64()),
             "time": _ts(cols[1]),
@@ -169,26 +269,27 @@ def _write_events(root: Path, events: list[tuple]) -> None:
         },
         schema=c.EVENTS_SCHEMA,
     )
-    (root / c.EVENTS_DIR).mkdir(parents=True)
-    pq.write_table(table, root / c.EVENTS_DIR / "0.parquet")
 
 
-def _write_labels(root: Path, labels: list[tuple]) -> None:
-    sid, t, y = zip(*labels, strict=True)
-    n = len(sid)
+def _write_labels(root: Path, task: str, subject_ids: np.ndarray, times: np.ndarray, values: dict) -> None:
+    """MEDS labels; survival tasks put days to event or censoring in float_value and whether the
+    event was seen in boolean_value."""
+    n = len(subject_ids)
     table = pa.table(
         {
-            "subject_id": pa.array(sid, pa.int64()),
-            "prediction_time": _ts(t),
-            "boolean_value": pa.array(y, pa.bool_()),
+            "subject_id": pa.array(subject_ids, pa.int64()),
+            "prediction_time": pa.array(times, pa.timestamp("us")),
+            "boolean_value": pa.array(values.get("boolean_value"), pa.bool_()),
             "integer_value": pa.nulls(n, pa.int64()),
-            "float_value": pa.nulls(n, pa.float32()),
+            "float_value": pa.array(values["float_value"], pa.float32())
+            if "float_value" in values
+            else pa.nulls(n, pa.float32()),
             "categorical_value": pa.nulls(n, pa.string()),
         },
         schema=c.LABEL_SCHEMA,
     )
-    (root / c.LABELS_DIR).mkdir(parents=True)
-    pq.write_table(table, c.label_path(root, TASK))
+    (root / c.LABELS_DIR).mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, c.label_path(root, task))
 
 
 def _write_splits(root: Path, subject_ids: np.ndarray, splits: np.ndarray) -> None:
@@ -233,85 +334,17 @@ def _write_imaging_index(root: Path, rows: list[tuple]) -> None:
     pq.write_table(table, root / c.IMAGING_INDEX)
 
 
-def _write_vcf(root: Path, panel: genomics.VariantPanel, genotypes: dict[int, np.ndarray]) -> None:
-    """A bgzipped, tabix-indexed VCF 4.2 with phased GT, one sample per sequenced subject."""
-    import pysam
-
-    samples = sorted(genotypes)
-    plain = root / "genomics" / "variants.vcf"
-    plain.parent.mkdir(parents=True)
-    stacked = np.stack([genotypes[s] for s in samples], axis=0) if samples else None  # [S, 2, V]
-    with open(plain, "w") as f:
-        f.write("##fileformat=VCFv4.2\n")
-        f.write(f"##source=medweave-sandbox {__version__}\n")
-        f.write(f"##contig=<ID={panel.chrom},length={int(panel.positions[-1]) + 1000}>\n")
-        f.write('##INFO=<ID=AF,Number=A,Type=Float,Description="Population alt allele frequency">\n')
-        f.write('##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n')
-        f.write(
-            "\t".join(
-                ["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *map(str, samples)]
-            )
-            + "\n"
-        )
-        for v in range(panel.n_variants):
-            gts = (
-                ""
-                if stacked is None
-                else "\t"
-                + "\t".join(f"{a}|{b}" for a, b in zip(stacked[:, 0, v], stacked[:, 1, v], strict=True))
-            )
-            f.write(
-                f"{panel.chrom}\t{panel.positions[v]}\tsv{v}\t{panel.ref[v]}\t{panel.alt[v]}"
-                f"\t.\tPASS\tAF={panel.maf[v]:.4f}\tGT{gts}\n"
-            )
-    pysam.tabix_compress(str(plain), str(root / c.VARIANTS_VCF))
-    pysam.tabix_index(str(root / c.VARIANTS_VCF), preset="vcf")
-    plain.unlink()
-
-
-TRUTH_COLUMNS = (
-    "subject_id",
-    "risk",
-    "genetic",
-    "metabolic",
-    "symptoms",
-    "structural",
-    "age",
-    "male",
-    "has_text",
-    "has_image",
-    "has_genomics",
-)
-
-
-def _write_truth(root, truth, splits, labels, weights: LatentWeights) -> dict:
-    """Save the true risk apart from the inputs; return the oracle AUROC per split, for the
-    true risk and for each modality alone (see sandbox/oracle.py)."""
-    from sklearn.metrics import roc_auc_score
-
-    table = {name: np.array(col) for name, col in zip(TRUTH_COLUMNS, zip(*truth, strict=True), strict=True)}
-    (root / "ground_truth").mkdir()
-    pq.write_table(pa.table(table), root / c.GROUND_TRUTH)
-    table["has_ehr_codes"] = np.ones(len(splits), bool)
-    y = np.array([lab[2] for lab in labels])
-    by_modality = modality_oracle_scores(table, weights)
-
-    def auroc(score) -> dict:
-        out = {}
-        for split in c.SPLITS:
-            sel = splits == split
-            if sel.any() and 0 < y[sel].sum() < sel.sum():
-                out[split] = round(float(roc_auc_score(y[sel], score[sel])), 4)
-        return out
-
-    return {
-        "auroc": auroc(table["risk"]),
-        "auroc_by_modality": {m: auroc(score) for m, score in by_modality.items()},
-        "prevalence": round(float(y.mean()), 4),
-    }
-
-
 def _write_dataset_metadata(root: Path, cfg: SandboxConfig, oracle: dict) -> None:
+    tasks = {}
+    for name, disease in cfg.diseases.items():
+        binary, survival = cfg.task_names(name)
+        tasks[binary] = {"type": "binary", "horizon_days": cfg.horizon_days, "code": disease.code}
+        tasks[survival] = {
+            "type": "survival",
+            "time_unit": "days",  # float_value: days to event or censoring; boolean_value: event
+            "follow_up_end": cfg.follow_up_end,
+            "code": disease.code,
+        }
     meta = {
         "dataset_name": "medweave-sandbox",
         "dataset_version": f"seed{cfg.seed}-n{cfg.n_subjects}",
@@ -323,10 +356,13 @@ def _write_dataset_metadata(root: Path, cfg: SandboxConfig, oracle: dict) -> Non
             "generator": "medweave.sandbox",
             "seed": cfg.seed,
             "n_subjects": cfg.n_subjects,
-            "modalities": ["ehr_codes", "text", "image", "genomics"],
-            "tasks": {TASK: {"type": "binary", "horizon_days": cfg.horizon_days}},
+            "n_variants": cfg.n_variants,
+            "modalities": list(c.MODALITIES),
+            "extras": {"ct_volumes": cfg.volumes, "expression_genes": cfg.expression_genes},
+            "tasks": tasks,
             "missing": cfg.missing,
-            "oracle": {TASK: oracle},
+            "missing_health_effect": cfg.missing_health_effect,
+            "oracle": oracle,
         },
     }
     (root / c.DATASET_METADATA).write_text(json.dumps(meta, indent=2))

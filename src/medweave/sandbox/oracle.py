@@ -1,26 +1,28 @@
-"""What each modality can carry: the best possible score given one modality's latent factor.
+"""The best possible scores: the true risk, and the best score given one modality alone.
 
-A model that sees only one modality can at best learn P(onset | that modality's factor), with the
-other factors unknown, averaged out here by Gauss-Hermite quadrature. This is approximate: hidden
-factors are treated as Gaussian (the genetic score is a sum over a few large-effect variants; age
-and sex are folded in by their variance). Among subjects who have the modality the score is
-monotone in the factor, so that part of the AUROC is exact; subjects without it get the cohort's
-mean risk. EHR also shows age and sex (birth and sex events), so its oracle uses them; images,
-notes and genomes do not. Note counts follow visit rate, so the text ceiling is not strict.
+A model that sees only one modality can at best learn P(onset | the causes that modality shows),
+with the other causes unknown. Here those are integrated out by Gauss-Hermite quadrature, treating
+each hidden cause as Gaussian with its cohort mean and variance (exact for m, s and l; approximate
+for the genetic scores, age and sex). Among subjects who have the modality the score is monotone
+in what the modality shows, so that part of the ranking is exact; subjects without it get the
+score that knows nothing. Note counts follow visit rate, so the text ceiling is not strict.
+
+The same scores rank survival: hazard is monotone in horizon risk, so the oracle C-index uses them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from medweave.sandbox.latent import LatentWeights, sigmoid
+from medweave.data import contract as c
+from medweave.sandbox.latent import FACTORS, Disease, sigmoid
 
-FACTOR_OF = {"ehr_codes": "metabolic", "text": "symptoms", "image": "structural", "genomics": "genetic"}
-WEIGHT_OF = {
-    "metabolic": "metabolic",
-    "symptoms": "symptoms",
-    "structural": "structural",
-    "genetic": "genetic",
+# The causes each modality shows. EHR shows age and sex through birth and sex events.
+SEEN_BY = {
+    c.EHR_CODES: ("metabolic", "age", "male"),
+    c.TEXT: ("symptoms",),
+    c.IMAGE: ("structural",),
+    c.GENOMICS: ("genetic_cvd", "genetic_t1d"),
 }
 
 
@@ -30,22 +32,73 @@ def _expected_sigmoid(mean: np.ndarray, sd: float, nodes: int = 40) -> np.ndarra
     return (sigmoid(mean[:, None] + sd * x[None, :]) * w).sum(1) / w.sum()
 
 
-def modality_oracle_scores(truth: dict[str, np.ndarray], weights: LatentWeights) -> dict[str, np.ndarray]:
-    """Per modality, each subject's P(onset | what that modality shows); ``truth`` holds the factors,
-    risk, age, male and has_<modality> arrays."""
-    demo = weights.age_per_decade * (truth["age"] - 60.0) / 10.0 + weights.male * truth["male"]
-    factors = {f: getattr(weights, WEIGHT_OF[f]) for f in WEIGHT_OF}
+def modality_oracle_scores(truth: dict[str, np.ndarray], disease: Disease, risk: np.ndarray) -> dict:
+    """Per modality, each subject's P(onset | what that modality shows). ``truth`` holds one array
+    per cause in FACTORS and has_<modality>; ``risk`` is the true risk of this disease."""
+
+    def given(seen: tuple[str, ...]) -> np.ndarray:
+        mean, var = np.full(len(risk), disease.intercept), 0.0
+        for f, w in disease.weights.items():
+            x = np.asarray(truth[f], float)
+            if f in seen:
+                mean = mean + w * x
+            else:
+                mean, var = mean + w * x.mean(), var + w**2 * x.var()
+        return _expected_sigmoid(mean, float(np.sqrt(var)))
+
+    nothing = given(())  # a subject without the modality: only the cohort is known
     scores = {}
-    for modality, factor in FACTOR_OF.items():
-        hidden = [w for f, w in factors.items() if f != factor]
-        mean = weights.intercept + factors[factor] * truth[factor]
-        if modality == "ehr_codes":
-            mean = mean + demo
-            sd = float(np.sqrt(sum(w**2 for w in hidden)))
-        else:  # age and sex are unseen too: fold their spread into the unknown part
-            mean = mean + demo.mean()
-            sd = float(np.sqrt(sum(w**2 for w in hidden) + demo.var()))
-        score = _expected_sigmoid(mean, sd)
-        has = truth.get(f"has_{modality}", np.ones(len(score), bool))
-        scores[modality] = np.where(has, score, truth["risk"].mean())
+    for modality, seen in SEEN_BY.items():
+        has = truth.get(f"has_{modality}", np.ones(len(risk), bool))
+        scores[modality] = np.where(has, given(seen), nothing)
     return scores
+
+
+def _by_split(splits: np.ndarray, metric, *arrays) -> dict:
+    out = {}
+    for split in c.SPLITS:
+        sel = splits == split
+        value = metric(*(a[sel] for a in arrays)) if sel.any() else None
+        if value is not None:
+            out[split] = round(float(value), 4)
+    return out
+
+
+def _auroc(y, score):
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(y, score) if 0 < y.sum() < len(y) else None
+
+
+def _harrell_c(event, time, score):
+    from sksurv.metrics import concordance_index_censored
+
+    return concordance_index_censored(event, time, score)[0] if event.any() else None
+
+
+def oracle_report(
+    truth: dict[str, np.ndarray],
+    disease: Disease,
+    risk: np.ndarray,
+    splits: np.ndarray,
+    onset: np.ndarray,
+    tte: tuple,
+) -> dict:
+    """AUROC of the binary task and Harrell's C-index of the survival task, per split, for the
+    true risk and for each modality alone. ``tte`` is (days, event observed)."""
+    missing = set(FACTORS) - set(truth)
+    if missing:
+        raise ValueError(f"truth lacks causes {sorted(missing)}")
+    by_modality = modality_oracle_scores(truth, disease, risk)
+    days, event = (np.asarray(a) for a in tte)
+    return {
+        "auroc": _by_split(splits, _auroc, onset, risk),
+        "auroc_by_modality": {m: _by_split(splits, _auroc, onset, s) for m, s in by_modality.items()},
+        "c_index": _by_split(splits, _harrell_c, event, days, risk),
+        "c_index_by_modality": {
+            m: _by_split(splits, _harrell_c, event, days, s) for m, s in by_modality.items()
+        },
+        "prevalence": round(float(np.mean(onset)), 4),
+        "event_rate": round(float(np.mean(event)), 4),
+        "median_follow_up_days": round(float(np.median(days)), 1),
+    }
