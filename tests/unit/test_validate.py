@@ -91,3 +91,37 @@ def test_cli_exit_status(tiny_cohort, broken, tmp_path):
         str(s) in bad.stdout
         for s in pq.read_table(tiny_cohort / c.SUBJECT_SPLITS).column("subject_id").to_pylist()
     )  # rows, never subject IDs
+
+
+def test_survival_labels_volumes_and_expression_are_checked(tmp_path):
+    """Faults in the files a sandbox writes only on request: CT series and NIfTI, expression."""
+    from medweave.sandbox.generate import SandboxConfig, generate_cohort
+
+    settings = dict(n_subjects=30, n_variants=50, image_size=16, volumes=True, volume_shape=(4, 8, 8))
+    root = generate_cohort(
+        tmp_path / "v", SandboxConfig(**settings, expression_genes=4, missing={"image": 0.0})
+    )
+    assert validate_cohort(root).ok, [str(p) for p in validate_cohort(root).problems]
+
+    survival = pq.read_table(root / "labels/t1d_survival.parquet").to_pandas()
+    survival.loc[3, "float_value"] = -5.0
+    survival["float_value"] = survival["float_value"].astype("float32")
+    pq.write_table(pa.Table.from_pandas(survival, preserve_index=False), root / "labels/t1d_survival.parquet")
+    index = pq.read_table(root / c.IMAGING_INDEX).to_pandas()
+    series_row = int(index.index[(index.modality == "CT") & ~index.path.str.endswith(".gz")][0])
+    nifti_row = int(index.index[index.path.str.endswith(".nii.gz")][1])
+    next((root / "imaging" / index.path[series_row]).iterdir()).write_bytes(b"\x00" * 10)
+    (root / "imaging" / index.path[nifti_row]).write_bytes(b"not gzip")
+    expression = pq.read_table(root / c.EXPRESSION)
+    pq.write_table(pa.concat_tables([expression, expression.slice(2, 1)]), root / c.EXPRESSION)
+
+    found = [str(p) for p in validate_cohort(root).problems]
+    expected = [
+        "labels/t1d_survival.parquet: row 3, field float_value: days to event or censoring must be",
+        f"imaging/index.parquet: row {series_row}, field path: not a readable DICOM image (or series)",
+        f"imaging/index.parquet: row {nifti_row}, field path: not a readable NIfTI volume",
+        f"genomics/expression.parquet: row {expression.num_rows}, field subject_id: subject_id already listed",
+    ]
+    for text in expected:
+        assert any(p.startswith(text) for p in found), (text, found)
+    assert len(found) == len(expected), found

@@ -35,6 +35,7 @@ def run(task_fn, config_name: str, program: str) -> None:
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def _main(cfg):
+        logging.getLogger("numexpr").setLevel(logging.WARNING)  # its thread count, on every pandas import
         try:
             return task_fn(cfg)
         except MedweaveError as err:

@@ -9,8 +9,12 @@ look like this, so experiments move between them by changing only ``data.root``.
     <root>/metadata/subject_splits.parquet   subject_id, split
     <root>/data/*.parquet                    MEDS events
     <root>/labels/<task>.parquet             subject_id, prediction_time, boolean_value, ...
-    <root>/imaging/index.parquet             subject_id, time, path, modality, view
+                                             (survival: float_value = days to event or
+                                             censoring, boolean_value = event seen)
+    <root>/imaging/index.parquet             subject_id, time, path, modality, view; path is a
+                                             DICOM file, a DICOM series folder or a NIfTI file
     <root>/genomics/variants.vcf.gz (+.tbi)  multi-sample VCF, sample name = str(subject_id)
+    <root>/genomics/expression.parquet       optional: subject_id + one column per gene
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ LABELS_DIR = "labels"
 IMAGING_INDEX = "imaging/index.parquet"
 IMAGING_DIR = "imaging"
 VARIANTS_VCF = "genomics/variants.vcf.gz"
+EXPRESSION = "genomics/expression.parquet"  # optional: subject_id + one float column per gene
 GROUND_TRUTH = "ground_truth/risk.parquet"  # sandbox only: never a model input
 
 # MEDS' own schemas, so that what the sandbox writes is what any MEDS tool reads.
@@ -73,6 +78,8 @@ IMAGING_SCHEMA = pa.schema(
         pa.field("view", pa.string()),
     ]
 )
+# The image modality reads 2D radiographs; CT rows (a series folder or a NIfTI file) sit beside them.
+RADIOGRAPH_MODALITIES = ("CR", "DX")
 
 # Columns a reader needs in each file (extra columns are allowed, as MEDS allows them).
 REQUIRED_COLUMNS = {

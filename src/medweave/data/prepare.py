@@ -285,6 +285,11 @@ def _prepare_images(root, subject_ids, pred_time, cfg, out) -> np.ndarray:
     import torch.nn.functional as F
 
     index = meds.read_imaging_index(root)
+    if "modality" in index.column_names:  # the image modality is 2D radiography; CT is not (yet)
+        modality = index.column("modality")
+        index = index.filter(
+            pc.or_(pc.is_in(modality, pa.array(c.RADIOGRAPH_MODALITIES)), modality.is_null())
+        )
     sid = index.column("subject_id").to_numpy()
     time = _microseconds(index.column("time"))
     paths = index.column("path").to_pylist()

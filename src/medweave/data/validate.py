@@ -109,12 +109,21 @@ def validate_cohort(root: str | Path) -> Report:
 
     split_ids = _check_splits(root, col, counts)
     _check_events(root, col, counts, split_ids)
-    _check_labels(root, col, counts, split_ids)
+    _check_labels(root, col, counts, split_ids, _task_types(meta))
     if (root / c.IMAGING_DIR).exists():
         _check_imaging(root, col, counts, split_ids)
     if (root / "genomics").exists():
         _check_genomics(root, col, counts, split_ids)
     return Report(root, col.problems, counts)
+
+
+def _task_types(meta: Path) -> dict[str, str]:
+    """Task name -> type ("binary", "survival", ...) where dataset.json declares them."""
+    try:
+        tasks = json.loads(meta.read_text()).get("medweave", {}).get("tasks", {})
+        return {name: str(spec.get("type")) for name, spec in tasks.items() if isinstance(spec, dict)}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def _known(ids: np.ndarray, split_ids: np.ndarray | None) -> np.ndarray:
@@ -167,7 +176,7 @@ def _check_events(root, col, counts, split_ids) -> None:
             col.first_rows(path, empty, f"{c.NOTE_PREFIX} event without text_value", "text_value")
 
 
-def _check_labels(root, col, counts, split_ids) -> None:
+def _check_labels(root, col, counts, split_ids, task_types: dict[str, str]) -> None:
     files = sorted((root / c.LABELS_DIR).glob("*.parquet"))
     if not files:
         col.add(root / c.LABELS_DIR, "folder", "no label files; expected labels/<task>.parquet")
@@ -190,6 +199,24 @@ def _check_labels(root, col, counts, split_ids) -> None:
         col.first_rows(path, when, "prediction_time is null", "prediction_time")
         ids = table.column("subject_id").fill_null(-1).to_numpy()
         col.first_rows(path, ~_known(ids, split_ids), "subject has no split", "subject_id")
+        if task_types.get(path.stem) == "survival":
+            _check_survival(path, table, col)
+
+
+def _check_survival(path, table, col) -> None:
+    """Survival labels: days to event or censoring in float_value, whether it was seen in boolean_value."""
+    for name in ("float_value", "boolean_value"):
+        if name not in table.column_names:
+            col.add(path, f"column {name}", "missing; a survival label needs float_value and boolean_value")
+            return
+        col.first_rows(
+            path, table.column(name).is_null().to_numpy(zero_copy_only=False), "survival label is null", name
+        )
+    days = table.column("float_value").to_numpy(zero_copy_only=False).astype(float)
+    bad = ~np.isfinite(days) | (days < 0)
+    col.first_rows(
+        path, bad & ~np.isnan(days), "days to event or censoring must be finite and >= 0", "float_value"
+    )
 
 
 def _check_imaging(root, col, counts, split_ids) -> None:
@@ -205,29 +232,50 @@ def _check_imaging(root, col, counts, split_ids) -> None:
     counts["images"] = table.num_rows
     ids = table.column("subject_id").fill_null(-1).to_numpy()
     col.first_rows(path, ~_known(ids, split_ids), "subject has no split", "subject_id")
-    missing, unreadable = [], []
+    missing, unreadable, bad_nifti = [], [], []
     for row, rel in enumerate(table.column("path").to_pylist()):
         file = root / c.IMAGING_DIR / (rel or "")
-        if not rel or not file.is_file():
+        if not rel or not file.exists():
             missing.append(row)
-        elif not file.name.lower().endswith((".nii", ".nii.gz", ".png")):  # DICOM, with or without .dcm
-            try:
-                ds = pydicom.dcmread(file, stop_before_pixels=True)
-                if "Rows" not in ds:
-                    unreadable.append(row)
-            except Exception:  # truncated files raise many types; each is one reported row
+        elif file.name.lower().endswith((".nii", ".nii.gz")):
+            if not _readable_nifti(file):
+                bad_nifti.append(row)
+        elif file.is_dir():  # a DICOM series: every slice must be a readable image
+            slices = [p for p in file.iterdir() if p.is_file()]
+            if not slices or not all(_readable_dicom(p, pydicom) for p in slices):
                 unreadable.append(row)
+        elif not _readable_dicom(file, pydicom):
+            unreadable.append(row)
     n = table.num_rows
     col.first_rows(path, np.isin(np.arange(n), missing), "image file does not exist under imaging/", "path")
-    col.first_rows(path, np.isin(np.arange(n), unreadable), "not a readable DICOM image", "path")
+    col.first_rows(path, np.isin(np.arange(n), unreadable), "not a readable DICOM image (or series)", "path")
+    col.first_rows(path, np.isin(np.arange(n), bad_nifti), "not a readable NIfTI volume", "path")
+
+
+def _readable_dicom(file: Path, pydicom) -> bool:
+    try:
+        return "Rows" in pydicom.dcmread(file, stop_before_pixels=True)
+    except Exception:  # truncated files raise many types; each is one reported row
+        return False
+
+
+def _readable_nifti(file: Path) -> bool:
+    import nibabel as nib
+
+    try:
+        return len(nib.load(str(file)).shape) >= 3
+    except Exception:  # nibabel raises several types for damaged headers
+        return False
 
 
 def _check_genomics(root, col, counts, split_ids) -> None:
     import pysam
 
+    if (root / c.EXPRESSION).exists():
+        _check_expression(root / c.EXPRESSION, col, counts, split_ids)
     path = root / c.VARIANTS_VCF
     if not path.exists():
-        return  # expression or embeddings only: checked when those readers arrive
+        return
     try:
         samples = list(pysam.VariantFile(str(path)).header.samples)
     except (OSError, ValueError) as err:
@@ -243,3 +291,23 @@ def _check_genomics(root, col, counts, split_ids) -> None:
     unknown = np.flatnonzero(~_known(ids, split_ids) & (ids >= 0))
     if len(unknown):
         col.add(path, f"sample {unknown[0]}", f"{len(unknown)} sample(s) match no subject in the splits")
+
+
+def _check_expression(path, col, counts, split_ids) -> None:
+    table = col.read(path, {"subject_id": pa.int64()})
+    if table is None:
+        return
+    counts["expression_profiles"] = table.num_rows
+    ids = table.column("subject_id").fill_null(-1).to_numpy()
+    col.first_rows(path, ~_known(ids, split_ids), "subject has no split", "subject_id")
+    _, first = np.unique(ids, return_index=True)
+    dup = np.ones(len(ids), bool)
+    dup[first] = False
+    col.first_rows(path, dup, "subject_id already listed: one expression profile per subject", "subject_id")
+    for field in table.schema:
+        if field.name != "subject_id" and not (
+            pa.types.is_floating(field.type) or pa.types.is_integer(field.type)
+        ):
+            col.add(
+                path, f"column {field.name}", f"has type {field.type}; expected numeric expression values"
+            )

@@ -33,9 +33,6 @@ from medweave.sandbox.latent import Disease, default_diseases
 from medweave.sandbox.oracle import oracle_report
 from medweave.sandbox.subject import OPTIONAL_MODALITIES, draw_subject
 
-EXPRESSION_FILE = "genomics/expression.parquet"
-
-
 @dataclass
 class SandboxConfig:
     """What to generate. Missing rates are the share of subjects without that modality."""
@@ -64,8 +61,8 @@ class SandboxConfig:
         problems = []
         if self.n_subjects < 10:
             problems.append(f"n_subjects={self.n_subjects}: need at least 10")
-        if self.n_variants < 50:
-            problems.append(f"n_variants={self.n_variants}: need at least 50 (large-effect variants)")
+        if self.n_variants < 1:
+            problems.append(f"n_variants={self.n_variants}: need at least 1")
         for name, rate in self.missing.items():
             if name not in OPTIONAL_MODALITIES:
                 problems.append(f"missing.{name}: only {', '.join(OPTIONAL_MODALITIES)} can be missing")
@@ -139,7 +136,7 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
     assemble.write_vcf(root / c.VARIANTS_VCF, panel, genome_ids, [s["genotypes"] for s in shards])
     if expression is not None:
         schema = _expression_schema(expression.genes)
-        assemble.write_table_parts(root / EXPRESSION_FILE, [s["expression"] for s in shards], schema)
+        assemble.write_table_parts(root / c.EXPRESSION, [s["expression"] for s in shards], schema)
     shutil.rmtree(root / "parts")
 
     _write_splits(root, subject_ids, splits)
