@@ -1,6 +1,7 @@
 """Sandbox generation at national scale: wall time and peak memory per cohort size.
 
     python benchmarks/sandbox_scale.py                          # 2k, 20k, 60k subjects, 10k variants
+                                                                # each, every subject sequenced
     python benchmarks/sandbox_scale.py --subjects 200 --variants 100   # seconds, a check
 
 Runs ``medweave-sandbox`` as a child process per size and samples the memory of its whole process
@@ -24,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
+import pyarrow.parquet as pq
 
 
 def tree_memory(proc: psutil.Process) -> int:
@@ -37,7 +39,7 @@ def tree_memory(proc: psutil.Process) -> int:
     return total
 
 
-def run(n: int, variants: int, workers: int, out: Path) -> dict:
+def run(n: int, variants: int, workers: int, missing_genomics: float, out: Path) -> dict:
     command = [
         sys.executable,
         "-m",
@@ -46,25 +48,30 @@ def run(n: int, variants: int, workers: int, out: Path) -> dict:
         f"n_subjects={n}",
         f"n_variants={variants}",
         f"workers={workers}",
+        f"missing.genomics={missing_genomics}",
         "overwrite=true",
     ]
     env = os.environ | {"TQDM_DISABLE": "1"}
+    log = out.parent / f"{out.name}.log"  # a file, not a pipe: a full pipe would stall the child
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    watched, peak = psutil.Process(child.pid), 0
-    while child.poll() is None:
-        peak = max(peak, tree_memory(watched))
-        time.sleep(0.2)
+    with open(log, "w") as sink:
+        child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        watched, peak = psutil.Process(child.pid), 0
+        while child.poll() is None:
+            peak = max(peak, tree_memory(watched))
+            time.sleep(0.2)
     wall = time.perf_counter() - start
-    log = child.stdout.read()
     if child.returncode:
-        raise SystemExit(f"medweave-sandbox failed for n={n}:\n{log[-3000:]}")
+        raise SystemExit(f"medweave-sandbox failed for n={n}:\n{log.read_text()[-3000:]}")
     meta = json.loads((out / "metadata/dataset.json").read_text())["medweave"]
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {
         "subjects": n,
         "variants": variants,
         "workers": workers,
+        "genomes": int(
+            pq.read_table(out / "ground_truth/risk.parquet", columns=["has_genomics"])[0].to_numpy().sum()
+        ),
         "wall_s": round(wall, 1),
         "peak_memory_gb": round(peak / 1e9, 2),
         "cohort_gb": round(size / 1e9, 2),
@@ -77,14 +84,18 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, nargs="+", default=[2000, 20000, 60000])
     parser.add_argument("--variants", type=int, default=10000)
     parser.add_argument("--workers", type=int, default=0, help="0: one per core")
+    parser.add_argument(
+        "--missing-genomics", type=float, default=0.0, help="share without a genome (0: a genome programme)"
+    )
     parser.add_argument("--keep", type=Path, help="leave the cohorts here instead of deleting them")
     args = parser.parse_args()
     machine = f"{platform.machine()} CPU, {len(os.sched_getaffinity(0))} cores"
     for n in args.subjects:
         work = Path(tempfile.mkdtemp(prefix="sandbox-scale-"))
         out = (args.keep or work) / f"n{n}"
+        out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            result = run(n, args.variants, args.workers, out)
+            result = run(n, args.variants, args.workers, args.missing_genomics, out)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         result |= {"machine": machine, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}

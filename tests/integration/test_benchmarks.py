@@ -35,3 +35,16 @@ def test_framework_overhead_runs_and_reports():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result["median_step_s"]) == {"plain_before", "medweave", "plain_after"}
     assert result["ratio_medweave_to_plain"] > 0
+
+
+def test_sandbox_scale_runs_and_reports(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/sandbox_scale.py"), "--subjects", "40", "--variants", "60"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["subjects"] == 40 and result["genomes"] == 40  # every subject sequenced by default
+    assert result["peak_memory_gb"] > 0 and result["wall_s"] > 0

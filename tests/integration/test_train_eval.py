@@ -211,3 +211,25 @@ def test_cli_ddp_on_cpu_gives_one_mlflow_run(tiny_cohort, tmp_path):
     assert 0.0 <= run.data.metrics["test/auroc"] <= 1.0
     assert run.data.params["trainer.strategy"] == "ddp"
     assert len(list((tmp_path / "logs" / "debug" / "runs").glob("*/checkpoints/last.ckpt"))) == 1
+
+
+def test_second_disease_trains_from_its_own_labels(smoke_cfg, tmp_path, tiny_cohort):
+    import pyarrow.parquet as pq
+
+    from medweave.cli.train import train
+    from medweave.data.datamodule import CohortDataModule
+
+    cfg = smoke_cfg("task=t1d_onset_1y", "data.modalities=[ehr_codes]")
+    train(cfg)
+    [run] = only_run(mlflow_client(tmp_path / "logs"))
+    assert run.data.params["task.name"] == "t1d_onset_1y" and "test/auroc" in run.data.metrics
+
+    from hydra.utils import instantiate
+
+    datamodule: CohortDataModule = instantiate(cfg.data)
+    datamodule.setup()
+    t1d = pq.read_table(tiny_cohort / "labels/t1d_onset_1y.parquet").to_pandas().set_index("subject_id")
+    cvd = pq.read_table(tiny_cohort / "labels/cvd_onset_1y.parquet").to_pandas().set_index("subject_id")
+    ids = datamodule.cohort.subject_id
+    assert (t1d.boolean_value != cvd.boolean_value).any()
+    assert (datamodule.cohort.target == t1d.boolean_value.loc[ids].to_numpy()).all()

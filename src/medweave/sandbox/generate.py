@@ -33,6 +33,7 @@ from medweave.sandbox.latent import Disease, default_diseases
 from medweave.sandbox.oracle import oracle_report
 from medweave.sandbox.subject import OPTIONAL_MODALITIES, draw_subject
 
+
 @dataclass
 class SandboxConfig:
     """What to generate. Missing rates are the share of subjects without that modality."""
@@ -46,7 +47,7 @@ class SandboxConfig:
     volumes: bool = False  # also a CT-like volume per imaged subject, as NIfTI and a DICOM series
     volume_shape: tuple = (32, 64, 64)  # z, y, x
     expression_genes: int = 0  # > 0: genomics/expression.parquet for sequenced subjects
-    missing: dict = field(default_factory=lambda: {"text": 0.2, "image": 0.3, "genomics": 0.4})
+    missing: dict = field(default_factory=lambda: {"text": 0.25, "image": 0.5, "genomics": 0.75})
     missing_health_effect: float = 0.0  # 0: missing at random; > 0: the ill have more data
     follow_up_end: str = "2025-12-31"  # data cutoff: survival labels are censored here
     loss_per_year: float = 0.02  # emigration and death from other causes
