@@ -233,3 +233,35 @@ def test_second_disease_trains_from_its_own_labels(smoke_cfg, tmp_path, tiny_coh
     ids = datamodule.cohort.subject_id
     assert (t1d.boolean_value != cvd.boolean_value).any()
     assert (datamodule.cohort.target == t1d.boolean_value.loc[ids].to_numpy()).all()
+
+
+@pytest.mark.parametrize("task", ["cvd_survival", "cvd_survival_discrete"])
+def test_survival_task_trains_and_predictions_reproduce_the_c_index(smoke_cfg, task, tmp_path, tiny_cohort):
+    import pyarrow.parquet as pq
+
+    from medweave.cli.predict import predict
+    from medweave.cli.train import train
+    from medweave.metrics.survival import harrell_c
+    from tests.conftest import compose_run
+
+    train(smoke_cfg(f"task={task}"))
+    [run] = only_run(mlflow_client(tmp_path / "logs"))
+    logged = run.data.metrics["test/c_index"]
+    assert 0.0 <= logged <= 1.0 and "val/c_index" in run.data.metrics and "test/auroc" not in run.data.metrics
+
+    ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    cfg = compose_run(
+        "predict", [f"ckpt_path={ckpt}", f"data.root={tiny_cohort}"], tmp_path / "logs", tmp_path / "predict"
+    )
+    table = pq.read_table(predict(cfg)).to_pandas()
+    labels = pq.read_table(tiny_cohort / "labels/cvd_survival.parquet").to_pandas().set_index("subject_id")
+    truth = labels.loc[table.subject_id]
+    assert (table.target.to_numpy() == truth.boolean_value.to_numpy()).all()
+    assert table.time.to_numpy() == pytest.approx(truth.float_value.to_numpy())
+    assert harrell_c(table.target.astype(bool), table.time, table.score) == pytest.approx(logged, abs=1e-6)
+    curves = table.filter(like="survival_")
+    if task == "cvd_survival_discrete":
+        assert list(curves.columns) == [f"survival_{d}d" for d in (365, 730, 1095, 1461, 1826)]
+        assert (curves.diff(axis=1).iloc[:, 1:] <= 1e-7).all().all()  # S(t) never rises
+    else:
+        assert curves.empty

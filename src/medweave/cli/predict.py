@@ -3,8 +3,10 @@
     medweave-predict ckpt_path=<ckpt> data.root=data/sandbox
     medweave-predict ckpt_path=<ckpt> data.root=data/sandbox splits=[tuning,held_out]
 
-Writes ``<run dir>/predictions.parquet`` (subject_id, split, score, target). Subject IDs stay
-in this file: nothing here is sent to MLflow or printed.
+Writes ``<run dir>/predictions.parquet``: subject_id, split, score (probability, or a risk score
+for survival tasks), target (the label, or whether the event was seen), and for survival tasks
+time (days to event or censoring) and, from a discrete-time head, survival_<t>d = S(t) at each
+bin edge. Subject IDs stay in this file: nothing here is sent to MLflow or printed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ log = logging.getLogger("medweave")
 
 
 def predict(cfg) -> str:
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
@@ -33,20 +36,23 @@ def predict(cfg) -> str:
     _, datamodule, model = restore_for_inference(cfg)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
 
-    columns: dict[str, list] = {"subject_id": [], "split": [], "score": [], "target": []}
+    columns: dict[str, list] = {}
     for split in cfg.splits:
-        loader = datamodule.split_dataloader(split)
-        outputs = trainer.predict(model, dataloaders=loader)
-        scores = torch.cat([o["score"] for o in outputs]).float().numpy()
-        subject_ids = torch.cat([o["subject_id"] for o in outputs]).numpy()
-        targets = torch.cat([o["target"] for o in outputs]).numpy()
-        columns["subject_id"] += subject_ids.tolist()
-        columns["split"] += [split] * len(scores)
-        columns["score"] += scores.tolist()
-        columns["target"] += targets.tolist()
+        outputs = trainer.predict(model, dataloaders=datamodule.split_dataloader(split))
+        part = {key: torch.cat([o[key] for o in outputs]).float().numpy() for key in outputs[0]}
+        part["subject_id"] = torch.cat([o["subject_id"] for o in outputs]).numpy()
+        part["split"] = [split] * len(part["score"])
+        if "survival" in part:  # S(t) at each bin edge of a discrete-time head
+            curve = part.pop("survival")
+            for k, edge in enumerate(model.head.edges[1:].tolist()):
+                part[f"survival_{edge:g}d"] = curve[:, k]
+        for key, values in part.items():
+            columns.setdefault(key, []).append(np.asarray(values))
     out = Path(cfg.paths.output_dir) / "predictions.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({**columns, "subject_id": pa.array(columns["subject_id"], pa.int64())})
+    first = ["subject_id", "split", "score", "target"]
+    order = first + [k for k in columns if k not in first]
+    table = pa.table({key: np.concatenate(columns[key]) for key in order})
     tmp = out.with_suffix(".tmp")
     pq.write_table(table, tmp)
     tmp.rename(out)  # never a half-written file

@@ -8,7 +8,8 @@ A batch is a dict (the one batch contract of medweave)::
     image           float [B, 1, H, W]
     genomics        float [B, V] (standardised dosages, 0 where missing)
     <modality>_mask bool [B]   True = the subject has this modality; False rows hold padding
-    targets         float [B]
+    targets         float [B]  the binary label; for survival tasks, whether the event was seen
+    times           float [B]  survival tasks only: days from prediction_time to event or censoring
     subject_id      int64 [B]  for writing predictions only; never logged
 
 Only the modalities in ``modalities`` appear.
@@ -40,6 +41,8 @@ class PreparedCohort:
         self.subject_id = subjects["subject_id"]
         self.split = subjects["split"]
         self.target = subjects["target"]
+        self.time = subjects["time"]  # days to event or censoring; NaN unless a survival task
+        self.has_times = not np.isnan(self.time).all()
         self.present = {m: subjects[f"present_{m}"] for m in modalities}
         self._arrays: dict | None = None
 
@@ -84,6 +87,8 @@ class PreparedCohort:
             "targets": torch.from_numpy(self.target[rows]),
             "subject_id": torch.from_numpy(self.subject_id[rows]),
         }
+        if self.has_times:
+            out["times"] = torch.from_numpy(self.time[rows])
         for m in self.modalities:
             out[f"{m}_mask"] = torch.from_numpy(self.present[m][rows])
         if c.EHR_CODES in self.modalities:

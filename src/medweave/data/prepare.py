@@ -32,7 +32,7 @@ from medweave.errors import MedweaveError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when preparation changes what it writes
+CACHE_FORMAT = 2  # bump when preparation changes what it writes
 PAD, UNK = 0, 1  # EHR code ids; real codes start at 2
 MANIFEST = "manifest.json"
 
@@ -106,6 +106,12 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
     subject_ids = subject_ids[order]
     pred_time = _microseconds(labels.column("prediction_time"))[order]
     target = labels.column("boolean_value").to_numpy(zero_copy_only=False)[order].astype(np.float32)
+    # survival tasks: days to event or censoring (NaN for other tasks)
+    time = (
+        labels.column("float_value").to_numpy(zero_copy_only=False)[order].astype(np.float32)
+        if "float_value" in labels.column_names
+        else np.full(len(order), np.nan, np.float32)
+    )
     split_of = dict(
         zip(splits.column("subject_id").to_pylist(), splits.column("split").to_pylist(), strict=True)
     )
@@ -142,6 +148,7 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
         subject_id=subject_ids,
         split=split,
         target=target,
+        time=time,
         **{f"present_{m}": p for m, p in present.items()},
     )
     (out / "vocab.json").write_text(json.dumps(vocab))

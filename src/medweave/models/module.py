@@ -7,19 +7,14 @@ from functools import partial
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
-
-
-def _metrics(prefix: str) -> MetricCollection:
-    return MetricCollection({"auroc": BinaryAUROC(), "auprc": BinaryAveragePrecision()}, prefix=f"{prefix}/")
 
 
 class MultimodalModule(L.LightningModule):
     """Args:
     encoders: one encoder per modality (keys are modality names).
     fusion: combines the embeddings, told which modalities each subject has.
-    head: task head with ``loss`` and ``score``.
+    head: task head: ``loss(outputs, batch)``, ``score(outputs)`` (higher = more risk),
+        ``metrics()`` and ``metric_args(scores, batch)`` (binary.py, survival.py).
     optimizer: partial optimizer, completed with the parameters here.
     scheduler: optional partial LR scheduler, completed with the optimizer.
     modality_dropout: during training, hide each present modality of a subject with this
@@ -45,7 +40,9 @@ class MultimodalModule(L.LightningModule):
         self.modality_dropout = modality_dropout
         self.checkpoint_extras = checkpoint_extras or {}
         # ModuleDict keys may not shadow nn.Module attributes ("train"), hence the suffix.
-        self.metrics = nn.ModuleDict({f"{s}_metrics": _metrics(s) for s in ("train", "val", "test")})
+        self.metrics = nn.ModuleDict(
+            {f"{s}_metrics": head.metrics().clone(prefix=f"{s}/") for s in ("train", "val", "test")}
+        )
 
     def _masks(self, batch: dict) -> dict[str, torch.Tensor]:
         masks = {m: batch[f"{m}_mask"] for m in self.encoders}
@@ -68,12 +65,11 @@ class MultimodalModule(L.LightningModule):
         return self.head(self.fusion(embeddings, masks))
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        logits = self(batch)
-        targets = batch["targets"]
-        loss = self.head.loss(logits, targets)
+        outputs = self(batch)
+        loss = self.head.loss(outputs, batch)
         metrics = self.metrics[f"{stage}_metrics"]
-        metrics.update(self.head.score(logits.detach()), targets.long())
-        size = len(targets)
+        metrics.update(*self.head.metric_args(self.head.score(outputs.detach()), batch))
+        size = len(batch["targets"])
         self.log(
             f"{stage}/loss",
             loss,
@@ -96,11 +92,17 @@ class MultimodalModule(L.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {
-            "score": self.head.score(self(batch)),
+        outputs = self(batch)
+        out = {
+            "score": self.head.score(outputs),
             "subject_id": batch["subject_id"],
             "target": batch["targets"],
         }
+        if "times" in batch:
+            out["time"] = batch["times"]
+        if hasattr(self.head, "survival"):
+            out["survival"] = self.head.survival(outputs)
+        return out
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

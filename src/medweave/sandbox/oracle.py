@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from medweave.data import contract as c
+from medweave.metrics.survival import harrell_c
 from medweave.sandbox.latent import FACTORS, Disease, sigmoid
 
 # The causes each modality shows. EHR shows age and sex through birth and sex events.
@@ -71,9 +72,8 @@ def _auroc(y, score):
 
 
 def _harrell_c(event, time, score):
-    from sksurv.metrics import concordance_index_censored
-
-    return concordance_index_censored(event, time, score)[0] if event.any() else None
+    value = harrell_c(event, time, score)
+    return None if np.isnan(value) else value
 
 
 def oracle_report(

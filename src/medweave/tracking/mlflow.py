@@ -13,13 +13,16 @@ from omegaconf import DictConfig, OmegaConf
 
 # Config keys never sent to MLflow as params: fitted vocabularies (codes and note words).
 PRIVATE_KEYS = ("data.vocab",)
+# The user's setting as the process started: mlflow.set_tracking_uri() (called by Lightning's
+# logger) exports the variable in-process, which would send the next run here to the last store.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def resolve_tracking_uri(store_dir: str | Path, uri: str | None = None) -> str:
     if uri:
         return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if USER_TRACKING_URI:
+        return USER_TRACKING_URI
     folder = Path(store_dir).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 
 class BinaryHead(nn.Module):
@@ -12,6 +14,8 @@ class BinaryHead(nn.Module):
     dropout: dropout before the output layer.
     """
 
+    kind = "binary"
+
     def __init__(self, in_dim: int, dropout: float = 0.1):
         super().__init__()
         self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, 1))
@@ -19,8 +23,14 @@ class BinaryHead(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h).squeeze(-1)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(logits, targets.float())
+    def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(outputs, batch["targets"].float())
 
-    def score(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits)
+    def score(self, outputs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(outputs)
+
+    def metrics(self) -> MetricCollection:
+        return MetricCollection({"auroc": BinaryAUROC(), "auprc": BinaryAveragePrecision()})
+
+    def metric_args(self, scores: torch.Tensor, batch: dict) -> tuple:
+        return scores, batch["targets"].long()

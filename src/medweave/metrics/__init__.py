@@ -1,0 +1,1 @@
+"""Metrics torchmetrics lacks, computed by the libraries that define them."""
