@@ -57,12 +57,17 @@ class MultimodalModule(L.LightningModule):
         return dict(zip(masks, kept.unbind(1), strict=True))
 
     def forward(self, batch: dict) -> torch.Tensor:
-        embeddings, masks = {}, self._masks(batch)
-        for modality, encoder in self.encoders.items():
-            mask = masks[modality]
-            embedding = encoder(batch[modality])
-            embeddings[modality] = embedding * mask.unsqueeze(-1).to(embedding.dtype)
-        return self.head(self.fusion(embeddings, masks))
+        return self.fuse(self.embed(batch), self._masks(batch))
+
+    def embed(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Each modality's embedding [B, D], before masking."""
+        return {modality: encoder(batch[modality]) for modality, encoder in self.encoders.items()}
+
+    def fuse(self, embeddings: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The head's output from embeddings and which modalities count as present; attribution
+        calls this once per subset of modalities on the same embeddings."""
+        hidden = {m: e * masks[m].unsqueeze(-1).to(e.dtype) for m, e in embeddings.items()}
+        return self.head(self.fusion(hidden, masks))
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         outputs = self(batch)
@@ -100,6 +105,8 @@ class MultimodalModule(L.LightningModule):
         }
         if "times" in batch:
             out["time"] = batch["times"]
+        for modality in self.encoders:  # which modalities the subject had (for availability patterns)
+            out[f"present_{modality}"] = batch[f"{modality}_mask"]
         if hasattr(self.head, "survival"):
             out["survival"] = self.head.survival(outputs)
         return out

@@ -1,0 +1,104 @@
+"""Test-set metrics, each computed by the library that defines it (scikit-learn,
+scikit-survival); only the expected calibration error is ours, checked against torchmetrics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
+    """Sum over equal-width probability bins of |bin share| * |observed rate - mean prediction|."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    which = np.clip(np.ceil(p * n_bins).astype(int) - 1, 0, n_bins - 1)  # (k/n, (k+1)/n]
+    total = 0.0
+    for k in np.unique(which):
+        sel = which == k
+        total += sel.mean() * abs(y[sel].mean() - p[sel].mean())
+    return float(total)
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+    y = np.asarray(y).astype(int)
+    if y.min() == y.max():  # one class only (a small subgroup): ranking metrics are undefined
+        return {"auroc": np.nan, "auprc": np.nan, "brier": brier_score_loss(y, p, pos_label=1), "ece": np.nan}
+    return {
+        "auroc": roc_auc_score(y, p),
+        "auprc": average_precision_score(y, p),
+        "brier": brier_score_loss(y, p),
+        "ece": expected_calibration_error(y, p),
+    }
+
+
+def calibration_curve(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(mean prediction, observed rate) per non-empty quantile bin."""
+    from sklearn.calibration import calibration_curve as sk_curve
+
+    observed, predicted = sk_curve(np.asarray(y).astype(int), p, n_bins=n_bins, strategy="quantile")
+    return predicted, observed
+
+
+def _surv(event, time):
+    from sksurv.util import Surv
+
+    return Surv.from_arrays(np.asarray(event, bool), np.asarray(time, float))
+
+
+def evaluation_times(time: np.ndarray, event: np.ndarray, train_time: np.ndarray) -> np.ndarray:
+    """Times for time-dependent AUC and the Brier score: the 10th to 80th percentiles of event
+    times, inside both the test and the training follow-up (IPCW needs the censoring law there)."""
+    times = np.percentile(time[event], np.linspace(10, 80, 8))
+    limit = min(time.max(), train_time.max())
+    return np.unique(times[(times > time.min()) & (times < limit)])
+
+
+def survival_metrics(
+    time: np.ndarray,
+    event: np.ndarray,
+    score: np.ndarray,
+    train: tuple[np.ndarray, np.ndarray],
+    times: np.ndarray,
+    survival_at: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Harrell's and Uno's (IPCW) C-index, mean time-dependent AUC over ``times`` and, when
+    survival probabilities at ``times`` are given [n, len(times)], the integrated Brier score.
+    ``train`` = (times, events) of the training split: the censoring distribution for IPCW."""
+    from sksurv.metrics import (
+        concordance_index_censored,
+        concordance_index_ipcw,
+        cumulative_dynamic_auc,
+        integrated_brier_score,
+    )
+
+    event = np.asarray(event, bool)
+    nan = {"c_index": np.nan, "c_index_uno": np.nan, "td_auc": np.nan, "ibs": np.nan}
+    if not event.any() or len(times) < 2:
+        return nan
+    test, train_y = _surv(event, time), _surv(train[1], train[0])
+    out = dict(nan)
+    out["c_index"] = concordance_index_censored(event, time, score)[0]
+    try:
+        out["c_index_uno"] = concordance_index_ipcw(train_y, test, score, tau=times[-1])[0]
+        out["td_auc"] = cumulative_dynamic_auc(train_y, test, score, times)[1]
+        if survival_at is not None:
+            out["ibs"] = integrated_brier_score(train_y, test, survival_at, times)
+    except ValueError:  # a bootstrap resample outside the censoring law's support
+        pass
+    return out
+
+
+def breslow_survival(train_score, train_time, train_event, score, times) -> np.ndarray:
+    """S(t | x) = S0(t) ** exp(score) with Breslow's baseline from the training split, for a Cox
+    model whose score is the log hazard ratio; [n, len(times)]. Tied event times share one jump,
+    d_j / sum of risk over those still at risk."""
+    shift = float(np.max(train_score))
+    risk = np.exp(np.asarray(train_score, float) - shift)
+    order = np.argsort(train_time)
+    t, r = np.asarray(train_time, float)[order], risk[order]
+    at_risk_from = np.cumsum(r[::-1])[::-1]  # sum of risk over sorted positions >= i
+    event_times, deaths = np.unique(np.asarray(train_time)[np.asarray(train_event, bool)], return_counts=True)
+    jumps = deaths / at_risk_from[np.searchsorted(t, event_times, side="left")]
+    cumulative = np.concatenate([[0.0], np.cumsum(jumps)])
+    baseline = cumulative[np.searchsorted(event_times, times, side="right")]
+    return np.exp(-baseline[None, :] * np.exp(np.asarray(score, float) - shift)[:, None])

@@ -1,0 +1,91 @@
+"""Everything the report shows, as one JSON-able dict: overall metrics with bootstrap CIs, the
+same by subgroup and by modality-availability pattern, and the cohort's modality attribution.
+Only aggregates: groups smaller than ``min_group_size`` are counted but get no metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medweave.evaluation import metrics as M
+from medweave.evaluation.bootstrap import with_ci
+
+
+@dataclass
+class Predictions:
+    """One split's per-subject outputs (no IDs needed here)."""
+
+    score: np.ndarray
+    target: np.ndarray  # binary label, or event seen (survival)
+    time: np.ndarray | None = None  # survival: days to event or censoring
+    survival: np.ndarray | None = None  # survival: S(t) at ``survival_times`` [n, T]
+    survival_times: np.ndarray | None = None
+
+    def rows(self, idx: np.ndarray) -> Predictions:
+        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+        return Predictions(
+            pick(self.score), pick(self.target), pick(self.time), pick(self.survival), self.survival_times
+        )
+
+
+def metric_fn(kind: str, preds: Predictions, train: tuple | None, times: np.ndarray | None):
+    """rows -> {metric: value} for this task kind."""
+    if kind == "binary":
+        return lambda idx: M.binary_metrics(preds.target[idx], preds.score[idx])
+
+    def survival(idx):
+        curve = None if preds.survival is None else preds.survival[idx]
+        return M.survival_metrics(
+            preds.time[idx], preds.target[idx].astype(bool), preds.score[idx], train, times, curve
+        )
+
+    return survival
+
+
+def summarize(
+    kind: str,
+    preds: Predictions,
+    groups: dict[str, np.ndarray],
+    n_boot: int,
+    seed: int,
+    min_group_size: int,
+    train: tuple | None = None,
+    times: np.ndarray | None = None,
+    attribution: dict | None = None,
+) -> dict:
+    n = len(preds.score)
+    overall = with_ci(metric_fn(kind, preds, train, times), n, n_boot, seed)
+    by_group = {}
+    for name, labels in groups.items():
+        by_group[name] = {}
+        for value in sorted(set(labels.tolist())):
+            idx = np.flatnonzero(labels == value)
+            entry = {"n": int(len(idx)), "events": int(preds.target[idx].sum())}
+            if len(idx) >= min_group_size:
+                sub = preds.rows(idx)
+                entry["metrics"] = with_ci(metric_fn(kind, sub, train, times), len(idx), n_boot, seed)
+            by_group[name][str(value)] = entry
+    out = {
+        "task_kind": kind,
+        "n": n,
+        "events": int(preds.target.sum()),
+        "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95},
+        "overall": overall,
+        "groups": by_group,
+        "min_group_size": min_group_size,
+    }
+    if times is not None:
+        out["evaluation_times_days"] = [round(float(t), 1) for t in times]
+    if attribution is not None:
+        phi = attribution["phi"]
+        out["attribution"] = {
+            "subjects": int(len(phi)),
+            "scale": "the head's score (probability for binary tasks, log hazard ratio for Cox)",
+            "mean_abs": dict(
+                zip(attribution["modalities"].tolist(), np.abs(phi).mean(0).round(5).tolist(), strict=True)
+            ),
+            "mean": dict(zip(attribution["modalities"].tolist(), phi.mean(0).round(5).tolist(), strict=True)),
+            "mean_empty_score": round(float(np.mean(attribution["empty"])), 5),
+        }
+    return out
