@@ -57,7 +57,7 @@ def plain_loop(cfg, datamodule, steps: int, warmup: int) -> list[float]:
             batches = iter(datamodule.train_dataloader())
             batch = next(batches)
         start = time.perf_counter()
-        loss = model.head.loss(model(batch), batch["targets"])
+        loss = model.head.loss(model(batch), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val)

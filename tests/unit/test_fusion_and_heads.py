@@ -95,6 +95,6 @@ def test_binary_head_loss_and_score():
     logits = head(h)
     assert logits.shape == (B,)
     torch.testing.assert_close(
-        head.loss(logits, y), torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits), y)
+        head.loss(logits, {"targets": y}), torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits), y)
     )
     assert ((head.score(logits) > 0) & (head.score(logits) < 1)).all()

@@ -5,7 +5,7 @@
 
 The checkpoint carries the model config, modalities, task and fitted vocabularies, so the cohort
 is mapped exactly as in training. Metrics are logged as test/* (held_out) or val/* (tuning).
-With report=true (the default) it also writes <run dir>/evaluation/report.html: metrics with
+With evaluation.enabled=true (the default) it also writes <run dir>/evaluation/report.html: metrics with
 bootstrap CIs, ROC/PR/calibration or Kaplan-Meier figures, subgroups and modality attribution.
 """
 
@@ -105,32 +105,13 @@ def evaluate(cfg) -> dict[str, float]:
     run = trainer.test if cfg.split == "held_out" else trainer.validate
     results = run(model, dataloaders=loader)[0]
     L.pytorch.utilities.rank_zero_info(f"Eval on {cfg.split}: {results}")
-    if cfg.get("report") and trainer.is_global_zero:
-        _report(cfg, ckpt, datamodule, model, trainer, loggers)
+    if cfg.evaluation.enabled and trainer.is_global_zero:
+        from medweave.evaluation.run import report_and_log
+
+        task = ckpt["medweave"]["config"]["task"]["name"]
+        folder = Path(cfg.paths.output_dir) / "evaluation"
+        report_and_log(model, datamodule, cfg.split, task, cfg.evaluation, folder, loggers)
     return {k: float(v) for k, v in results.items()}
-
-
-def _report(cfg, ckpt, datamodule, model, trainer, loggers) -> None:
-    """The HTML report and its figures in <run dir>/evaluation/, the same in the MLflow run, and
-    the bootstrap CIs as <prefix>/<metric>_ci_low and _ci_high metrics."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    from medweave.evaluation.run import evaluate_split
-
-    folder = Path(cfg.paths.output_dir) / "evaluation"
-    task = ckpt["medweave"]["config"]["task"]["name"]
-    summary = evaluate_split(
-        trainer, model, datamodule, cfg.split, task, datamodule.root, cfg.evaluation, folder
-    )
-    prefix = "test" if cfg.split == "held_out" else "val"
-    ci = {}
-    for name, entry in summary["overall"].items():
-        if entry["ci_low"] == entry["ci_low"]:  # not NaN
-            ci[f"{prefix}/{name}_ci_low"], ci[f"{prefix}/{name}_ci_high"] = entry["ci_low"], entry["ci_high"]
-    for logger in loggers:
-        logger.log_metrics(ci)
-        if isinstance(logger, MLFlowLogger):
-            logger.experiment.log_artifacts(logger.run_id, str(folder), "evaluation")
 
 
 def main() -> None:

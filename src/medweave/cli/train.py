@@ -84,6 +84,11 @@ def train(cfg) -> float | None:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        if cfg.evaluation.enabled and trainer.is_global_zero:  # the tested weights are loaded now
+            from medweave.evaluation.run import report_and_log
+
+            folder = Path(cfg.paths.output_dir) / "evaluation"
+            report_and_log(model, datamodule, "held_out", cfg.task.name, cfg.evaluation, folder, loggers)
     if trainer.is_global_zero:
         log.info("Metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
         log.info("Outputs in %s", cfg.paths.output_dir)

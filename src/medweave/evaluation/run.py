@@ -17,12 +17,18 @@ from medweave.evaluation.summary import Predictions, summarize
 log = logging.getLogger("medweave")
 
 
-def collect_predictions(trainer, model, loader) -> dict[str, np.ndarray]:
+def collect_predictions(model, loader) -> dict[str, np.ndarray]:
     """predict_step's outputs over a loader, concatenated: score, target, subject_id, present_*,
-    and for survival tasks time (and survival [n, K] from a discrete-time head)."""
+    and for survival tasks time (and survival [n, K] from a discrete-time head). A plain loop, not
+    trainer.predict: under DDP only rank 0 reports, and a trainer call would wait for the others."""
     import torch
 
-    outputs = trainer.predict(model, dataloaders=loader)
+    model.eval()
+    outputs = []
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            batch = model.transfer_batch_to_device(batch, model.device, 0)
+            outputs.append({k: v.cpu() for k, v in model.predict_step(batch, i).items()})
     out = {key: torch.cat([o[key] for o in outputs]).numpy() for key in outputs[0] if key != "score"}
     out["score"] = torch.cat([o["score"] for o in outputs]).float().numpy()
     return out
@@ -34,17 +40,15 @@ def _step_survival(curve: np.ndarray, edges: np.ndarray, times: np.ndarray) -> n
     return full[:, np.searchsorted(edges[1:], times, side="right")]
 
 
-def evaluate_split(
-    trainer, model, datamodule, split: str, task: str, root: Path, settings, folder: Path
-) -> dict:
+def evaluate_split(model, datamodule, split: str, task: str, root: Path, settings, folder: Path) -> dict:
     """Write report.html, evaluation.json and the figures into ``folder``; return the summary."""
     folder.mkdir(parents=True, exist_ok=True)
     kind = getattr(model.head, "kind", "binary")
-    pred = collect_predictions(trainer, model, datamodule.split_dataloader(split))
+    pred = collect_predictions(model, datamodule.split_dataloader(split))
     preds = Predictions(pred["score"], pred["target"].astype(float))
     train = times = None
     if kind == "survival":
-        fit = collect_predictions(trainer, model, datamodule.split_dataloader("train"))
+        fit = collect_predictions(model, datamodule.split_dataloader("train"))
         preds.time = pred["time"].astype(float)
         train = (fit["time"].astype(float), fit["target"].astype(bool))
         times = M.evaluation_times(preds.time, preds.target.astype(bool), train[0])
@@ -81,4 +85,22 @@ def evaluate_split(
         figures |= report.attribution_figure(summary, folder)
     path = report.write_report(folder, summary, figures, title=f"{task}: {split} split")
     log.info("Evaluation report: %s", path)
+    return summary
+
+
+def report_and_log(model, datamodule, split, task, settings, folder: Path, loggers) -> dict:
+    """evaluate_split, then the same folder and the bootstrap CIs (<prefix>/<metric>_ci_low,
+    _ci_high) into each logger's run; MLflow gets the folder as artifacts under evaluation/."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    summary = evaluate_split(model, datamodule, split, task, datamodule.root, settings, folder)
+    prefix = "test" if split == "held_out" else "val"
+    ci = {}
+    for name, entry in summary["overall"].items():
+        if entry["ci_low"] == entry["ci_low"]:  # not NaN
+            ci[f"{prefix}/{name}_ci_low"], ci[f"{prefix}/{name}_ci_high"] = entry["ci_low"], entry["ci_high"]
+    for logger in loggers:
+        logger.log_metrics(ci)
+        if isinstance(logger, MLFlowLogger):
+            logger.experiment.log_artifacts(logger.run_id, str(folder), "evaluation")
     return summary
