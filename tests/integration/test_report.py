@@ -95,3 +95,40 @@ def test_survival_report_has_kaplan_meier_and_ipcw_metrics(smoke_cfg, tmp_path, 
     assert (folder / "kaplan_meier.png").exists()
     shown = render_in_chromium(folder / "report.html", tmp_path)
     assert shown["images"] == shown["images-loaded"] == 2  # Kaplan-Meier, attribution
+
+
+def test_ablation_multirun_writes_a_comparison_table(tiny_cohort, tmp_path):
+    """One command, several arms, one table (here two arms of the ten, to stay fast)."""
+    import csv
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medweave.cli.train",
+            "--multirun",
+            "experiment=ablation",
+            "debug=smoke",
+            f"data.root={tiny_cohort}",
+            "ablation=only_ehr_codes,fusion_late",  # the command line narrows the sweep
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [sweep] = list((tmp_path / "logs").glob("*/multiruns/*"))
+    rows = list(csv.DictReader(open(sweep / "comparison.csv")))
+    assert {r["modalities"] for r in rows} == {"ehr_codes", "ehr_codes+text+image+genomics"}
+    assert all(float(r["auroc_ci_low"]) <= float(r["auroc"]) <= float(r["auroc_ci_high"]) for r in rows)
+    assert float(rows[0]["auroc"]) >= float(rows[1]["auroc"])  # best first
+    assert "| job |" in (sweep / "comparison.md").read_text()
+    client = mlflow_client(tmp_path / "logs")
+    runs = only_run(client)
+    [table_run] = [r for r in runs if r.info.run_name.endswith("-comparison")]
+    assert set(all_artifacts(client, table_run.info.run_id)) == {"comparison.md", "comparison.csv"}
+    assert len(runs) == 3  # two arms and the table
