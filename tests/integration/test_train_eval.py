@@ -265,3 +265,39 @@ def test_survival_task_trains_and_predictions_reproduce_the_c_index(smoke_cfg, t
         assert (curves.diff(axis=1).iloc[:, 1:] <= 1e-7).all().all()  # S(t) never rises
     else:
         assert curves.empty
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "columns"),
+    [
+        ("first_diagnosis_1y", "auroc", {"score_none", "score_cvd"}),
+        ("onsets_1y", "auroc", {"score_cvd_onset_1y", "target_t1d_onset_1y"}),
+        ("hba1c_1y", "r2", set()),
+    ],
+)
+def test_other_task_types_train_and_report_what_sklearn_computes(
+    smoke_cfg, task, metric, columns, tmp_path, tiny_cohort
+):
+    """multiclass, multilabel, regression: torchmetrics during training and scikit-learn in the
+    report agree on the held-out split; predictions carry one column per class or label."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from medweave.cli.predict import predict
+    from medweave.cli.train import train
+    from tests.conftest import compose_run
+
+    train(smoke_cfg(f"task={task}", "trainer.limit_test_batches=null"))
+    [run] = only_run(mlflow_client(tmp_path / "logs"))
+    logged = run.data.metrics[f"test/{metric}"]
+    summary = json.loads((tmp_path / "run" / "evaluation" / "evaluation.json").read_text())
+    assert summary["overall"][metric]["value"] == pytest.approx(logged, abs=1e-5)
+    ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    cfg = compose_run(
+        "predict", [f"ckpt_path={ckpt}", f"data.root={tiny_cohort}"], tmp_path / "logs", tmp_path / "predict"
+    )
+    table = pq.read_table(predict(cfg)).to_pandas()
+    assert columns <= set(table.columns) and len(table) == summary["n"]
+    if task == "hba1c_1y":  # the score is in the label's unit (mmol/mol), not a z-score
+        assert 20 < table.score.mean() < 60

@@ -43,7 +43,7 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def restore_model(ckpt: dict, path: str, encoder_inputs: dict):
+def restore_model(ckpt: dict, path: str, encoder_inputs: dict, head_inputs: dict | None = None):
     from omegaconf import OmegaConf
 
     from medweave.errors import MedweaveError
@@ -55,6 +55,7 @@ def restore_model(ckpt: dict, path: str, encoder_inputs: dict):
         list(saved["data"]["modalities"]),
         encoder_inputs,
         checkpoint_extras=ckpt["medweave"],
+        head_inputs=head_inputs,
     )
     try:
         model.load_state_dict(ckpt["state_dict"])
@@ -82,7 +83,8 @@ def restore_for_inference(cfg):
     )
     # The vocabulary goes in after Hydra: through it, note words like "${" would be interpolated.
     datamodule = instantiate(data_cfg, _partial_=True)(vocab=ckpt["medweave"]["vocab"])
-    return ckpt, datamodule, restore_model(ckpt, cfg.ckpt_path, datamodule.encoder_inputs())
+    model = restore_model(ckpt, cfg.ckpt_path, datamodule.encoder_inputs(), datamodule.head_inputs())
+    return ckpt, datamodule, model
 
 
 def evaluate(cfg) -> dict[str, float]:

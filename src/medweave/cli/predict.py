@@ -42,6 +42,15 @@ def predict(cfg) -> str:
         part = {key: torch.cat([o[key] for o in outputs]).float().numpy() for key in outputs[0]}
         part["subject_id"] = torch.cat([o["subject_id"] for o in outputs]).numpy()
         part["split"] = [split] * len(part["score"])
+        if part["score"].ndim == 2:  # multiclass or multilabel: one column per class or label
+            names = getattr(model.head, "classes", None) or model.head.labels
+            scores = part.pop("score")
+            part["score"] = scores.max(1)  # the top probability, so every task has a score column
+            part |= {f"score_{name}": scores[:, k] for k, name in enumerate(names)}
+            if part["target"].ndim == 2:
+                targets = part.pop("target")
+                part["target"] = targets.sum(1)  # how many labels are positive
+                part |= {f"target_{name}": targets[:, k] for k, name in enumerate(names)}
         if "survival" in part:  # S(t) at each bin edge of a discrete-time head
             curve = part.pop("survival")
             for k, edge in enumerate(model.head.edges[1:].tolist()):

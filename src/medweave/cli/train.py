@@ -63,7 +63,13 @@ def train(cfg) -> float | None:
         "vocab": datamodule.cohort.vocab,
         "format": 1,
     }
-    model = build_model(cfg.model, datamodule.modalities, inputs, checkpoint_extras=extras)
+    model = build_model(
+        cfg.model,
+        datamodule.modalities,
+        inputs,
+        checkpoint_extras=extras,
+        head_inputs=datamodule.head_inputs(),
+    )
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]

@@ -81,6 +81,15 @@ IMAGING_SCHEMA = pa.schema(
 # The image modality reads 2D radiographs; CT rows (a series folder or a NIfTI file) sit beside them.
 RADIOGRAPH_MODALITIES = ("CR", "DX")
 
+# Task types and the MEDS label columns each reads (non-null in every row).
+LABEL_VALUES = {
+    "binary": ("boolean_value",),
+    "survival": ("boolean_value", "float_value"),  # event seen; days to event or censoring
+    "multiclass": ("categorical_value",),
+    "multilabel": ("boolean_value",),  # one label file per label
+    "regression": ("float_value",),
+}
+
 # Columns a reader needs in each file (extra columns are allowed, as MEDS allows them).
 REQUIRED_COLUMNS = {
     "events": ("subject_id", "time", "code", "numeric_value"),

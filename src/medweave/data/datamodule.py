@@ -8,7 +8,9 @@ A batch is a dict (the one batch contract of medweave)::
     image           float [B, 1, H, W]
     genomics        float [B, V] (standardised dosages, 0 where missing)
     <modality>_mask bool [B]   True = the subject has this modality; False rows hold padding
-    targets         float [B]  the binary label; for survival tasks, whether the event was seen
+    targets         float [B]  the binary label; for survival tasks, whether the event was seen;
+                    the value (regression); int64 [B] class index (multiclass); float [B, K]
+                    (multilabel)
     times           float [B]  survival tasks only: days from prediction_time to event or censoring
     subject_id      int64 [B]  for writing predictions only; never logged
 
@@ -141,6 +143,8 @@ class CohortDataModule(L.LightningDataModule):
     Args:
         root: cohort folder in the contract layout (``data.root``).
         task: label file under ``labels/`` (without ``.parquet``).
+        task_type: binary, survival, multiclass, multilabel or regression (contract.LABEL_VALUES).
+        label_tasks: multilabel only: the label files, one per label (default: [task]).
         modalities: any of ehr_codes, text, image, genomics.
         cache_dir: where prepared caches live; shared by runs and DDP ranks on a node.
         batch_size: subjects per batch (per process under DDP).
@@ -161,6 +165,8 @@ class CohortDataModule(L.LightningDataModule):
         task: str,
         modalities: list[str],
         cache_dir: str,
+        task_type: str = "binary",
+        label_tasks: list[str] | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
         max_events: int = 256,
@@ -177,9 +183,14 @@ class CohortDataModule(L.LightningDataModule):
             raise MedweaveError(f"data.batch_size={batch_size}: expected a positive integer")
         self.root = c.require_root(root)
         self.modalities = c.check_modalities(modalities)
+        if task_type not in c.LABEL_VALUES:
+            raise MedweaveError(f"task.type={task_type}: expected one of {list(c.LABEL_VALUES)}")
+        self.label_tasks = list(label_tasks or [task])
         self.prepare_config = PrepareConfig(
             task=task,
             modalities=tuple(self.modalities),
+            task_type=task_type,
+            label_tasks=tuple(self.label_tasks) if label_tasks else (),
             max_events=max_events,
             max_text_tokens=max_text_tokens,
             text_vocab_size=text_vocab_size,
@@ -204,6 +215,18 @@ class CohortDataModule(L.LightningDataModule):
     def encoder_inputs(self) -> dict[str, dict]:
         self.setup()
         return self.cohort.encoder_inputs()
+
+    def head_inputs(self) -> dict:
+        """What the task head needs from the cohort: class names, label names or target scale."""
+        self.setup()
+        v, kind = self.cohort.vocab, self.prepare_config.task_type
+        if kind == "multiclass":
+            return {"classes": v["classes"]}
+        if kind == "multilabel":
+            return {"labels": v["labels"]}
+        if kind == "regression":
+            return {"target_mean": v["target_mean"], "target_sd": v["target_sd"]}
+        return {}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()

@@ -43,6 +43,8 @@ class PrepareConfig:
 
     task: str
     modalities: tuple[str, ...]
+    task_type: str = "binary"  # see contract.LABEL_VALUES
+    label_tasks: tuple[str, ...] = ()  # multilabel: one label file per label; () = (task,)
     max_events: int = 256
     max_text_tokens: int = 256
     text_vocab_size: int = 4000
@@ -99,34 +101,29 @@ def prepare(root: Path, cache_dir: Path, cfg: PrepareConfig, vocab: dict | None 
 
 
 def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> None:
-    labels = meds.read_labels(root, cfg.task)
+    label_tasks = list(cfg.label_tasks or (cfg.task,))
+    labels = meds.read_labels(root, label_tasks[0], c.LABEL_VALUES[cfg.task_type])
     splits = meds.read_splits(root)
     subject_ids = labels.column("subject_id").to_numpy()
     order = np.argsort(subject_ids)
     subject_ids = subject_ids[order]
     pred_time = _microseconds(labels.column("prediction_time"))[order]
-    target = labels.column("boolean_value").to_numpy(zero_copy_only=False)[order].astype(np.float32)
-    # survival tasks: days to event or censoring (NaN for other tasks)
-    time = (
-        labels.column("float_value").to_numpy(zero_copy_only=False)[order].astype(np.float32)
-        if "float_value" in labels.column_names
-        else np.full(len(order), np.nan, np.float32)
-    )
     split_of = dict(
         zip(splits.column("subject_id").to_pylist(), splits.column("split").to_pylist(), strict=True)
     )
     unsplit = [i for i, s in enumerate(subject_ids) if s not in split_of]
     if unsplit:
         raise MedweaveError(
-            f"{c.label_path(root, cfg.task)}: {len(unsplit)} labelled subject(s) have no split in "
+            f"{c.label_path(root, label_tasks[0])}: {len(unsplit)} labelled subject(s) have no split in "
             f"{c.SUBJECT_SPLITS} (first at sorted label row {unsplit[0]})"
         )
     split = np.array([c.SPLITS.index(split_of[s]) for s in subject_ids], np.int8)
     train = split == c.SPLITS.index(c.TRAIN_SPLIT)
     if vocab is None and not train.any():  # vocabularies are fitted on train
         raise MedweaveError(f"{root / c.SUBJECT_SPLITS}: no labelled subject is in the train split")
-
     vocab = dict(vocab or {})
+    target, time = _targets(root, cfg, label_tasks, labels, order, subject_ids, pred_time, train, vocab)
+
     present = {}
     need_events = c.EHR_CODES in cfg.modalities or c.TEXT in cfg.modalities
     events = (
@@ -152,6 +149,56 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
         **{f"present_{m}": p for m, p in present.items()},
     )
     (out / "vocab.json").write_text(json.dumps(vocab))
+
+
+def _targets(root, cfg, label_tasks, labels, order, subject_ids, pred_time, train, vocab):
+    """(target, time) in sorted subject order. target: float [N] (binary; survival: event seen;
+    regression), int64 class index [N] (multiclass, classes fitted on train and kept in vocab), or
+    float [N, K] (multilabel: one label file per column). time: survival days, else NaN."""
+
+    def column(table, name, rows=order):
+        return table.column(name).to_numpy(zero_copy_only=False)[rows]
+
+    time = np.full(len(order), np.nan, np.float32)
+    if cfg.task_type == "survival":
+        time = column(labels, "float_value").astype(np.float32)
+        if (time < 0).any() or np.isnan(time).any():
+            raise MedweaveError(f"{c.label_path(root, label_tasks[0])}: float_value (days) must be >= 0")
+    if cfg.task_type == "regression":
+        values = column(labels, "float_value").astype(np.float32)
+        if "target_mean" not in vocab:  # the head predicts z-scores; train's scale travels with it
+            vocab["target_mean"] = round(float(values[train].mean()), 6)
+            vocab["target_sd"] = round(float(values[train].std()) or 1.0, 6)
+        return values, time
+    if cfg.task_type == "multiclass":
+        values = np.asarray(column(labels, "categorical_value"), dtype=object)
+        if "classes" not in vocab:
+            vocab["classes"] = sorted(set(values[train].tolist()))
+        index = {name: k for k, name in enumerate(vocab["classes"])}
+        unknown = sorted(set(values.tolist()) - set(index))
+        if unknown:
+            raise MedweaveError(
+                f"{c.label_path(root, label_tasks[0])}: classes {unknown[:5]} never occur in train "
+                f"(train classes: {vocab['classes']})"
+            )
+        return np.array([index[v] for v in values], np.int64), time
+    if cfg.task_type == "multilabel":
+        columns = [column(labels, "boolean_value").astype(np.float32)]
+        for task in label_tasks[1:]:
+            other = meds.read_labels(root, task, c.LABEL_VALUES["binary"])
+            ids = other.column("subject_id").to_numpy()
+            rows = np.argsort(ids)
+            if not np.array_equal(ids[rows], subject_ids) or not np.array_equal(
+                _microseconds(other.column("prediction_time"))[rows], pred_time
+            ):
+                raise MedweaveError(
+                    f"{c.label_path(root, task)}: a multilabel task needs the same subjects and "
+                    f"prediction times in every label file (as in {c.label_path(root, label_tasks[0])})"
+                )
+            columns.append(column(other, "boolean_value", rows).astype(np.float32))
+        vocab["labels"] = label_tasks
+        return np.stack(columns, axis=1), time
+    return column(labels, "boolean_value").astype(np.float32), time
 
 
 def _microseconds(column) -> np.ndarray:

@@ -31,6 +31,37 @@ def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
+def multiclass_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Macro one-vs-rest AUROC and accuracy; y holds class indices, p [n, K] probabilities."""
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    y = np.asarray(y).astype(int)
+    try:
+        auroc = roc_auc_score(y, p, multi_class="ovr", average="macro", labels=np.arange(p.shape[1]))
+    except ValueError:  # a class missing from this sample
+        auroc = np.nan
+    return {"auroc": auroc, "accuracy": accuracy_score(y, p.argmax(1))}
+
+
+def multilabel_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Macro AUROC and AUPRC over labels; y and p are [n, K]."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = np.asarray(y).astype(int)
+    if (y.min(0) == y.max(0)).any():  # a label with one class only in this sample
+        return {"auroc": np.nan, "auprc": np.nan}
+    return {
+        "auroc": roc_auc_score(y, p, average="macro"),
+        "auprc": average_precision_score(y, p, average="macro"),
+    }
+
+
+def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
+
+    return {"r2": r2_score(y, p), "mae": mean_absolute_error(y, p), "rmse": root_mean_squared_error(y, p)}
+
+
 def calibration_curve(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """(mean prediction, observed rate) per non-empty quantile bin."""
     from sklearn.calibration import calibration_curve as sk_curve

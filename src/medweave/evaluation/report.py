@@ -68,6 +68,33 @@ def binary_figures(preds: Predictions, folder: Path) -> dict[str, str]:
     return out
 
 
+def multi_roc_figure(preds: Predictions, folder: Path, names: list[str]) -> dict[str, str]:
+    """One-vs-rest ROC per class (multiclass) or per label (multilabel)."""
+    from sklearn.metrics import roc_curve
+
+    plt, fig, ax = _figure()
+    target = preds.target
+    for k, name in enumerate(names):
+        y = (target == k) if target.ndim == 1 else target[:, k]
+        if 0 < y.sum() < len(y):
+            fpr, tpr, _ = roc_curve(y.astype(int), preds.score[:, k])
+            ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, one against the rest")
+    ax.legend(loc="lower right")
+    return {"ROC curves": _save(plt, fig, folder / "roc.png")}
+
+
+def regression_figure(preds: Predictions, folder: Path) -> dict[str, str]:
+    plt, fig, ax = _figure()
+    ax.scatter(preds.target, preds.score, s=6, alpha=0.4)
+    low, high = np.percentile(np.concatenate([preds.target, preds.score]), [0.5, 99.5])
+    ax.plot([low, high], [low, high], "--", color="grey", label="identity")
+    ax.set(xlabel="observed", ylabel="predicted", title="Predicted against observed")
+    ax.legend(loc="upper left")
+    return {"Predicted against observed": _save(plt, fig, folder / "predicted_vs_observed.png")}
+
+
 def survival_figures(preds: Predictions, folder: Path, groups: int = 3) -> dict[str, str]:
     """Kaplan-Meier curves of the subjects in each third of predicted risk."""
     from sksurv.nonparametric import kaplan_meier_estimator
@@ -102,6 +129,10 @@ def _fmt(entry: dict) -> str:
     return f"{value:.3f} <small>({low:.3f}&ndash;{high:.3f})</small>"
 
 
+def _events_text(events) -> str:
+    return "" if events is None else f", {events} events"
+
+
 def _metric_table(metrics: dict) -> str:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in metrics)
     row = "".join(f"<td>{_fmt(v)}</td>" for v in metrics.values())
@@ -133,7 +164,7 @@ def write_report(folder: Path, summary: dict, figures: dict[str, str], title: st
     group_titles = {"sex": "By sex", "age_band": "By age band", "modalities": "By modality availability"}
     parts = [
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>{summary['n']} subjects, {summary['events']} events. 95 % confidence intervals from "
+        f"<p>{summary['n']} subjects{_events_text(summary['events'])}. 95 % confidence intervals from "
         f"{summary['bootstrap']['resamples']} bootstrap resamples of subjects.</p>",
         "<h2>Metrics</h2>",
         _metric_table(summary["overall"]),

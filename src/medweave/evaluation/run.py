@@ -46,6 +46,8 @@ def evaluate_split(model, datamodule, split: str, task: str, root: Path, setting
     kind = getattr(model.head, "kind", "binary")
     pred = collect_predictions(model, datamodule.split_dataloader(split))
     preds = Predictions(pred["score"], pred["target"].astype(float))
+    if kind == "multiclass":
+        preds.target = pred["target"].astype(int)
     train = times = None
     if kind == "survival":
         fit = collect_predictions(model, datamodule.split_dataloader("train"))
@@ -57,14 +59,18 @@ def evaluate_split(model, datamodule, split: str, task: str, root: Path, setting
         else:  # Cox: Breslow's baseline from the training split
             preds.survival = M.breslow_survival(fit["score"], *train, preds.score, times)
         preds.survival_times = times
-    groups = subject_groups(
-        root, task, pred["subject_id"], dict(settings.sex_codes), list(settings.age_bands)
+    groups = subject_groups(  # prediction times from the (first) label file the task reads
+        root,
+        datamodule.label_tasks[0],
+        pred["subject_id"],
+        dict(settings.sex_codes),
+        list(settings.age_bands),
     )
     groups["modalities"] = availability_pattern(
         {k[8:]: v for k, v in pred.items() if k.startswith("present_")}
     )
     attribution = None
-    if settings.attribution and len(model.encoders) > 1:
+    if settings.attribution and len(model.encoders) > 1 and preds.score.ndim == 1:  # scalar scores only
         loader = datamodule.split_dataloader(split)
         attribution = modality_shapley(model, loader, settings.attribution_max_subjects)
     summary = summarize(
@@ -78,9 +84,15 @@ def evaluate_split(model, datamodule, split: str, task: str, root: Path, setting
         times,
         attribution,
     )
-    figures = (
-        report.binary_figures(preds, folder) if kind == "binary" else report.survival_figures(preds, folder)
-    )
+    if kind == "binary":
+        figures = report.binary_figures(preds, folder)
+    elif kind == "survival":
+        figures = report.survival_figures(preds, folder)
+    elif kind == "regression":
+        figures = report.regression_figure(preds, folder)
+    else:
+        names = model.head.classes if kind == "multiclass" else model.head.labels
+        figures = report.multi_roc_figure(preds, folder, names)
     if attribution is not None:
         figures |= report.attribution_figure(summary, folder)
     path = report.write_report(folder, summary, figures, title=f"{task}: {split} split")

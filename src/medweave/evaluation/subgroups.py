@@ -24,7 +24,7 @@ def subject_groups(
 ) -> dict[str, np.ndarray]:
     """{"sex": [...], "age_band": [...]} aligned with ``subject_ids``; "unknown" where the cohort
     does not say. ``age_bands`` are lower edges in years, e.g. [18, 40, 60, 75]."""
-    labels = meds.read_labels(root, task)
+    labels = meds.read_labels(root, task, values=())
     pred = dict(
         zip(
             labels.column("subject_id").to_pylist(), labels.column("prediction_time").to_pylist(), strict=True

@@ -16,8 +16,8 @@ from medweave.evaluation.bootstrap import with_ci
 class Predictions:
     """One split's per-subject outputs (no IDs needed here)."""
 
-    score: np.ndarray
-    target: np.ndarray  # binary label, or event seen (survival)
+    score: np.ndarray  # [n], or [n, K] for multiclass and multilabel
+    target: np.ndarray  # label, event seen (survival), value (regression), class index, or [n, K]
     time: np.ndarray | None = None  # survival: days to event or censoring
     survival: np.ndarray | None = None  # survival: S(t) at ``survival_times`` [n, T]
     survival_times: np.ndarray | None = None
@@ -31,8 +31,14 @@ class Predictions:
 
 def metric_fn(kind: str, preds: Predictions, train: tuple | None, times: np.ndarray | None):
     """rows -> {metric: value} for this task kind."""
-    if kind == "binary":
-        return lambda idx: M.binary_metrics(preds.target[idx], preds.score[idx])
+    simple = {
+        "binary": M.binary_metrics,
+        "multiclass": M.multiclass_metrics,
+        "multilabel": M.multilabel_metrics,
+        "regression": M.regression_metrics,
+    }
+    if kind in simple:
+        return lambda idx: simple[kind](preds.target[idx], preds.score[idx])
 
     def survival(idx):
         curve = None if preds.survival is None else preds.survival[idx]
@@ -61,7 +67,7 @@ def summarize(
         by_group[name] = {}
         for value in sorted(set(labels.tolist())):
             idx = np.flatnonzero(labels == value)
-            entry = {"n": int(len(idx)), "events": int(preds.target[idx].sum())}
+            entry = {"n": int(len(idx)), "events": _events(kind, preds.target[idx])}
             if len(idx) >= min_group_size:
                 sub = preds.rows(idx)
                 entry["metrics"] = with_ci(metric_fn(kind, sub, train, times), len(idx), n_boot, seed)
@@ -69,7 +75,7 @@ def summarize(
     out = {
         "task_kind": kind,
         "n": n,
-        "events": int(preds.target.sum()),
+        "events": _events(kind, preds.target),
         "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95},
         "overall": overall,
         "groups": by_group,
@@ -89,3 +95,8 @@ def summarize(
             "mean_empty_score": round(float(np.mean(attribution["empty"])), 5),
         }
     return out
+
+
+def _events(kind: str, target: np.ndarray) -> int | None:
+    """Positive labels or events seen; None where the task has no such notion."""
+    return None if kind in ("regression", "multiclass") else int(np.asarray(target).sum())

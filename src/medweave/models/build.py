@@ -15,6 +15,7 @@ def build_model(
     modalities: list[str],
     encoder_inputs: dict[str, dict],
     checkpoint_extras: dict | None = None,
+    head_inputs: dict | None = None,
 ):
     from hydra.utils import instantiate
 
@@ -28,7 +29,7 @@ def build_model(
     if len(set(dims.values())) != 1:
         raise MedweaveError(f"all encoders must output the same width (model.dim); got {dims}")
     fusion = instantiate(model_cfg.fusion, modalities=modalities, dim=next(iter(dims.values())))
-    head = instantiate(model_cfg.head, in_dim=fusion.out_dim)
+    head = instantiate(model_cfg.head, in_dim=fusion.out_dim, **(head_inputs or {}))
     # The module config is a partial: runtime objects go in here, not through Hydra's recursion.
     make_module = instantiate(model_cfg.module)
     scheduler = instantiate(model_cfg.scheduler) if model_cfg.get("scheduler") else None

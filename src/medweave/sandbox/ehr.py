@@ -45,6 +45,7 @@ METABOLIC = [
     ("ICD10//E78", -1.6, 1.1, "ATC//C10AA01"),
     ("ICD10//E66", -2.0, 0.9, None),
 ]
+HBA1C = "NPU//NPU27300"
 BACKGROUND = ["ICD10//J06", "ICD10//M54", "ICD10//K21", "ICD10//R51", "ICD10//Z00"]
 BACKGROUND_DRUGS = ["ATC//N02BE01", "ATC//M01AE01"]
 
@@ -78,7 +79,7 @@ def draw_events(person: Person, visits: np.ndarray, onsets, rng: np.random.Gener
         if rng.random() < 0.3:
             events.append((t, str(rng.choice(BACKGROUND_DRUGS)), None))
         if rng.random() < 0.6:
-            events.append((t, "NPU//NPU27300", 38 + 6.0 * m + rng.normal(0, 4)))
+            events.append((t, HBA1C, 38 + 6.0 * m + rng.normal(0, 4)))
             events.append((t, "NPU//NPU01568", 2.9 + 0.5 * m + rng.normal(0, 0.6)))
             age = float((t - person.birth) / DAY) / 365.25
             events.append((t, "NPU//NPU18016", 80 + 8 * (age - 60) / 10 + rng.normal(0, 12)))

@@ -88,13 +88,14 @@ class SandboxConfig:
         if problems:
             raise MedweaveError("bad sandbox config: " + "; ".join(problems))
 
+    @property
+    def horizon(self) -> str:
+        h = self.horizon_days
+        return f"{h // 365}y" if h % 365 == 0 else f"{h}d"
+
     def task_names(self, disease: str) -> tuple[str, str]:
         """(binary task, survival task) label names for a disease, e.g. cvd_onset_1y, cvd_survival."""
-        h = self.horizon_days
-        return (
-            f"{disease}_onset_{h // 365}y" if h % 365 == 0 else f"{disease}_onset_{h}d",
-            f"{disease}_survival",
-        )
+        return f"{disease}_onset_{self.horizon}", f"{disease}_survival"
 
 
 def generate_cohort(out: str | Path, config: SandboxConfig, overwrite: bool = False) -> Path:
@@ -159,6 +160,13 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
         oracle[survival] = {
             k: report[k] for k in ("c_index", "c_index_by_modality", "event_rate", "median_follow_up_days")
         }
+    hba1c = np.concatenate([s["hba1c"] for s in shards])
+    measured = ~np.isnan(hba1c)  # only subjects with a measurement get a regression label
+    _write_labels(
+        root, f"hba1c_{cfg.horizon}", subject_ids[measured], times[measured], {"float_value": hba1c[measured]}
+    )
+    first = np.concatenate([s["first"] for s in shards])
+    _write_labels(root, f"first_diagnosis_{cfg.horizon}", subject_ids, times, {"categorical_value": first})
     (root / "ground_truth").mkdir()
     pq.write_table(pa.table(truth), root / c.GROUND_TRUTH)
     _write_dataset_metadata(root, cfg, oracle)
@@ -190,7 +198,7 @@ def _run_shards(jobs: list, cfg: SandboxConfig):
 def _shard(job) -> dict:
     """Draw a shard's subjects; write their events, genotype and expression parts and images."""
     cfg, panel, expression, root, start, ids = job
-    events, truth, images, genotypes, genome_ids, expr, times = [], [], [], [], [], [], []
+    events, truth, images, genotypes, genome_ids, expr, times, extra = [], [], [], [], [], [], [], []
     outcomes: dict[str, list] = {name: [] for name in cfg.diseases}
     for offset, sid in enumerate(ids):
         subject = draw_subject(start + offset, int(sid), cfg, panel, expression, root)
@@ -198,6 +206,7 @@ def _shard(job) -> dict:
         events += [(int(sid), *e) for e in subject.events if e[0] is None] + [(int(sid), *e) for e in timed]
         truth.append(subject.truth)
         times.append(subject.prediction_time)
+        extra.append(subject.extra_labels)
         images += [(int(sid), *row) for row in subject.image_rows]
         for name, value in subject.outcomes.items():
             outcomes[name].append(value)
@@ -219,6 +228,8 @@ def _shard(job) -> dict:
         "images": images,
         "genome_ids": np.array(genome_ids, np.int64),
         "prediction_time": np.array(times, "datetime64[us]"),
+        "hba1c": np.array([np.nan if e["hba1c"] is None else e["hba1c"] for e in extra]),
+        "first": np.array([e["first"] for e in extra], dtype=object),
     }
     pq.write_table(_events_table(events), result["events"])
     codes = np.stack(genotypes, axis=1) if genotypes else np.zeros((panel.n_variants, 0), np.uint8)
@@ -277,12 +288,16 @@ def _write_labels(root: Path, task: str, subject_ids: np.ndarray, times: np.ndar
         {
             "subject_id": pa.array(subject_ids, pa.int64()),
             "prediction_time": pa.array(times, pa.timestamp("us")),
-            "boolean_value": pa.array(values.get("boolean_value"), pa.bool_()),
+            "boolean_value": pa.array(values["boolean_value"], pa.bool_())
+            if "boolean_value" in values
+            else pa.nulls(n, pa.bool_()),
             "integer_value": pa.nulls(n, pa.int64()),
             "float_value": pa.array(values["float_value"], pa.float32())
             if "float_value" in values
             else pa.nulls(n, pa.float32()),
-            "categorical_value": pa.nulls(n, pa.string()),
+            "categorical_value": pa.array(values["categorical_value"].tolist(), pa.string())
+            if "categorical_value" in values
+            else pa.nulls(n, pa.string()),
         },
         schema=c.LABEL_SCHEMA,
     )
@@ -343,6 +358,8 @@ def _write_dataset_metadata(root: Path, cfg: SandboxConfig, oracle: dict) -> Non
             "follow_up_end": cfg.follow_up_end,
             "code": disease.code,
         }
+    tasks[f"hba1c_{cfg.horizon}"] = {"type": "regression", "unit": "mmol/mol", "code": ehr.HBA1C}
+    tasks[f"first_diagnosis_{cfg.horizon}"] = {"type": "multiclass", "classes": ["none", *cfg.diseases]}
     meta = {
         "dataset_name": "medweave-sandbox",
         "dataset_version": f"seed{cfg.seed}-n{cfg.n_subjects}",

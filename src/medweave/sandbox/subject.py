@@ -26,6 +26,7 @@ class Subject:
     truth: dict[str, float]
     outcomes: dict[str, tuple[bool, float, bool]]  # disease -> (onset in horizon, days, event seen)
     image_rows: list[tuple] = field(default_factory=list)  # (time, path, modality, view)
+    extra_labels: dict = field(default_factory=dict)  # "hba1c": mean HbA1c over the horizon, "first"
     genotype: np.ndarray | None = None  # uint8 [V]: hap0 + 2 * hap1
     expression: np.ndarray | None = None  # float32 [G]
 
@@ -74,6 +75,7 @@ def draw_subject(i: int, subject_id: int, cfg, panel, expression_model, root: Pa
         any_onset = any(onset for onset, _, _ in result.values())
         events += notes.draw_note_events(person, visits, any_onset, rng)
     subject = Subject(person.prediction_time, events, truth, result)
+    subject.extra_labels = _extra_labels(person.prediction_time, events, truth, result, cfg.horizon_days)
 
     if has[c.IMAGE]:
         study = person.prediction_time - np.timedelta64(int(rng.integers(1, 300)), "D")
@@ -100,3 +102,14 @@ def draw_subject(i: int, subject_id: int, cfg, panel, expression_model, root: Pa
         if expression_model is not None:
             subject.expression = genomics.draw_expression(expression_model, haplotypes, person.metabolic, rng)
     return subject
+
+
+def _extra_labels(prediction_time, events, truth, result, horizon_days) -> dict:
+    """Labels for the other task types: the mean HbA1c measured over the horizon (regression; None
+    without a measurement) and which disease came first within it (multiclass; "none")."""
+    end = prediction_time + np.timedelta64(horizon_days, "D")
+    values = [
+        v for t, code, v, _ in events if code == ehr.HBA1C and t is not None and prediction_time < t <= end
+    ]
+    first = [(truth[f"event_days_{name}"], name) for name, (onset, _, _) in result.items() if onset]
+    return {"hba1c": float(np.mean(values)) if values else None, "first": min(first)[1] if first else "none"}

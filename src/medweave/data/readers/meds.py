@@ -58,7 +58,8 @@ def read_splits(root: Path) -> pa.Table:
     return table
 
 
-def read_labels(root: Path, task: str) -> pa.Table:
+def read_labels(root: Path, task: str, values: tuple[str, ...] = ("boolean_value",)) -> pa.Table:
+    """The label file of ``task``; ``values`` are the columns its task type reads (no nulls)."""
     path = c.label_path(root, task)
     if not path.exists():
         available = sorted(p.stem for p in (root / c.LABELS_DIR).glob("*.parquet"))
@@ -66,8 +67,9 @@ def read_labels(root: Path, task: str) -> pa.Table:
             f"cohort '{root}' has no labels for task '{task}' ({path}); tasks available: {available}"
         )
     table = read_parquet(path, c.REQUIRED_COLUMNS["labels"])
-    if "boolean_value" not in table.column_names or table.column("boolean_value").null_count:
-        raise MedweaveError(f"{path}: binary task needs a boolean_value column without nulls")
+    for name in values:
+        if name not in table.column_names or table.column(name).null_count:
+            raise MedweaveError(f"{path}: this task type needs a {name} column without nulls")
     ids = table.column("subject_id")
     if len(ids.unique()) != len(ids):
         raise MedweaveError(f"{path}: more than one prediction_time per subject is not supported yet")
