@@ -176,6 +176,7 @@ def test_two_diseases_share_and_differ_in_causes(tmp_path):
     )
     for task in ("cvd_survival", "t1d_survival"):
         c_index = oracle[task]["c_index"]["train"]
+        assert oracle[task]["c_index_given_available"]["train"] < c_index
         assert 0.7 < c_index < 1
         assert all(v["train"] < c_index for v in oracle[task]["c_index_by_modality"].values())
 
@@ -276,3 +277,6 @@ def test_each_modality_alone_falls_short_of_the_oracle(tmp_path):
     alone = {m: v["train"] for m, v in oracle["auroc_by_modality"].items()}
     assert set(alone) == {"ehr_codes", "text", "image", "genomics"}
     assert all(0.55 < v < full - 0.1 for v in alone.values()), (full, alone)
+    # fusing what each subject has beats any one modality, yet misses what the missing would show
+    available = oracle["auroc_given_available"]["train"]
+    assert max(alone.values()) + 0.03 < available < full - 0.03, (alone, available, full)

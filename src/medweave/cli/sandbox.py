@@ -29,10 +29,12 @@ def sandbox(cfg) -> str:
         name = "AUROC" if metric == "auroc" else "C-index (Harrell)"
         held_out = {m: v.get("held_out") for m, v in oracle[f"{metric}_by_modality"].items()}
         log.info(
-            "%s: oracle %s on held_out %s; given one modality alone %s",
+            "%s: oracle %s on held_out %s; given the modalities each subject has %s; "
+            "given one modality alone %s",
             task,
             name,
             oracle[metric].get("held_out"),
+            oracle[f"{metric}_given_available"].get("held_out"),
             held_out,
         )
     log.info("Cohort written to %s (oracle figures for every split: metadata/dataset.json)", root)

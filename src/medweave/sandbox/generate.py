@@ -156,9 +156,18 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
         report = oracle_report(
             _factor_view(truth), disease, truth[f"risk_{name}"], splits, onset, (days, seen)
         )
-        oracle[binary] = {k: report[k] for k in ("auroc", "auroc_by_modality", "prevalence")}
+        oracle[binary] = {
+            k: report[k] for k in ("auroc", "auroc_given_available", "auroc_by_modality", "prevalence")
+        }
         oracle[survival] = {
-            k: report[k] for k in ("c_index", "c_index_by_modality", "event_rate", "median_follow_up_days")
+            k: report[k]
+            for k in (
+                "c_index",
+                "c_index_given_available",
+                "c_index_by_modality",
+                "event_rate",
+                "median_follow_up_days",
+            )
         }
     hba1c = np.concatenate([s["hba1c"] for s in shards])
     measured = ~np.isnan(hba1c)  # only subjects with a measurement get a regression label

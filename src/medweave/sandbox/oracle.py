@@ -1,4 +1,5 @@
-"""The best possible scores: the true risk, and the best score given one modality alone.
+"""The best possible scores: the true risk, the best score given the modalities each subject has,
+and the best score given one modality alone.
 
 A model that sees only one modality can at best learn P(onset | the causes that modality shows),
 with the other causes unknown. Here those are integrated out by Gauss-Hermite quadrature, treating
@@ -33,26 +34,40 @@ def _expected_sigmoid(mean: np.ndarray, sd: float, nodes: int = 40) -> np.ndarra
     return (sigmoid(mean[:, None] + sd * x[None, :]) * w).sum(1) / w.sum()
 
 
-def modality_oracle_scores(truth: dict[str, np.ndarray], disease: Disease, risk: np.ndarray) -> dict:
+def _given(truth: dict[str, np.ndarray], disease: Disease, seen: tuple[str, ...]) -> np.ndarray:
+    """Each subject's P(onset | the causes in ``seen``), the other causes integrated out."""
+    n = len(truth["metabolic"])
+    mean, var = np.full(n, disease.intercept), 0.0
+    for f, w in disease.weights.items():
+        x = np.asarray(truth[f], float)
+        if f in seen:
+            mean = mean + w * x
+        else:
+            mean, var = mean + w * x.mean(), var + w**2 * x.var()
+    return _expected_sigmoid(mean, float(np.sqrt(var)))
+
+
+def modality_oracle_scores(truth: dict[str, np.ndarray], disease: Disease) -> dict:
     """Per modality, each subject's P(onset | what that modality shows). ``truth`` holds one array
-    per cause in FACTORS and has_<modality>; ``risk`` is the true risk of this disease."""
-
-    def given(seen: tuple[str, ...]) -> np.ndarray:
-        mean, var = np.full(len(risk), disease.intercept), 0.0
-        for f, w in disease.weights.items():
-            x = np.asarray(truth[f], float)
-            if f in seen:
-                mean = mean + w * x
-            else:
-                mean, var = mean + w * x.mean(), var + w**2 * x.var()
-        return _expected_sigmoid(mean, float(np.sqrt(var)))
-
-    nothing = given(())  # a subject without the modality: only the cohort is known
+    per cause in FACTORS and has_<modality>."""
+    nothing = _given(truth, disease, ())  # a subject without the modality: only the cohort is known
     scores = {}
     for modality, seen in SEEN_BY.items():
-        has = truth.get(f"has_{modality}", np.ones(len(risk), bool))
-        scores[modality] = np.where(has, given(seen), nothing)
+        has = truth.get(f"has_{modality}", np.ones(len(nothing), bool))
+        scores[modality] = np.where(has, _given(truth, disease, seen), nothing)
     return scores
+
+
+def available_oracle_score(truth: dict[str, np.ndarray], disease: Disease) -> np.ndarray:
+    """Each subject's P(onset | what all the modalities they have show): the ceiling for a model
+    that fuses every modality, given who misses which (the true risk also knows the missing)."""
+    has = np.stack([truth.get(f"has_{m}", np.ones(len(truth["metabolic"]), bool)) for m in SEEN_BY], 1)
+    score = np.empty(len(has))
+    for pattern in np.unique(has, axis=0):
+        rows = (has == pattern).all(1)
+        seen = tuple(f for m, present in zip(SEEN_BY, pattern, strict=True) if present for f in SEEN_BY[m])
+        score[rows] = _given(truth, disease, seen)[rows]
+    return score
 
 
 def _by_split(splits: np.ndarray, metric, *arrays) -> dict:
@@ -89,12 +104,15 @@ def oracle_report(
     missing = set(FACTORS) - set(truth)
     if missing:
         raise ValueError(f"truth lacks causes {sorted(missing)}")
-    by_modality = modality_oracle_scores(truth, disease, risk)
+    by_modality = modality_oracle_scores(truth, disease)
+    available = available_oracle_score(truth, disease)
     days, event = (np.asarray(a) for a in tte)
     return {
         "auroc": _by_split(splits, _auroc, onset, risk),
+        "auroc_given_available": _by_split(splits, _auroc, onset, available),
         "auroc_by_modality": {m: _by_split(splits, _auroc, onset, s) for m, s in by_modality.items()},
         "c_index": _by_split(splits, _harrell_c, event, days, risk),
+        "c_index_given_available": _by_split(splits, _harrell_c, event, days, available),
         "c_index_by_modality": {
             m: _by_split(splits, _harrell_c, event, days, s) for m, s in by_modality.items()
         },
