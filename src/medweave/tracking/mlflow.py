@@ -35,8 +35,10 @@ def make_mlflow_logger(
     tracking_uri: str | None = None,
     log_model: bool = True,
     tags: dict | None = None,
+    parent_run_id: str | None = None,
 ):
-    """A Lightning MLFlowLogger; artifacts of an embedded store sit beside its database."""
+    """A Lightning MLFlowLogger; artifacts of an embedded store sit beside its database.
+    ``parent_run_id`` nests the run under another (a hyperparameter search's trials)."""
     from lightning.pytorch.loggers import MLFlowLogger
 
     uri = resolve_tracking_uri(store_dir, tracking_uri)
@@ -47,7 +49,7 @@ def make_mlflow_logger(
         experiment_name=experiment_name,
         run_name=run_name,
         tracking_uri=uri,
-        tags=dict(tags or {}),
+        tags=dict(tags or {}) | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}),
         log_model=log_model,
         artifact_location=artifacts,
     )

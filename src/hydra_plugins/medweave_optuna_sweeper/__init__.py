@@ -1,0 +1,1 @@
+"""A Hydra sweeper on Optuna (hydra/sweeper=medweave_optuna), found by Hydra's plugin discovery."""
