@@ -259,12 +259,9 @@ def test_survival_task_trains_and_predictions_reproduce_the_c_index(smoke_cfg, t
     assert (table.target.to_numpy() == truth.boolean_value.to_numpy()).all()
     assert table.time.to_numpy() == pytest.approx(truth.float_value.to_numpy())
     assert harrell_c(table.target.astype(bool), table.time, table.score) == pytest.approx(logged, abs=1e-6)
-    curves = table.filter(like="survival_")
-    if task == "cvd_survival_discrete":
-        assert list(curves.columns) == [f"survival_{d}d" for d in (365, 730, 1095, 1461, 1826)]
-        assert (curves.diff(axis=1).iloc[:, 1:] <= 1e-7).all().all()  # S(t) never rises
-    else:
-        assert curves.empty
+    curves = table.filter(like="survival_")  # bin edges (discrete) or survival_times (Cox): the same days
+    assert list(curves.columns) == [f"survival_{d}d" for d in (365, 730, 1095, 1461, 1826)]
+    assert (curves.diff(axis=1).iloc[:, 1:] <= 1e-7).all().all()  # S(t) never rises
 
 
 @pytest.mark.parametrize(
@@ -301,3 +298,30 @@ def test_other_task_types_train_and_report_what_sklearn_computes(
     assert columns <= set(table.columns) and len(table) == summary["n"]
     if task == "hba1c_1y":  # the score is in the label's unit (mmol/mol), not a z-score
         assert 20 < table.score.mean() < 60
+
+
+def test_predict_gives_cox_survival_curves_and_per_subject_shapley(smoke_cfg, tmp_path, tiny_cohort):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from medweave.cli.predict import predict
+    from medweave.cli.train import train
+    from tests.conftest import compose_run
+
+    train(smoke_cfg("task=cvd_survival"))
+    ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    cfg = compose_run(
+        "predict",
+        [f"ckpt_path={ckpt}", f"data.root={tiny_cohort}", "attribution=true"],
+        tmp_path / "logs",
+        tmp_path / "predict",
+    )
+    table = pq.read_table(predict(cfg)).to_pandas()
+    curves = table[[f"survival_{d}d" for d in (365, 730, 1095, 1461, 1826)]].to_numpy()
+    assert ((curves > 0) & (curves <= 1)).all() and (np.diff(curves, axis=1) <= 1e-9).all()
+    # a higher log hazard ratio means a lower survival curve
+    order = np.argsort(table.score.to_numpy())
+    assert curves[order[-1], -1] <= curves[order[0], -1]
+    shapley = table[[f"shapley_{m}" for m in ("ehr_codes", "text", "image", "genomics")]]
+    np.testing.assert_allclose(shapley.sum(1) + table.shapley_none, table.score, atol=1e-4)  # efficiency
+    assert (shapley.shapley_image[~table.present_image] == 0).all()  # absent: no contribution

@@ -16,7 +16,7 @@ search-space syntax (choice, range, interval, tag(log, ...)) on current Optuna:
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional  # noqa: UP035 (OmegaConf reads these in the config)
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -33,10 +33,10 @@ class MedweaveOptunaSweeperConf:
     _target_: str = "hydra_plugins.medweave_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     direction: str = "maximize"
     study_name: str = "medweave"
-    storage: Optional[str] = None  # e.g. sqlite:///logs/optuna.db; None keeps the study in memory
+    storage: Optional[str] = None  # noqa: UP045  sqlite:///logs/optuna.db; None: in memory
     n_trials: int = 10
     seed: int = 0
-    params: Dict[str, str] = field(default_factory=dict)
+    params: Dict[str, str] = field(default_factory=dict)  # noqa: UP006
 
 
 ConfigStore.instance().store(
@@ -70,9 +70,9 @@ class OptunaSweeper(Sweeper):
     def __init__(self, direction, study_name, storage, n_trials, seed, params) -> None:
         self.direction, self.study_name, self.storage = direction, study_name, storage
         self.n_trials, self.seed, self.params = n_trials, seed, dict(params or {})
-        self.config: Optional[DictConfig] = None
+        self.config: DictConfig | None = None
         self.launcher = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -82,7 +82,7 @@ class OptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def _storage_url(self) -> Optional[str]:
+    def _storage_url(self) -> str | None:
         if not self.storage or not self.storage.startswith("sqlite:///"):
             return self.storage
         path = Path(self.storage.removeprefix("sqlite:///")).expanduser().resolve()
@@ -144,7 +144,7 @@ class OptunaSweeper(Sweeper):
         self._write_best(study, sweep_dir)
         return returns
 
-    def _parent_run(self, study) -> Optional[str]:
+    def _parent_run(self, study) -> str | None:
         """One MLflow parent run per study, reused when the search resumes."""
         settings = (self.config.get("logger") or {}).get("mlflow")
         if not settings:

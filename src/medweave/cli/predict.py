@@ -3,10 +3,13 @@
     medweave-predict ckpt_path=<ckpt> data.root=data/sandbox
     medweave-predict ckpt_path=<ckpt> data.root=data/sandbox splits=[tuning,held_out]
 
-Writes ``<run dir>/predictions.parquet``: subject_id, split, score (probability, or a risk score
-for survival tasks), target (the label, or whether the event was seen), and for survival tasks
-time (days to event or censoring) and, from a discrete-time head, survival_<t>d = S(t) at each
-bin edge. Subject IDs stay in this file: nothing here is sent to MLflow or printed.
+Writes ``<run dir>/predictions.parquet``: subject_id, split, score (probability, a risk score for
+survival tasks, the value for regression; score_<class> for multiclass and multilabel), target,
+present_<modality>, and for survival tasks time (days to event or censoring) and survival_<t>d =
+S(t): at each bin edge of a discrete-time head, or at ``survival_times`` for a Cox model
+(Breslow's baseline from the training split). With ``attribution=true`` also shapley_<modality>,
+each modality's exact Shapley value for the subject (shapley_none: the score without any).
+Subject IDs stay in this file: nothing here is sent to MLflow or printed.
 """
 
 from __future__ import annotations
@@ -21,27 +24,30 @@ def predict(cfg) -> str:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import torch
-    from hydra.utils import instantiate
 
     from medweave.cli.eval import restore_for_inference
     from medweave.cli.hydra_main import one_log_stream
     from medweave.data.contract import SPLITS
     from medweave.errors import MedweaveError
+    from medweave.evaluation.attribution import modality_shapley
+    from medweave.evaluation.metrics import breslow_survival
+    from medweave.evaluation.run import collect_predictions
 
     one_log_stream()
     unknown = [s for s in cfg.splits if s not in SPLITS]
     if unknown:
         raise MedweaveError(f"splits={list(cfg.splits)}: {unknown} not among {list(SPLITS)}")
     _, datamodule, model = restore_for_inference(cfg)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    kind = getattr(model.head, "kind", "binary")
+    cox_baseline = None
+    if kind == "survival" and not hasattr(model.head, "survival"):  # Cox: Breslow from train
+        fit = collect_predictions(model, datamodule.split_dataloader("train"))
+        cox_baseline = (fit["score"], fit["time"].astype(float), fit["target"].astype(bool))
 
     columns: dict[str, list] = {}
     for split in cfg.splits:
-        outputs = trainer.predict(model, dataloaders=datamodule.split_dataloader(split))
-        part = {key: torch.cat([o[key] for o in outputs]).float().numpy() for key in outputs[0]}
-        part["subject_id"] = torch.cat([o["subject_id"] for o in outputs]).numpy()
-        part["split"] = [split] * len(part["score"])
+        part = collect_predictions(model, datamodule.split_dataloader(split))
+        part["split"] = np.array([split] * len(part["score"]))
         if part["score"].ndim == 2:  # multiclass or multilabel: one column per class or label
             names = getattr(model.head, "classes", None) or model.head.labels
             scores = part.pop("score")
@@ -55,6 +61,14 @@ def predict(cfg) -> str:
             curve = part.pop("survival")
             for k, edge in enumerate(model.head.edges[1:].tolist()):
                 part[f"survival_{edge:g}d"] = curve[:, k]
+        elif cox_baseline is not None:
+            times = np.asarray(cfg.survival_times, float)
+            curve = breslow_survival(*cox_baseline, part["score"], times)
+            part |= {f"survival_{t:g}d": curve[:, k] for k, t in enumerate(times)}
+        if cfg.attribution and part["score"].ndim == 1 and len(model.encoders) > 1:
+            shapley = modality_shapley(model, datamodule.split_dataloader(split))
+            part["shapley_none"] = shapley["empty"]  # the score with every modality masked
+            part |= {f"shapley_{m}": shapley["phi"][:, j] for j, m in enumerate(shapley["modalities"])}
         for key, values in part.items():
             columns.setdefault(key, []).append(np.asarray(values))
     out = Path(cfg.paths.output_dir) / "predictions.parquet"
