@@ -61,7 +61,7 @@ def test_survival_metrics_are_the_scikit_survival_figures():
     time, event = np.minimum(t, c), t <= c
     train, test = slice(0, 400), slice(400, 600)
     times = M.evaluation_times(time[test], event[test], time[train])
-    got = M.survival_metrics(time[test], event[test], risk[test], (time[train], event[train]), times)
+    got = M.survival_scores(time[test], event[test], risk[test], (time[train], event[train]), times)
     y_train, y_test = Surv.from_arrays(event[train], time[train]), Surv.from_arrays(event[test], time[test])
     assert got["c_index_uno"] == concordance_index_ipcw(y_train, y_test, risk[test], tau=times[-1])[0]
     assert got["td_auc"] == cumulative_dynamic_auc(y_train, y_test, risk[test], times)[1]

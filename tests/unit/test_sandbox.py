@@ -119,6 +119,24 @@ def test_output_is_the_same_whatever_the_sharding(tmp_path):
     assert not (one / "parts").exists()
 
 
+def test_file_and_row_group_boundaries_do_not_follow_shards(tmp_path, monkeypatch):
+    """With 13 subjects per events file and 50-row groups, boundaries fall inside shards."""
+    from medweave.sandbox import assemble
+
+    monkeypatch.setattr(assemble, "SUBJECTS_PER_EVENTS_FILE", 13)
+    monkeypatch.setattr(assemble, "ROW_GROUP_ROWS", 50)
+    settings = dict(n_subjects=40, n_variants=60, image_size=8)
+    one = generate_cohort(tmp_path / "one", SandboxConfig(**settings, workers=1))
+    many = generate_cohort(tmp_path / "many", SandboxConfig(**settings, workers=2, shard_size=6))
+    assert _digests(one) == _digests(many)
+    files = sorted((one / "data").glob("*.parquet"))
+    assert [f.name for f in files] == ["0.parquet", "1.parquet", "2.parquet", "3.parquet"]
+    meta = pq.ParquetFile(files[0]).metadata
+    assert meta.num_row_groups > 1 and meta.row_group(0).num_rows == 50
+    ids = [pq.read_table(f).column("subject_id").unique().to_pylist() for f in files]
+    assert [len(i) for i in ids] == [13, 13, 13, 1] and sorted(sum(ids, [])) == sum(ids, [])
+
+
 def test_missing_rates_are_honoured(tmp_path):
     root = generate_cohort(
         tmp_path / "m",

@@ -59,11 +59,14 @@ def test_discrete_time_loss_by_hand():
     batch = {"times": torch.tensor([15.0, 25.0, 40.0]), "targets": torch.tensor([1.0, 0.0, 1.0])}
     h = torch.sigmoid(logits)
     by_hand = (
-        -torch.log(1 - h[0, 0])
-        - torch.log(h[0, 1])  # event in bin 1
-        - torch.log(1 - h[1]).sum()  # censored in bin 2: survived bins 0-2
-        - torch.log(1 - h[2]).sum()  # event after the last edge: censored there
-    ) / 3
+        (
+            -torch.log(1 - h[0, 0])
+            - torch.log(h[0, 1])  # event in bin 1
+            - torch.log(1 - h[1, :2]).sum()  # censored during bin 2: watched through bins 0-1 only
+            - torch.log(1 - h[2]).sum()  # event after the last edge: survived every bin
+        )
+        / 3
+    )
     assert head.loss(logits, batch).item() == pytest.approx(by_hand.item(), rel=1e-6)
     survival = head.survival(logits)
     assert torch.all(survival[:, 1:] <= survival[:, :-1])

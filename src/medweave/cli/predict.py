@@ -31,7 +31,7 @@ def predict(cfg) -> str:
     from medweave.errors import MedweaveError
     from medweave.evaluation.attribution import modality_shapley
     from medweave.evaluation.metrics import breslow_survival
-    from medweave.evaluation.run import collect_predictions
+    from medweave.evaluation.run import collect_predictions, cox_baseline
 
     one_log_stream()
     unknown = [s for s in cfg.splits if s not in SPLITS]
@@ -39,16 +39,15 @@ def predict(cfg) -> str:
         raise MedweaveError(f"splits={list(cfg.splits)}: {unknown} not among {list(SPLITS)}")
     _, datamodule, model = restore_for_inference(cfg)
     kind = getattr(model.head, "kind", "binary")
-    cox_baseline = None
-    if kind == "survival" and not hasattr(model.head, "survival"):  # Cox: Breslow from train
-        fit = collect_predictions(model, datamodule.split_dataloader("train"))
-        cox_baseline = (fit["score"], fit["time"].astype(float), fit["target"].astype(bool))
+    is_cox = kind == "survival" and not hasattr(model.head, "survival")
+    baseline = cox_baseline(model, datamodule) if is_cox else None
 
     columns: dict[str, list] = {}
     for split in cfg.splits:
         part = collect_predictions(model, datamodule.split_dataloader(split))
         part["split"] = np.array([split] * len(part["score"]))
-        if part["score"].ndim == 2:  # multiclass or multilabel: one column per class or label
+        scalar = part["score"].ndim == 1  # one score per subject: Shapley values are defined
+        if not scalar:  # multiclass or multilabel: one column per class or label
             names = getattr(model.head, "classes", None) or model.head.labels
             scores = part.pop("score")
             part["score"] = scores.max(1)  # the top probability, so every task has a score column
@@ -61,11 +60,11 @@ def predict(cfg) -> str:
             curve = part.pop("survival")
             for k, edge in enumerate(model.head.edges[1:].tolist()):
                 part[f"survival_{edge:g}d"] = curve[:, k]
-        elif cox_baseline is not None:
+        elif baseline is not None:
             times = np.asarray(cfg.survival_times, float)
-            curve = breslow_survival(*cox_baseline, part["score"], times)
+            curve = breslow_survival(*baseline, part["score"], times)
             part |= {f"survival_{t:g}d": curve[:, k] for k, t in enumerate(times)}
-        if cfg.attribution and part["score"].ndim == 1 and len(model.encoders) > 1:
+        if cfg.attribution and scalar and len(model.encoders) > 1:
             shapley = modality_shapley(model, datamodule.split_dataloader(split))
             part["shapley_none"] = shapley["empty"]  # the score with every modality masked
             part |= {f"shapley_{m}": shapley["phi"][:, j] for j, m in enumerate(shapley["modalities"])}

@@ -162,8 +162,12 @@ def _targets(root, cfg, label_tasks, labels, order, subject_ids, pred_time, trai
     time = np.full(len(order), np.nan, np.float32)
     if cfg.task_type == "survival":
         time = column(labels, "float_value").astype(np.float32)
-        if (time < 0).any() or np.isnan(time).any():
-            raise MedweaveError(f"{c.label_path(root, label_tasks[0])}: float_value (days) must be >= 0")
+        bad = ~np.isfinite(time) | (time < 0)
+        if bad.any():
+            raise MedweaveError(
+                f"{c.label_path(root, label_tasks[0])}: float_value (days to event or censoring) must be "
+                f"finite and >= 0; {int(bad.sum())} row(s) are not (NaN, infinite or negative)"
+            )
     if cfg.task_type == "regression":
         values = column(labels, "float_value").astype(np.float32)
         if "target_mean" not in vocab:  # the head predicts z-scores; train's scale travels with it

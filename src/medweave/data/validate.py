@@ -213,10 +213,9 @@ def _check_survival(path, table, col) -> None:
             path, table.column(name).is_null().to_numpy(zero_copy_only=False), "survival label is null", name
         )
     days = table.column("float_value").to_numpy(zero_copy_only=False).astype(float)
-    bad = ~np.isfinite(days) | (days < 0)
-    col.first_rows(
-        path, bad & ~np.isnan(days), "days to event or censoring must be finite and >= 0", "float_value"
-    )
+    nulls = table.column("float_value").is_null().to_numpy(zero_copy_only=False)
+    bad = (~np.isfinite(days) | (days < 0)) & ~nulls  # nulls are reported above
+    col.first_rows(path, bad, "days to event or censoring must be finite and >= 0 (not NaN)", "float_value")
 
 
 def _check_imaging(root, col, counts, split_ids) -> None:

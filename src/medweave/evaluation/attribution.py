@@ -32,7 +32,7 @@ def modality_shapley(model, loader, max_subjects: int | None = None) -> dict[str
         value = {}
         for size in range(m + 1):
             for subset in combinations(range(m), size):
-                keep = torch.zeros(m, dtype=torch.bool)
+                keep = torch.zeros(m, dtype=torch.bool, device=present.device)
                 keep[list(subset)] = True
                 masks = dict(zip(names, (present & keep).unbind(1), strict=True))
                 value[subset] = model.head.score(model.fuse(embeddings, masks)).float()

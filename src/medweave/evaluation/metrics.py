@@ -7,9 +7,10 @@ import numpy as np
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
-    """Sum over equal-width probability bins of |bin share| * |observed rate - mean prediction|."""
+    """Sum over equal-width probability bins [k/n, (k+1)/n) of |bin share| * |observed rate -
+    mean prediction| (as torchmetrics bins them)."""
     y, p = np.asarray(y, float), np.asarray(p, float)
-    which = np.clip(np.ceil(p * n_bins).astype(int) - 1, 0, n_bins - 1)  # (k/n, (k+1)/n]
+    which = np.clip(np.floor(p * n_bins).astype(int), 0, n_bins - 1)
     total = 0.0
     for k in np.unique(which):
         sel = which == k
@@ -21,14 +22,10 @@ def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
     y = np.asarray(y).astype(int)
+    out = {"brier": brier_score_loss(y, p, pos_label=1), "ece": expected_calibration_error(y, p)}
     if y.min() == y.max():  # one class only (a small subgroup): ranking metrics are undefined
-        return {"auroc": np.nan, "auprc": np.nan, "brier": brier_score_loss(y, p, pos_label=1), "ece": np.nan}
-    return {
-        "auroc": roc_auc_score(y, p),
-        "auprc": average_precision_score(y, p),
-        "brier": brier_score_loss(y, p),
-        "ece": expected_calibration_error(y, p),
-    }
+        return {"auroc": np.nan, "auprc": np.nan, **out}
+    return {"auroc": roc_auc_score(y, p), "auprc": average_precision_score(y, p), **out}
 
 
 def multiclass_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -48,8 +45,10 @@ def multilabel_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     y = np.asarray(y).astype(int)
-    if (y.min(0) == y.max(0)).any():  # a label with one class only in this sample
+    defined = y.min(0) != y.max(0)  # labels with both classes in this sample: the macro mean's terms
+    if not defined.any():
         return {"auroc": np.nan, "auprc": np.nan}
+    y, p = y[:, defined], np.asarray(p)[:, defined]
     return {
         "auroc": roc_auc_score(y, p, average="macro"),
         "auprc": average_precision_score(y, p, average="macro"),
@@ -79,12 +78,14 @@ def _surv(event, time):
 def evaluation_times(time: np.ndarray, event: np.ndarray, train_time: np.ndarray) -> np.ndarray:
     """Times for time-dependent AUC and the Brier score: the 10th to 80th percentiles of event
     times, inside both the test and the training follow-up (IPCW needs the censoring law there)."""
+    if not np.any(event):
+        return np.array([])
     times = np.percentile(time[event], np.linspace(10, 80, 8))
     limit = min(time.max(), train_time.max())
     return np.unique(times[(times > time.min()) & (times < limit)])
 
 
-def survival_metrics(
+def survival_scores(
     time: np.ndarray,
     event: np.ndarray,
     score: np.ndarray,
@@ -94,28 +95,30 @@ def survival_metrics(
 ) -> dict[str, float]:
     """Harrell's and Uno's (IPCW) C-index, mean time-dependent AUC over ``times`` and, when
     survival probabilities at ``times`` are given [n, len(times)], the integrated Brier score.
-    ``train`` = (times, events) of the training split: the censoring distribution for IPCW."""
-    from sksurv.metrics import (
-        concordance_index_censored,
-        concordance_index_ipcw,
-        cumulative_dynamic_auc,
-        integrated_brier_score,
-    )
+    ``train`` = (times, events) of the training split: the censoring distribution for IPCW.
+    ``times`` are cut to this sample's follow-up (a bootstrap resample or a subgroup may end
+    earlier); each metric is NaN on its own when it cannot be computed."""
+    from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc, integrated_brier_score
 
-    event = np.asarray(event, bool)
-    nan = {"c_index": np.nan, "c_index_uno": np.nan, "td_auc": np.nan, "ibs": np.nan}
-    if not event.any() or len(times) < 2:
-        return nan
-    test, train_y = _surv(event, time), _surv(train[1], train[0])
-    out = dict(nan)
-    out["c_index"] = concordance_index_censored(event, time, score)[0]
-    try:
-        out["c_index_uno"] = concordance_index_ipcw(train_y, test, score, tau=times[-1])[0]
-        out["td_auc"] = cumulative_dynamic_auc(train_y, test, score, times)[1]
-        if survival_at is not None:
-            out["ibs"] = integrated_brier_score(train_y, test, survival_at, times)
-    except ValueError:  # a bootstrap resample outside the censoring law's support
-        pass
+    from medweave.metrics.survival import harrell_c
+
+    event, time = np.asarray(event, bool), np.asarray(time, float)
+    out = {"c_index": harrell_c(event, time, score), "c_index_uno": np.nan, "td_auc": np.nan, "ibs": np.nan}
+    keep = (times > time.min()) & (times < time.max()) if len(time) else np.zeros(len(times), bool)
+    if not event.any() or not keep.any():
+        return out
+    test, train_y, inside = _surv(event, time), _surv(train[1], train[0]), times[keep]
+    attempts = {
+        "c_index_uno": lambda: concordance_index_ipcw(train_y, test, score, tau=inside[-1])[0],
+        "td_auc": lambda: cumulative_dynamic_auc(train_y, test, score, inside)[1],
+    }
+    if survival_at is not None and keep.sum() >= 2:
+        attempts["ibs"] = lambda: integrated_brier_score(train_y, test, survival_at[:, keep], inside)
+    for name, compute in attempts.items():
+        try:
+            out[name] = float(compute())
+        except ValueError:  # outside the censoring law's support, or no comparable pair
+            pass
     return out
 
 

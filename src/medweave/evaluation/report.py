@@ -87,8 +87,12 @@ def multi_roc_figure(preds: Predictions, folder: Path, names: list[str]) -> dict
 
 def regression_figure(preds: Predictions, folder: Path) -> dict[str, str]:
     plt, fig, ax = _figure()
-    ax.scatter(preds.target, preds.score, s=6, alpha=0.4)
     low, high = np.percentile(np.concatenate([preds.target, preds.score]), [0.5, 99.5])
+    # binned counts, cells with fewer than 5 subjects left blank: no individual point is drawn
+    cells = ax.hexbin(
+        preds.target, preds.score, gridsize=25, mincnt=5, cmap="Blues", extent=(low, high, low, high)
+    )
+    fig.colorbar(cells, ax=ax, label="subjects")
     ax.plot([low, high], [low, high], "--", color="grey", label="identity")
     ax.set(xlabel="observed", ylabel="predicted", title="Predicted against observed")
     ax.legend(loc="upper left")

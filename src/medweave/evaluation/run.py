@@ -34,10 +34,18 @@ def collect_predictions(model, loader) -> dict[str, np.ndarray]:
     return out
 
 
-def _step_survival(curve: np.ndarray, edges: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """S(t) from S at each bin's right edge: a step function, 1 before the first edge."""
-    full = np.concatenate([np.ones((len(curve), 1)), curve], axis=1)
-    return full[:, np.searchsorted(edges[1:], times, side="right")]
+def cox_baseline(model, datamodule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, times, events) on the training split: what Breslow's baseline hazard needs."""
+    fit = collect_predictions(model, datamodule.split_dataloader("train"))
+    return fit["score"], fit["time"].astype(float), fit["target"].astype(bool)
+
+
+def interpolate_survival(curve: np.ndarray, edges: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """S(t) between bin edges of a discrete-time head, the hazard constant within each bin
+    (log S linear in t), S(0) = 1; held at the last edge's value beyond it."""
+    log_s = np.log(np.clip(np.concatenate([np.ones((len(curve), 1)), curve], axis=1), 1e-12, 1.0))
+    t = np.clip(times, edges[0], edges[-1])
+    return np.exp(np.stack([np.interp(t, edges, row) for row in log_s]))
 
 
 def evaluate_split(model, datamodule, split: str, task: str, root: Path, settings, folder: Path) -> dict:
@@ -50,14 +58,14 @@ def evaluate_split(model, datamodule, split: str, task: str, root: Path, setting
         preds.target = pred["target"].astype(int)
     train = times = None
     if kind == "survival":
-        fit = collect_predictions(model, datamodule.split_dataloader("train"))
+        fit_score, fit_time, fit_event = cox_baseline(model, datamodule)
         preds.time = pred["time"].astype(float)
-        train = (fit["time"].astype(float), fit["target"].astype(bool))
+        train = (fit_time, fit_event)
         times = M.evaluation_times(preds.time, preds.target.astype(bool), train[0])
         if "survival" in pred:
-            preds.survival = _step_survival(pred["survival"], model.head.edges.cpu().numpy(), times)
+            preds.survival = interpolate_survival(pred["survival"], model.head.edges.cpu().numpy(), times)
         else:  # Cox: Breslow's baseline from the training split
-            preds.survival = M.breslow_survival(fit["score"], *train, preds.score, times)
+            preds.survival = M.breslow_survival(fit_score, fit_time, fit_event, preds.score, times)
         preds.survival_times = times
     groups = subject_groups(  # prediction times from the (first) label file the task reads
         root,

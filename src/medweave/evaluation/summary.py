@@ -1,6 +1,6 @@
 """Everything the report shows, as one JSON-able dict: overall metrics with bootstrap CIs, the
 same by subgroup and by modality-availability pattern, and the cohort's modality attribution.
-Only aggregates: groups smaller than ``min_group_size`` are counted but get no metrics."""
+Only aggregates: groups smaller than ``min_group_size`` show neither their exact size nor metrics."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def metric_fn(kind: str, preds: Predictions, train: tuple | None, times: np.ndar
 
     def survival(idx):
         curve = None if preds.survival is None else preds.survival[idx]
-        return M.survival_metrics(
+        return M.survival_scores(
             preds.time[idx], preds.target[idx].astype(bool), preds.score[idx], train, times, curve
         )
 
@@ -67,10 +67,11 @@ def summarize(
         by_group[name] = {}
         for value in sorted(set(labels.tolist())):
             idx = np.flatnonzero(labels == value)
+            if len(idx) < min_group_size:  # a small cell: no count, no metric (disclosure control)
+                by_group[name][str(value)] = {"n": f"<{min_group_size}", "events": None}
+                continue
             entry = {"n": int(len(idx)), "events": _events(kind, preds.target[idx])}
-            if len(idx) >= min_group_size:
-                sub = preds.rows(idx)
-                entry["metrics"] = with_ci(metric_fn(kind, sub, train, times), len(idx), n_boot, seed)
+            entry["metrics"] = with_ci(metric_fn(kind, preds.rows(idx), train, times), len(idx), n_boot, seed)
             by_group[name][str(value)] = entry
     out = {
         "task_kind": kind,
@@ -87,7 +88,8 @@ def summarize(
         phi = attribution["phi"]
         out["attribution"] = {
             "subjects": int(len(phi)),
-            "scale": "the head's score (probability for binary tasks, log hazard ratio for Cox)",
+            "scale": "the head's score (probability for binary tasks, log hazard ratio for Cox, "
+            "cumulative hazard for the discrete-time head, the label's unit for regression)",
             "mean_abs": dict(
                 zip(attribution["modalities"].tolist(), np.abs(phi).mean(0).round(5).tolist(), strict=True)
             ),

@@ -50,5 +50,5 @@ def harrell_c(events: np.ndarray, times: np.ndarray, scores: np.ndarray) -> floa
         return float("nan")
 
 
-def survival_metrics() -> MetricCollection:
+def c_index_collection() -> MetricCollection:
     return MetricCollection({"c_index": ConcordanceIndex()})

@@ -29,9 +29,9 @@ class FixedRowGroupWriter:
     """A parquet writer whose row groups hold exactly ``rows`` rows (the last one fewer), however
     the input arrives, so that the file's bytes depend on its content only."""
 
-    def __init__(self, path: Path, schema: pa.Schema, rows: int = ROW_GROUP_ROWS):
+    def __init__(self, path: Path, schema: pa.Schema, rows: int | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer, self.schema, self.rows = pq.ParquetWriter(path, schema), schema, rows
+        self.writer, self.schema, self.rows = pq.ParquetWriter(path, schema), schema, rows or ROW_GROUP_ROWS
         self.pending: list[pa.Table] = []
         self.n_pending = 0
 

@@ -56,7 +56,12 @@ def write_tables(rows: list[dict], folder: Path, sort_by: str | None = None) -> 
     names = next((list(r["metrics"]) for r in rows if "metrics" in r), [])
     key = sort_by if sort_by in names else (names[0] if names else None)
     if key:
-        rows = sorted(rows, key=lambda r: -r["metrics"][key]["value"] if "metrics" in r else float("inf"))
+
+        def rank(row):  # best first; failed runs and NaN last
+            value = row.get("metrics", {}).get(key, {}).get("value", float("nan"))
+            return float("inf") if value != value else -value
+
+        rows = sorted(rows, key=rank)
     head = ["job", "overrides", "modalities", "fusion", "seed", "n", *names]
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     with open(folder / "comparison.csv", "w", newline="") as f:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medweave.metrics.survival import survival_metrics
+from medweave.metrics.survival import c_index_collection
 
 
 def cox_efron_loss(log_risk: torch.Tensor, times: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
@@ -64,7 +64,7 @@ class CoxHead(nn.Module):
         return outputs
 
     def metrics(self):
-        return survival_metrics()
+        return c_index_collection()
 
     def metric_args(self, scores: torch.Tensor, batch: dict) -> tuple:
         return scores, batch["times"], batch["targets"].bool()
@@ -73,9 +73,11 @@ class CoxHead(nn.Module):
 class DiscreteTimeHead(nn.Module):
     """A hazard per time bin (logistic hazard, as in Gensheimer & Narasimhan 2019 and pycox).
 
-    A subject whose time falls in bin k contributes "survived" for bins before k and, in bin k,
-    "event" if the event was seen, else "survived" (censored during bin k). Times past the last
-    edge count as censored there. ``score`` is the cumulative hazard at the last edge.
+    A subject whose time falls in bin k contributes "survived" for the bins before k and, if the
+    event was seen, "event" in bin k. A subject censored during bin k was not watched through it,
+    so bin k does not count (pycox moves censored times to the bin's start for the same reason).
+    Times past the last edge count as survived through every bin. ``score`` is the cumulative
+    hazard at the last edge.
 
     Args:
         in_dim: width of the fused representation.
@@ -102,8 +104,10 @@ class DiscreteTimeHead(nn.Module):
         bin_of = (torch.bucketize(times, self.edges[1:], right=False)).clamp(max=n_bins - 1)
         beyond = times > self.edges[-1]
         bins = torch.arange(n_bins, device=outputs.device)
-        seen = bins[None, :] <= bin_of[:, None]  # bins the subject was observed in
-        label = (bins[None, :] == bin_of[:, None]) & (events & ~beyond)[:, None]
+        through = bins[None, :] < bin_of[:, None]  # bins the subject was watched through
+        event_bin = (bins[None, :] == bin_of[:, None]) & (events & ~beyond)[:, None]
+        seen = through | event_bin | beyond[:, None]
+        label = event_bin
         bce = nn.functional.binary_cross_entropy_with_logits(outputs.float(), label.float(), reduction="none")
         return (bce * seen).sum() / len(times)
 
@@ -115,7 +119,7 @@ class DiscreteTimeHead(nn.Module):
         return -nn.functional.logsigmoid(-outputs.float()).sum(1)  # -log S(last edge)
 
     def metrics(self):
-        return survival_metrics()
+        return c_index_collection()
 
     def metric_args(self, scores: torch.Tensor, batch: dict) -> tuple:
         return scores, batch["times"], batch["targets"].bool()
