@@ -231,6 +231,15 @@ def test_ct_volume_as_nifti_and_dicom_series_agree(tmp_path):
     assert from_dicom.shape == (32, 64, 64) and spacing == spacing_nii == (5.0, 2.5, 2.5)
     np.testing.assert_array_equal(from_dicom, from_nifti)
     assert from_dicom.min() >= -1024 and (from_dicom < -700).mean() > 0.2  # air and lungs in HU
+    import nibabel as nib
+
+    nifti = nib.load(root / "imaging" / f"ct_nifti/{series[3:]}.nii.gz")
+    assert nib.aff2axcodes(nifti.affine) == ("L", "P", "S")  # the DICOM patient axes, said in RAS terms
+    flipped = nib.Nifti1Image(
+        np.asarray(nifti.dataobj)[::-1], np.diag([2.5, -2.5, 5.0, 1.0])
+    )  # stored R to L
+    nib.save(flipped, tmp_path / "flipped.nii.gz")
+    np.testing.assert_array_equal(read_volume(tmp_path / "flipped.nii.gz")[0], from_nifti)  # reoriented
     names = sorted(p.name for p in (root / "imaging" / series).iterdir())
     import pydicom
 

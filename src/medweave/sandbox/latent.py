@@ -43,7 +43,7 @@ class Disease:
 
 
 def default_diseases() -> dict[str, Disease]:
-    """A cardiovascular outcome (about 22 % within a year) and type 1 diabetes (about 6 %).
+    """A cardiovascular outcome (about 22 % within a year) and type 1 diabetes (about 7 %).
 
     Shared causes: metabolic burden and the pleiotropic small genetic effects. Distinct: CVD
     follows symptoms, structural burden, older age and male sex; T1D follows its own large-effect

@@ -50,10 +50,11 @@ def draw_volume(structural: float, shape: tuple[int, int, int], rng: np.random.G
 
 
 def write_nifti(path: Path, hu: np.ndarray, spacing=SPACING_MM) -> None:
-    """NIfTI-1, gzipped; data stored [x, y, z] as NIfTI expects, affine giving the spacing."""
+    """NIfTI-1, gzipped; data stored [x, y, z]. The voxel axes run as in the DICOM series (x to the
+    patient's left, y to posterior, z up: LPS); NIfTI's world is RAS, hence the negative x and y."""
     import nibabel as nib
 
-    affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+    affine = np.diag([-spacing[2], -spacing[1], spacing[0], 1.0])
     image = nib.Nifti1Image(np.ascontiguousarray(hu.transpose(2, 1, 0)), affine)
     image.header.set_xyzt_units("mm")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,16 +24,23 @@ def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
 
 
 def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Reoriented to the DICOM patient axes (x to the left, y to posterior, z up: LPS), so a volume
+    reads the same from NIfTI as from its DICOM series."""
     import nibabel as nib
+    from nibabel import orientations as o
 
     try:
-        image = nib.as_closest_canonical(nib.load(str(path)))  # RAS+: axes x, y, z
+        image = nib.load(str(path))
         data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as err:  # nibabel raises several types for damaged files
         raise MedweaveError(f"{path}: not a readable NIfTI volume ({err})") from None
     if data.ndim != 3:
         raise MedweaveError(f"{path}: expected a 3D volume, found shape {data.shape}")
-    sx, sy, sz = (float(z) for z in image.header.get_zooms()[:3])
+    to_lps = o.ornt_transform(o.io_orientation(image.affine), o.axcodes2ornt(("L", "P", "S")))
+    data = o.apply_orientation(data, to_lps)
+    zooms = np.empty(3)
+    zooms[to_lps[:, 0].astype(int)] = image.header.get_zooms()[:3]  # follow the axes' moves
+    sx, sy, sz = (float(z) for z in zooms)
     return np.ascontiguousarray(data.transpose(2, 1, 0)), (sz, sy, sx)
 
 
