@@ -92,6 +92,12 @@ def test_survival_report_has_kaplan_meier_and_ipcw_metrics(smoke_cfg, tmp_path, 
     assert set(summary["overall"]) == {"c_index", "c_index_uno", "td_auc", "ibs"}
     assert summary["overall"]["c_index"]["value"] == pytest.approx(results["test/c_index"], abs=1e-6)
     assert 0 < summary["overall"]["ibs"]["value"] < 0.5
+    meta = json.loads((tiny_cohort / "metadata/dataset.json").read_text())["medweave"]["oracle"][
+        "cvd_survival"
+    ]
+    assert summary["oracle"]["metric"] == "c_index"  # the C-index next to the sandbox's oracle C-index
+    assert summary["oracle"]["true risk"] == meta["c_index"]["held_out"]
+    assert "Sandbox oracle (c_index)" in (folder / "report.html").read_text()
     assert (folder / "kaplan_meier.png").exists()
     shown = render_in_chromium(folder / "report.html", tmp_path)
     assert shown["images"] == shown["images-loaded"] == 2  # Kaplan-Meier, attribution

@@ -133,6 +133,21 @@ def _fmt(entry: dict) -> str:
     return f"{value:.3f} <small>({low:.3f}&ndash;{high:.3f})</small>"
 
 
+def _oracle_table(oracle: dict | None) -> str:
+    """The sandbox's ceilings for the same split: how far the model is from the best possible."""
+    if not oracle:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{value:.3f}</td></tr>"
+        for name, value in oracle.items()
+        if name != "metric" and value is not None
+    )
+    return (
+        f"<h3>Sandbox oracle ({html.escape(oracle['metric'])})</h3>"
+        f"<table><tr><th>best possible score</th><th>{html.escape(oracle['metric'])}</th></tr>{rows}</table>"
+    )
+
+
 def _events_text(events) -> str:
     return "" if events is None else f", {events} events"
 
@@ -172,6 +187,7 @@ def write_report(folder: Path, summary: dict, figures: dict[str, str], title: st
         f"{summary['bootstrap']['resamples']} bootstrap resamples of subjects.</p>",
         "<h2>Metrics</h2>",
         _metric_table(summary["overall"]),
+        _oracle_table(summary.get("oracle")),
         "<h2>Figures</h2>",
         *(
             f'<figure><img src="{html.escape(file)}" alt="{html.escape(caption)}">'

@@ -34,6 +34,25 @@ def collect_predictions(model, loader) -> dict[str, np.ndarray]:
     return out
 
 
+def sandbox_oracle(root: Path, label_task: str, split: str) -> dict:
+    """A sandbox cohort's ceilings for this task and split (metadata/dataset.json), shown next to
+    the model's figure; empty for a real cohort, which knows no truth."""
+    import json
+
+    try:
+        meta = json.loads((root / "metadata" / "dataset.json").read_text())
+        oracle = meta["medweave"]["oracle"][label_task]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    metric = "auroc" if "auroc" in oracle else "c_index"
+    out = {"metric": metric, "true risk": oracle[metric].get(split)}
+    if f"{metric}_given_available" in oracle:
+        out["given the modalities each subject has"] = oracle[f"{metric}_given_available"].get(split)
+    for modality, values in oracle.get(f"{metric}_by_modality", {}).items():
+        out[f"given {modality} alone"] = values.get(split)
+    return out
+
+
 def cox_baseline(model, datamodule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores, times, events) on the training split: what Breslow's baseline hazard needs."""
     fit = collect_predictions(model, datamodule.split_dataloader("train"))
@@ -92,6 +111,9 @@ def evaluate_split(model, datamodule, split: str, task: str, root: Path, setting
         times,
         attribution,
     )
+    oracle = sandbox_oracle(root, datamodule.label_tasks[0], split)
+    if oracle:
+        summary["oracle"] = oracle
     if kind == "binary":
         figures = report.binary_figures(preds, folder)
     elif kind == "survival":
