@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.integration.test_train_eval import mlflow_client, only_run
+from tests.integration.test_train_eval import mlflow_client, only_run, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def search(cohort, cwd, n_trials):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medweave.cli.train",
-            "--multirun",
-            "hparams_search=optuna",
-            "debug=smoke",
-            "data.modalities=[ehr_codes,image]",
-            f"data.root={cohort}",
-            f"hydra.sweeper.n_trials={n_trials}",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_cli(
+        "medweave.cli.train",
+        "--multirun",
+        "hparams_search=optuna",
+        "debug=smoke",
+        "data.modalities=[ehr_codes,image]",
+        f"data.root={cohort}",
+        f"hydra.sweeper.n_trials={n_trials}",
         cwd=cwd,
-        env=env,
-        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.test_train_eval import all_artifacts, mlflow_client, only_run
+from tests.integration.test_train_eval import all_artifacts, mlflow_client, only_run, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -106,25 +106,15 @@ def test_survival_report_has_kaplan_meier_and_ipcw_metrics(smoke_cfg, tmp_path, 
 def test_ablation_multirun_writes_a_comparison_table(tiny_cohort, tmp_path):
     """One command, several arms, one table (here two arms of the ten, to stay fast)."""
     import csv
-    import sys
 
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medweave.cli.train",
-            "--multirun",
-            "experiment=ablation",
-            "debug=smoke",
-            f"data.root={tiny_cohort}",
-            "ablation=only_ehr_codes,fusion_late",  # the command line narrows the sweep
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_cli(
+        "medweave.cli.train",
+        "--multirun",
+        "experiment=ablation",
+        "debug=smoke",
+        f"data.root={tiny_cohort}",
+        "ablation=only_ehr_codes,fusion_late",  # the command line narrows the sweep
         cwd=tmp_path,
-        env=env,
-        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     [sweep] = list((tmp_path / "logs").glob("*/multiruns/*"))

@@ -71,15 +71,7 @@ def test_train_logs_everything_to_mlflow_then_eval(smoke_cfg, tmp_path, tiny_coh
     import pyarrow.parquet as pq
     from sklearn.metrics import roc_auc_score
 
-    from medweave.cli.predict import predict
-
-    predict_cfg = compose_run(
-        "predict",
-        [f"ckpt_path={ckpt}", f"data.root={tiny_cohort}", "splits=[tuning,held_out]"],
-        tmp_path / "logs",
-        tmp_path / "predict",
-    )
-    table = pq.read_table(predict(predict_cfg)).to_pandas()
+    table = predict_table(ckpt, tiny_cohort, tmp_path, "splits=[tuning,held_out]")
     splits = pq.read_table(tiny_cohort / "metadata/subject_splits.parquet").to_pandas()
     assert sorted(table.subject_id) == sorted(splits[splits.split.isin(["tuning", "held_out"])].subject_id)
     held = table[table.split == "held_out"]
@@ -140,6 +132,22 @@ def test_checkpoint_from_another_model_is_refused(smoke_cfg, tmp_path, tiny_coho
         load_checkpoint(str(foreign))
     with pytest.raises(MedweaveError, match="does not exist"):
         load_checkpoint(str(tmp_path / "nope.ckpt"))
+
+
+def predict_table(ckpt, cohort, tmp_path, *overrides):
+    """medweave-predict on a checkpoint, in-process, as a DataFrame."""
+    import pyarrow.parquet as pq
+
+    from medweave.cli.predict import predict
+    from tests.conftest import compose_run
+
+    cfg = compose_run(
+        "predict",
+        [f"ckpt_path={ckpt}", f"data.root={cohort}", *overrides],
+        tmp_path / "logs",
+        tmp_path / "predict",
+    )
+    return pq.read_table(predict(cfg)).to_pandas()
 
 
 def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -239,10 +247,8 @@ def test_second_disease_trains_from_its_own_labels(smoke_cfg, tmp_path, tiny_coh
 def test_survival_task_trains_and_predictions_reproduce_the_c_index(smoke_cfg, task, tmp_path, tiny_cohort):
     import pyarrow.parquet as pq
 
-    from medweave.cli.predict import predict
     from medweave.cli.train import train
     from medweave.metrics.survival import harrell_c
-    from tests.conftest import compose_run
 
     train(smoke_cfg(f"task={task}"))
     [run] = only_run(mlflow_client(tmp_path / "logs"))
@@ -250,10 +256,7 @@ def test_survival_task_trains_and_predictions_reproduce_the_c_index(smoke_cfg, t
     assert 0.0 <= logged <= 1.0 and "val/c_index" in run.data.metrics and "test/auroc" not in run.data.metrics
 
     ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
-    cfg = compose_run(
-        "predict", [f"ckpt_path={ckpt}", f"data.root={tiny_cohort}"], tmp_path / "logs", tmp_path / "predict"
-    )
-    table = pq.read_table(predict(cfg)).to_pandas()
+    table = predict_table(ckpt, tiny_cohort, tmp_path)
     labels = pq.read_table(tiny_cohort / "labels/cvd_survival.parquet").to_pandas().set_index("subject_id")
     truth = labels.loc[table.subject_id]
     assert (table.target.to_numpy() == truth.boolean_value.to_numpy()).all()
@@ -279,11 +282,7 @@ def test_other_task_types_train_and_report_what_sklearn_computes(
     report agree on the held-out split; predictions carry one column per class or label."""
     import json
 
-    import pyarrow.parquet as pq
-
-    from medweave.cli.predict import predict
     from medweave.cli.train import train
-    from tests.conftest import compose_run
 
     train(smoke_cfg(f"task={task}", "trainer.limit_test_batches=null"))
     [run] = only_run(mlflow_client(tmp_path / "logs"))
@@ -291,10 +290,7 @@ def test_other_task_types_train_and_report_what_sklearn_computes(
     summary = json.loads((tmp_path / "run" / "evaluation" / "evaluation.json").read_text())
     assert summary["overall"][metric]["value"] == pytest.approx(logged, abs=1e-5)
     ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
-    cfg = compose_run(
-        "predict", [f"ckpt_path={ckpt}", f"data.root={tiny_cohort}"], tmp_path / "logs", tmp_path / "predict"
-    )
-    table = pq.read_table(predict(cfg)).to_pandas()
+    table = predict_table(ckpt, tiny_cohort, tmp_path)
     assert columns <= set(table.columns) and len(table) == summary["n"]
     if task == "hba1c_1y":  # the score is in the label's unit (mmol/mol), not a z-score
         assert 20 < table.score.mean() < 60
@@ -302,21 +298,12 @@ def test_other_task_types_train_and_report_what_sklearn_computes(
 
 def test_predict_gives_cox_survival_curves_and_per_subject_shapley(smoke_cfg, tmp_path, tiny_cohort):
     import numpy as np
-    import pyarrow.parquet as pq
 
-    from medweave.cli.predict import predict
     from medweave.cli.train import train
-    from tests.conftest import compose_run
 
     train(smoke_cfg("task=cvd_survival"))
     ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
-    cfg = compose_run(
-        "predict",
-        [f"ckpt_path={ckpt}", f"data.root={tiny_cohort}", "attribution=true"],
-        tmp_path / "logs",
-        tmp_path / "predict",
-    )
-    table = pq.read_table(predict(cfg)).to_pandas()
+    table = predict_table(ckpt, tiny_cohort, tmp_path, "attribution=true")
     curves = table[[f"survival_{d}d" for d in (365, 730, 1095, 1461, 1826)]].to_numpy()
     assert ((curves > 0) & (curves <= 1)).all() and (np.diff(curves, axis=1) <= 1e-9).all()
     # a higher log hazard ratio means a lower survival curve

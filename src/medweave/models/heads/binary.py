@@ -7,8 +7,10 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
+from medweave.models.heads.linear import LinearHead
 
-class BinaryHead(nn.Module):
+
+class BinaryHead(LinearHead):
     """Args:
     in_dim: width of the fused representation.
     dropout: dropout before the output layer.
@@ -17,11 +19,7 @@ class BinaryHead(nn.Module):
     kind = "binary"
 
     def __init__(self, in_dim: int, dropout: float = 0.1):
-        super().__init__()
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, 1))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h).squeeze(-1)
+        super().__init__(in_dim, 1, dropout)
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(outputs, batch["targets"].float())

@@ -7,8 +7,10 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
+from medweave.models.heads.linear import LinearHead
 
-class MulticlassHead(nn.Module):
+
+class MulticlassHead(LinearHead):
     """Args:
     in_dim: width of the fused representation.
     classes: class names, fitted on train (from the prepared cohort).
@@ -18,14 +20,10 @@ class MulticlassHead(nn.Module):
     kind = "multiclass"
 
     def __init__(self, in_dim: int, classes: list[str], dropout: float = 0.1):
-        super().__init__()
         if len(classes) < 2:
             raise ValueError(f"classes={classes}: a multiclass task needs at least 2 classes in train")
+        super().__init__(in_dim, len(classes), dropout)
         self.classes = list(classes)
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, len(classes)))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h)
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         return nn.functional.cross_entropy(outputs.float(), batch["targets"].long())

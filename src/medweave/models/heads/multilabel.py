@@ -7,8 +7,10 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision
 
+from medweave.models.heads.linear import LinearHead
 
-class MultilabelHead(nn.Module):
+
+class MultilabelHead(LinearHead):
     """Args:
     in_dim: width of the fused representation.
     labels: label names, one label file each (from the prepared cohort).
@@ -18,12 +20,12 @@ class MultilabelHead(nn.Module):
     kind = "multilabel"
 
     def __init__(self, in_dim: int, labels: list[str], dropout: float = 0.1):
-        super().__init__()
+        if len(labels) < 2:
+            raise ValueError(
+                f"labels={labels}: a multilabel task needs at least 2 label files (else: binary)"
+            )
+        super().__init__(in_dim, len(labels), dropout)
         self.labels = list(labels)
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, len(labels)))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h)
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(outputs.float(), batch["targets"].float())

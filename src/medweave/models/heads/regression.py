@@ -7,8 +7,10 @@ import torch
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MetricCollection, R2Score
 
+from medweave.models.heads.linear import LinearHead
 
-class RegressionHead(nn.Module):
+
+class RegressionHead(LinearHead):
     """Args:
     in_dim: width of the fused representation.
     target_mean, target_sd: the training targets' mean and SD (from the prepared cohort).
@@ -18,12 +20,8 @@ class RegressionHead(nn.Module):
     kind = "regression"
 
     def __init__(self, in_dim: int, target_mean: float, target_sd: float, dropout: float = 0.1):
-        super().__init__()
+        super().__init__(in_dim, 1, dropout)
         self.target_mean, self.target_sd = float(target_mean), float(target_sd)
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, 1))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h).squeeze(-1)
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         z = (batch["targets"].float() - self.target_mean) / self.target_sd

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from medweave.metrics.survival import c_index_collection
+from medweave.models.heads.linear import LinearHead
 
 
 def cox_efron_loss(log_risk: torch.Tensor, times: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
@@ -40,7 +41,7 @@ def cox_efron_loss(log_risk: torch.Tensor, times: torch.Tensor, events: torch.Te
     return -(sum_eta - log_denominators).sum() / events.sum()
 
 
-class CoxHead(nn.Module):
+class CoxHead(LinearHead):
     """One log hazard ratio per subject, trained on the partial likelihood (Efron ties).
 
     Args:
@@ -51,11 +52,7 @@ class CoxHead(nn.Module):
     kind = "survival"
 
     def __init__(self, in_dim: int, dropout: float = 0.1):
-        super().__init__()
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, 1))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h).squeeze(-1)
+        super().__init__(in_dim, 1, dropout)
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         return cox_efron_loss(outputs.float(), batch["times"], batch["targets"])
@@ -70,7 +67,7 @@ class CoxHead(nn.Module):
         return scores, batch["times"], batch["targets"].bool()
 
 
-class DiscreteTimeHead(nn.Module):
+class DiscreteTimeHead(LinearHead):
     """A hazard per time bin (logistic hazard, as in Gensheimer & Narasimhan 2019 and pycox).
 
     A subject whose time falls in bin k contributes "survived" for the bins before k and, if the
@@ -88,15 +85,11 @@ class DiscreteTimeHead(nn.Module):
     kind = "survival"
 
     def __init__(self, in_dim: int, edges: list[float], dropout: float = 0.1):
-        super().__init__()
         edges = [float(e) for e in edges]
-        if len(edges) < 2 or edges[0] != 0 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
-            raise ValueError(f"edges={edges}: expected increasing bin edges in days starting at 0")
+        if len(edges) < 3 or edges[0] != 0 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            raise ValueError(f"edges={edges}: expected increasing bin edges in days starting at 0 (2+ bins)")
+        super().__init__(in_dim, len(edges) - 1, dropout)  # [B, K] hazard logits
         self.register_buffer("edges", torch.tensor(edges), persistent=False)
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, len(edges) - 1))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h)  # [B, K] hazard logits
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         times, events = batch["times"], batch["targets"].bool()
