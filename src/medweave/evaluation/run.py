@@ -67,7 +67,7 @@ def interpolate_survival(curve: np.ndarray, edges: np.ndarray, times: np.ndarray
     return np.exp(np.stack([np.interp(t, edges, row) for row in log_s]))
 
 
-def evaluate_split(model, datamodule, split: str, task: str, root: Path, settings, folder: Path) -> dict:
+def evaluate_split(model, datamodule, split: str, task: str, settings, folder: Path) -> dict:
     """Write report.html, evaluation.json and the figures into ``folder``; return the summary."""
     folder.mkdir(parents=True, exist_ok=True)
     kind = getattr(model.head, "kind", "binary")
@@ -87,7 +87,7 @@ def evaluate_split(model, datamodule, split: str, task: str, root: Path, setting
             preds.survival = M.breslow_survival(fit_score, fit_time, fit_event, preds.score, times)
         preds.survival_times = times
     groups = subject_groups(  # prediction times from the (first) label file the task reads
-        root,
+        datamodule.root,
         datamodule.label_tasks[0],
         pred["subject_id"],
         dict(settings.sex_codes),
@@ -111,7 +111,7 @@ def evaluate_split(model, datamodule, split: str, task: str, root: Path, setting
         times,
         attribution,
     )
-    oracle = sandbox_oracle(root, datamodule.label_tasks[0], split)
+    oracle = sandbox_oracle(datamodule.root, datamodule.label_tasks[0], split)
     if oracle:
         summary["oracle"] = oracle
     if kind == "binary":
@@ -135,7 +135,7 @@ def report_and_log(model, datamodule, split, task, settings, folder: Path, logge
     _ci_high) into each logger's run; MLflow gets the folder as artifacts under evaluation/."""
     from lightning.pytorch.loggers import MLFlowLogger
 
-    summary = evaluate_split(model, datamodule, split, task, datamodule.root, settings, folder)
+    summary = evaluate_split(model, datamodule, split, task, settings, folder)
     prefix = "test" if split == "held_out" else "val"
     ci = {}
     for name, entry in summary["overall"].items():
