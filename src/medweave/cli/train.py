@@ -50,7 +50,13 @@ def train(cfg) -> float | None:
 
     from medweave.cli.hydra_main import one_log_stream
     from medweave.models.build import build_model
-    from medweave.tracking.mlflow import log_run_config
+    from medweave.tracking.mlflow import log_run_config, mark_preempted, remember_runs
+    from medweave.training.preemption import (
+        Preempted,
+        requeue_slurm_job,
+        resume_checkpoint,
+        trainer_plugins,
+    )
 
     one_log_stream()
     L.seed_everything(cfg.seed, workers=True)
@@ -71,9 +77,13 @@ def train(cfg) -> float | None:
         head_inputs=datamodule.head_inputs(),
     )
 
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resume_checkpoint(output_dir, cfg.get("ckpt_path"))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=trainer_plugins()
+    )
 
     counts = {
         f"params/{name}": sum(p.numel() for p in part.parameters())
@@ -82,9 +92,25 @@ def train(cfg) -> float | None:
     counts["params/total"] = sum(p.numel() for p in model.parameters())
     if trainer.is_global_zero:
         log.info("Parameters: %s", counts)
-        log_run_config(loggers, cfg, Path(cfg.paths.output_dir), counts)
+        if not remember_runs(loggers, output_dir):  # a new run; a resumed one has its params already
+            log_run_config(loggers, cfg, output_dir, counts)
+        if ckpt_path:
+            log.info("Resuming from %s", ckpt_path)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    except Preempted as stop:
+        if trainer.is_global_zero:
+            mark_preempted(loggers)
+            job = requeue_slurm_job()
+            log.warning(
+                "%s. %s",
+                stop,
+                f"Requeued Slurm job {job}: it resumes from there in the same MLflow run"
+                if job
+                else f"Resume: run the same command with hydra.run.dir={output_dir}",
+            )
+        raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medweave.data import contract as c
 from medweave.data.prepare import PrepareConfig, prepare
+from medweave.data.sampler import SubjectSampler
 from medweave.errors import MedweaveError
 
 
@@ -157,6 +158,10 @@ class CohortDataModule(L.LightningDataModule):
         vocab_min_subjects: codes and note words need this many train subjects to enter a
             vocabulary (rarer ones map to unknown; vocabularies travel inside checkpoints).
         vocab: fitted vocabularies from a checkpoint (evaluation); None fits them on train.
+        seed: fixes the order of training subjects in every epoch (SubjectSampler).
+
+    Its state in a checkpoint is where training stood in the epoch, so that a resumed run
+    continues with the next batch rather than starting the epoch again.
     """
 
     def __init__(
@@ -177,6 +182,7 @@ class CohortDataModule(L.LightningDataModule):
         vocab_min_subjects: int = 5,
         pin_memory: bool = False,
         vocab: dict | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         if batch_size < 1:
@@ -200,8 +206,9 @@ class CohortDataModule(L.LightningDataModule):
         )
         self.cache_dir = Path(cache_dir)
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
-        self.vocab = vocab
+        self.vocab, self.seed = vocab, seed
         self.cohort: PreparedCohort | None = None
+        self._resume: dict | None = None
 
     def prepare_data(self) -> None:
         self.setup()
@@ -228,28 +235,53 @@ class CohortDataModule(L.LightningDataModule):
             return {"target_mean": v["target_mean"], "target_sd": v["target_sd"]}
         return {}
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool = False, sharded: bool = True) -> DataLoader:
+        """Under a trainer (``sharded``), this rank's share of the split; else all of it, in order."""
         self.setup()
+        dataset = SplitDataset(self.cohort, split)
+        world, rank = 1, 0
+        if sharded and self.trainer is not None:
+            world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = SubjectSampler(len(dataset), world, rank, shuffle=train, seed=self.seed, pad=train)
+        if train and self._resume:
+            sampler.resume(self._resume["epoch"], self._resume["batches"] * self.batch_size)
+            self._resume = None
         return DataLoader(
-            SplitDataset(self.cohort, split),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=_already_collated,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            # Worker seeds from a generator of their own: the global RNG stream (dropout) stays
+            # the same whether or not a run was resumed.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(c.TRAIN_SPLIT, shuffle=True)
+        return self._loader(c.TRAIN_SPLIT, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(c.TUNING_SPLIT, shuffle=False)
+        return self._loader(c.TUNING_SPLIT)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(c.HELD_OUT_SPLIT, shuffle=False)
+        return self._loader(c.HELD_OUT_SPLIT)
+
+    def state_dict(self) -> dict:
+        """Where training stands: the epoch, and how many of its batches have been trained on."""
+        if self.trainer is None or self.trainer.state.fn != "fit":
+            return {}
+        loop = self.trainer.fit_loop
+        done = loop.epoch_loop.batch_progress.current.processed
+        if done >= self.trainer.num_training_batches:  # saved at the epoch's end: the next starts fresh
+            return {"epoch": self.trainer.current_epoch + 1, "batches": 0}
+        return {"epoch": self.trainer.current_epoch, "batches": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state or None
 
     def split_dataloader(self, split: str) -> DataLoader:
         if split not in c.SPLITS:
             raise MedweaveError(f"split='{split}': expected one of {list(c.SPLITS)}")
-        return self._loader(split, shuffle=False)
+        return self._loader(split, sharded=False)
