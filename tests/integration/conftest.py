@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.services import mlflow_server  # noqa: F401  (a team MLflow server on PostgreSQL, per session)
+
 
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
