@@ -20,4 +20,4 @@ export MASTER_ADDR
 export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
 export MPLCONFIGDIR=${MPLCONFIGDIR:-${TMPDIR:-/tmp}/medweave-mpl-$SLURM_JOB_ID}
 echo "medweave job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST;" \
-  "master $MASTER_ADDR:$MASTER_PORT; $SLURM_NTASKS tasks"
+  "master $MASTER_ADDR:$MASTER_PORT; $SLURM_NTASKS tasks; start $(date +%s.%N)"

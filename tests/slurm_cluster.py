@@ -249,14 +249,28 @@ class LocalSlurm:
         self._restore_hosts()
 
     # ------------------------------------------------------------------ jobs
-    def sbatch(self, script_path: str | os.PathLike, *args: str, env: dict[str, str] | None = None) -> str:
-        """Submit ``script_path`` (extra sbatch options first in ``args``); return the job id."""
+    def sbatch(
+        self,
+        script_path: str | os.PathLike,
+        *args: str,
+        env: dict[str, str] | None = None,
+        script_args: tuple[str, ...] | list[str] = (),
+        cwd: str | os.PathLike | None = None,
+    ) -> str:
+        """Submit ``script_path`` with sbatch options ``args`` and the script's own ``script_args``,
+        from ``cwd`` (the job's SLURM_SUBMIT_DIR; default the script's folder); return the job id."""
         script_path = Path(script_path).resolve()
         full_env = self.env
         if env:
             full_env.update(env)
         out = self.run(
-            "sbatch", "--parsable", *args, str(script_path), env=full_env, cwd=script_path.parent
+            "sbatch",
+            "--parsable",
+            *args,
+            str(script_path),
+            *script_args,
+            env=full_env,
+            cwd=cwd or script_path.parent,
         ).stdout
         return out.strip().split(";")[0]
 

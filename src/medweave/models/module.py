@@ -75,15 +75,20 @@ class MultimodalModule(L.LightningModule):
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(*self.head.metric_args(self.head.score(outputs.detach()), batch))
         size = len(batch["targets"])
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=stage == "train",
-            on_epoch=True,
-            prog_bar=stage != "test",
-            batch_size=size,
-            sync_dist=stage != "train",
-        )
+        if stage == "train":
+            # The step value is this rank's (syncing it would cost a collective every step); the
+            # epoch value is the mean over all ranks, reduced once at the epoch's end.
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        else:
+            self.log(
+                f"{stage}/loss",
+                loss,
+                on_epoch=True,
+                prog_bar=stage != "test",
+                batch_size=size,
+                sync_dist=True,
+            )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=size)
         return loss
 

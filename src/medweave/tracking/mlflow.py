@@ -10,8 +10,10 @@ output folder (``run_id_file``), and a process that starts in that folder contin
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 # Config keys never sent to MLflow as params: fitted vocabularies (codes and note words).
@@ -53,15 +55,21 @@ def make_mlflow_logger(
     run_id = None
     if run_id_file and Path(run_id_file).is_file():
         run_id = Path(run_id_file).read_text().strip() or None
-    logger = MLFlowLogger(
-        experiment_name=experiment_name,
-        run_name=run_name,
-        tracking_uri=uri,
-        tags=dict(tags or {}) | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}),
-        log_model=log_model,
-        artifact_location=artifacts,
-        run_id=run_id,
+    # Every rank builds a logger, and building one opens the store: ranks that start together
+    # (srun, torchrun) would race to create a new SQLite store's tables.
+    lock = (
+        FileLock(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else nullcontext()
     )
+    with lock:
+        logger = MLFlowLogger(
+            experiment_name=experiment_name,
+            run_name=run_name,
+            tracking_uri=uri,
+            tags=dict(tags or {}) | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}),
+            log_model=log_model,
+            artifact_location=artifacts,
+            run_id=run_id,
+        )
     logger.medweave_run_id_file, logger.medweave_resumed = run_id_file, run_id is not None
     return logger
 

@@ -37,11 +37,16 @@ class Preempted(Exception):
 
 
 def resume_checkpoint(output_dir: str | Path, ckpt_path: str | None = None) -> str | None:
-    """The checkpoint a run continues from: the one asked for, else its own folder's last one."""
+    """The checkpoint a run continues from: the one asked for, else its own folder's last one.
+    Clears what a save killed halfway left behind (the last whole checkpoint is untouched)."""
+    from medweave.training.checkpoint_io import remove_partials
+
+    folder = Path(output_dir) / "checkpoints"
+    for leftover in remove_partials(folder):
+        log.info("Removed %s, left by a save that was killed", leftover.name)
     if ckpt_path:
         return str(ckpt_path)
-    last = Path(output_dir) / "checkpoints" / LAST
-    return str(last) if last.is_file() else None
+    return str(folder / LAST) if (folder / LAST).is_file() else None
 
 
 def slurm_job() -> str | None:
