@@ -97,3 +97,43 @@ def test_two_nodes_preempted_requeued_and_resumed_into_one_run(slurm, mlflow_ser
 
 def saved_step(text: str) -> int:
     return int(text.split("preempted at optimizer step ")[1].split(";")[0])
+
+
+def test_sweep_through_the_submitit_launcher_runs_each_trial_as_a_slurm_job(slurm, tiny_cohort, tmp_path):
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medweave.cli.train",
+            "--multirun",
+            "hydra/launcher=slurm",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.timeout_min=10",
+            "debug=smoke",
+            f"data.root={tiny_cohort}",
+            "trainer.accelerator=cpu",
+            "evaluation.enabled=false",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            "model/fusion=concat,gated",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        env={k: v for k, v in slurm.env.items() if k != "MLFLOW_TRACKING_URI"},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    [sweep] = (tmp_path / "logs" / "debug" / "multiruns").iterdir()
+    assert len(list(sweep.glob(".submitit/*/*_log.out"))) == 2  # two Slurm jobs, one per trial
+    client = MlflowClient(f"sqlite:///{tmp_path / 'logs' / 'mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("medweave").experiment_id])
+    assert sorted(r.data.params["model.fusion._target_"].rsplit(".", 1)[1] for r in runs) == [
+        "ConcatFusion",
+        "GatedFusion",
+    ]
+    assert {r.info.status for r in runs} == {"FINISHED"}
