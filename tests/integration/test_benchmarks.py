@@ -48,3 +48,17 @@ def test_sandbox_scale_runs_and_reports(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["subjects"] == 40 and result["genomes"] == 40  # every subject sequenced by default
     assert result["peak_memory_gb"] > 0 and result["wall_s"] > 0
+
+
+def test_ddp_weak_scaling_runs_and_reports():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/ddp_weak_scaling.py"), "--smoke", "--subjects", "120"]
+        + ["--steps", "2", "--warmup", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["median_step_s"]) == {"1_process", "2_processes"}
+    assert result["timed_steps_per_rank"] == 2 and result["weak_scaling_efficiency"] > 0
