@@ -3,7 +3,8 @@
     python benchmarks/ddp_weak_scaling.py                    # quickstart model, 2,000 subjects
     python benchmarks/ddp_weak_scaling.py --smoke --steps 3 --subjects 120   # seconds, a check
 
-Each side is a real `medweave-train trainer=ddp` launch (Lightning starts the ranks), with
+Each side is a real `medweave-train trainer=ddp` launch (Lightning starts the ranks, the Preemption
+callback checks for a signal before every batch, no validation or checkpoints), with
 OMP_NUM_THREADS=1 per rank so that two ranks use the two cores this machine has. A step is timed
 from one batch's end to the next (data loading, forward, backward, the gradient all-reduce and
 the optimizer), on every rank; a launch's step time is the slowest rank's median. Weak-scaling
@@ -44,7 +45,7 @@ class StepTimer(L.Callback):
         Path(f"{self.out}.rank{trainer.global_rank}.json").write_text(json.dumps(self.times))
 
 
-def launch(root: Path, work: Path, world: int, steps: int, warmup: int, smoke: bool) -> dict:
+def launch(root: Path, work: Path, world: int, batch: int, steps: int, warmup: int, smoke: bool) -> dict:
     out = work / f"world{world}"
     command = [
         sys.executable, "-m", "medweave.cli.train",
@@ -54,7 +55,8 @@ def launch(root: Path, work: Path, world: int, steps: int, warmup: int, smoke: b
         "trainer.max_epochs=-1", f"++trainer.max_steps={warmup + steps + 1}",
         "++trainer.limit_train_batches=null", "++trainer.limit_val_batches=0",
         "++trainer.enable_checkpointing=false", "trainer.enable_progress_bar=false",
-        "callbacks=none", "+callbacks.timer._target_=ddp_weak_scaling.StepTimer",
+        f"data.batch_size={batch}", "callbacks=preemption",
+        "+callbacks.timer._target_=ddp_weak_scaling.StepTimer",
         f"+callbacks.timer.out={out}", "logger=csv", "test=false", "evaluation.enabled=false",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
@@ -71,6 +73,7 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=64, help="subjects per batch on each rank")
     parser.add_argument("--smoke", action="store_true", help="debug=smoke model instead of quickstart")
     args = parser.parse_args()
 
@@ -79,9 +82,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         root = generate_cohort(work / "cohort", SandboxConfig(n_subjects=args.subjects, seed=0))
-        one = launch(root, work, 1, args.steps, args.warmup, args.smoke)
-        two = launch(root, work, 2, args.steps, args.warmup, args.smoke)
-    batch = 16 if args.smoke else 64
+        one = launch(root, work, 1, args.batch, args.steps, args.warmup, args.smoke)
+        two = launch(root, work, 2, args.batch, args.steps, args.warmup, args.smoke)
+    batch = args.batch
     result = {
         "benchmark": "ddp_weak_scaling",
         "model": "debug=smoke" if args.smoke else "experiment=quickstart",

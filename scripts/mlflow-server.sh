@@ -275,7 +275,7 @@ start_mlflow() {
   # The database password travels in the environment, not on a command line that ps shows.
   MLFLOW_BACKEND_STORE_URI="postgresql://mlflow:$PG_PASSWORD@127.0.0.1:$PG_PORT/mlflow" \
     setsid "$mlflow" server --default-artifact-root "$ARTIFACTS" --no-serve-artifacts \
-    --host "$HOST" --port "$PORT" --workers "$WORKERS" "${allowed[@]}" \
+    --host "$HOST" --port "$PORT" --workers "$WORKERS" ${allowed[@]+"${allowed[@]}"} \
     >>"$DIR/mlflow.log" 2>&1 </dev/null &
   echo $! >"$MLFLOW_PID"
   local pid=$! t0=$SECONDS

@@ -2,8 +2,10 @@
 # Site specifics go in $MEDWEAVE_SITE_ENV (module loads, proxies, scratch paths), for example:
 #   export MEDWEAVE_SITE_ENV=$HOME/medweave-site.sh   # module load CUDA/12.4 NCCL/2.21 ...
 if [ -n "${MEDWEAVE_SITE_ENV:-}" ]; then
+  set +u  # module systems (Lmod) read unset variables
   # shellcheck disable=SC1090
   source "$MEDWEAVE_SITE_ENV"
+  set -u
 fi
 # The project's virtual environment (bash scripts/setup.sh made it), unless one is active.
 if [ -z "${VIRTUAL_ENV:-}" ]; then
@@ -17,7 +19,7 @@ export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
 # Rank 0's node, as every rank must reach it (Lightning reads MASTER_ADDR and MASTER_PORT).
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
 export MASTER_ADDR
-export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))  # not the submitting shell's: per job
 export MPLCONFIGDIR=${MPLCONFIGDIR:-${TMPDIR:-/tmp}/medweave-mpl-$SLURM_JOB_ID}
 echo "medweave job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST;" \
   "master $MASTER_ADDR:$MASTER_PORT; $SLURM_NTASKS tasks; start $(date +%s.%N)"

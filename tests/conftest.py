@@ -55,3 +55,15 @@ def smoke_cfg(tiny_cohort, tmp_path):
         return compose_run("train", overrides, tmp_path / "logs", tmp_path / "run")
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """gpu tests skip, with the reason, where there is no CUDA device (scripts/test.sh leaves them out)."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if not gpu_tests:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu_tests:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))

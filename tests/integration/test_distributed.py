@@ -64,15 +64,17 @@ def test_torchrun_across_two_nodes_trains_one_run(tiny_cohort, tmp_path):
     assert 0.0 <= run.data.metrics["test/auroc"] <= 1.0
 
 
-def test_fsdp_on_two_cpu_processes_checkpoints_a_full_state_dict(tiny_cohort, tmp_path):
+@pytest.mark.gpu
+def test_fsdp_checkpoints_a_full_state_dict(tiny_cohort, tmp_path):
+    devices = min(torch.cuda.device_count(), 2)
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "medweave.cli.train",
             "trainer=fsdp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
+            "trainer.accelerator=gpu",
+            f"trainer.devices={devices}",
             "debug=smoke",
             f"data.root={tiny_cohort}",
             f"paths.log_dir={tmp_path / 'logs'}",

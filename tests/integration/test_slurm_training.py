@@ -69,7 +69,7 @@ def test_two_nodes_preempted_requeued_and_resumed_into_one_run(slurm, mlflow_ser
     text = output.read_text()
     assert info["JobState"] == "COMPLETED", (info, text[-4000:])
     assert info["RestartCnt"] == "1", "requeued once, by the job itself"
-    assert "preempted at optimizer step" in text and f"Requeued Slurm job {job}" in text
+    assert "preempted at optimizer step" in text and f"requeueing Slurm job {job}" in text
     assert "Resuming from" in text
 
     saved = torch.load(last, weights_only=False)

@@ -15,7 +15,7 @@ def test_evaluation_shards_hold_every_subject_once(n, world):
     assert [len(s) for s in shards] == [len(SubjectSampler(n, world, r, pad=False)) for r in range(world)]
 
 
-@pytest.mark.parametrize("n,world", [(10, 3), (11, 2), (7, 7)])
+@pytest.mark.parametrize("n,world", [(10, 3), (11, 2), (7, 7), (2, 5)])
 def test_training_shards_are_equal_and_cover_every_subject(n, world):
     shards = [list(SubjectSampler(n, world, rank, seed=1)) for rank in range(world)]
     assert len({len(s) for s in shards}) == 1  # same number of optimizer steps on every rank

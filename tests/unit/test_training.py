@@ -7,15 +7,23 @@ import stat
 
 import pytest
 
-from medweave.cli.hydra_main import rank_suffix, run_stamp
+from medweave.errors import MedweaveError
+from medweave.launch import rank_suffix, run_stamp
 from medweave.training import preemption
 
-LAUNCH_VARS = ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "RANK")
+LAUNCH_VARS = (
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_JOB_ID",
+    "SLURM_STEP_ID",
+    "TORCHELASTIC_RUN_ID",
+)
+RANK_VARS = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")
 
 
 @pytest.fixture
 def no_launcher(monkeypatch):
-    for name in (*LAUNCH_VARS, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NAME"):
+    for name in (*LAUNCH_VARS, *RANK_VARS, "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NAME"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -24,10 +32,20 @@ def test_run_folder_is_the_launch_s_id_so_ranks_and_requeues_share_it(no_launche
     assert run_stamp()[:2] == "20"  # a time stamp when nothing launched us
     no_launcher.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun without --rdzv-id
     assert run_stamp()[:2] == "20"
+    no_launcher.setenv("WORLD_SIZE", "2")  # ... across nodes, each would make its own folder
+    with pytest.raises(MedweaveError, match="--rdzv-id"):
+        run_stamp()
     no_launcher.setenv("TORCHELASTIC_RUN_ID", "abc")
     assert run_stamp() == "torchrun-abc"
     no_launcher.setenv("SLURM_JOB_ID", "123")
     assert run_stamp() == "slurm-123"
+    no_launcher.setenv("SLURM_STEP_ID", "0")  # the first srun of a job, requeued or not
+    assert run_stamp() == "slurm-123"
+    no_launcher.setenv("SLURM_STEP_ID", "2")  # a third srun in the same job: a run of its own
+    assert run_stamp() == "slurm-123-step2"
+    no_launcher.setenv("SLURM_STEP_ID", "4294967294")  # the batch script itself
+    assert run_stamp() == "slurm-123"
+    no_launcher.delenv("SLURM_STEP_ID")
     no_launcher.setenv("SLURM_ARRAY_JOB_ID", "120")
     no_launcher.setenv("SLURM_ARRAY_TASK_ID", "3")
     assert run_stamp() == "slurm-120_3"
@@ -39,17 +57,23 @@ def test_each_rank_but_the_first_logs_to_a_file_of_its_own(no_launcher):
     assert rank_suffix() == ".rank3"
     no_launcher.setenv("RANK", "0")  # torchrun's RANK wins over Slurm's
     assert rank_suffix() == ""
+    for name in ("RANK", "SLURM_PROCID"):
+        no_launcher.delenv(name)
+    no_launcher.setenv("LOCAL_RANK", "1")  # Lightning's own launcher (trainer=ddp on one node)
+    assert rank_suffix() == ".rank1"
 
 
-def test_resume_point_is_the_asked_checkpoint_else_the_folder_s_last(tmp_path):
+def test_resume_point_is_the_folder_s_last_checkpoint_else_the_asked_one(tmp_path):
     assert preemption.resume_checkpoint(tmp_path) is None
+    assert preemption.resume_checkpoint(tmp_path, "start.ckpt") == "start.ckpt"  # a first launch
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     (folder / "last.ckpt").write_bytes(b"x")
     (folder / ".last.ckpt.partial-99").write_bytes(b"half")  # a save killed halfway
     assert preemption.resume_checkpoint(tmp_path) == str(folder / "last.ckpt")
     assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
-    assert preemption.resume_checkpoint(tmp_path, "other.ckpt") == "other.ckpt"
+    # Requeued after starting from start.ckpt: it goes on from its own progress, not back there.
+    assert preemption.resume_checkpoint(tmp_path, "start.ckpt") == str(folder / "last.ckpt")
 
 
 def test_requeue_calls_scontrol_with_the_job_or_array_task(no_launcher, tmp_path):
@@ -65,6 +89,8 @@ def test_requeue_calls_scontrol_with_the_job_or_array_task(no_launcher, tmp_path
     no_launcher.setenv("SLURM_ARRAY_TASK_ID", "2")
     assert preemption.requeue_slurm_job() == "70_2"
     assert calls.read_text().splitlines() == ["requeue 77", "requeue 70_2"]
+    scontrol.write_text("#!/bin/sh\necho 'Requested operation is presently disabled' >&2; exit 1\n")
+    assert preemption.requeue_slurm_job() is None  # refused (salloc, JobRequeue=0): no traceback
 
 
 def test_under_srun_lightning_s_own_requeue_is_off(no_launcher):
@@ -79,6 +105,19 @@ def test_under_srun_lightning_s_own_requeue_is_off(no_launcher):
     no_launcher.setenv("SLURM_JOB_NAME", "medweave")
     _, slurm = preemption.trainer_plugins()
     assert isinstance(slurm, SLURMEnvironment) and not slurm.auto_requeue
+    for name, value in {
+        "TORCHELASTIC_RUN_ID": "x",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "1",
+        "GROUP_RANK": "0",
+        "ROLE_RANK": "0",
+        "MASTER_ADDR": "a",
+        "MASTER_PORT": "1",
+    }.items():
+        no_launcher.setenv(name, value)
+    assert len(preemption.trainer_plugins()) == 1  # torchrun inside a Slurm job: Lightning finds torchrun
 
 
 def test_fsdp_config_gives_full_state_dict_checkpoints():

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
-from datetime import datetime
 from pathlib import Path
 
 log = logging.getLogger("medweave")
@@ -24,27 +22,10 @@ def one_log_stream() -> None:
         logging.getLogger("lightning").handlers.clear()
 
 
-def run_stamp() -> str:
-    """The run folder's name: the same for every process of one launch (srun and torchrun start
-    each rank on its own, seconds apart) and again after a Slurm requeue, so that all ranks and
-    every restart share one folder, one checkpoint and one MLflow run."""
-    if array := os.environ.get("SLURM_ARRAY_JOB_ID"):
-        return f"slurm-{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
-    if job := os.environ.get("SLURM_JOB_ID"):
-        return f"slurm-{job}"
-    if (elastic := os.environ.get("TORCHELASTIC_RUN_ID")) and elastic != "none":
-        return f"torchrun-{elastic}"
-    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-
-
-def rank_suffix() -> str:
-    """ "" on global rank 0, ".rank<N>" elsewhere: each rank of a launch logs to its own file."""
-    rank = next((os.environ[k] for k in ("RANK", "SLURM_PROCID") if k in os.environ), "0")
-    return "" if rank == "0" else f".rank{rank}"
-
-
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
+
+    from medweave.launch import rank_suffix, run_stamp
 
     OmegaConf.register_new_resolver("medweave_run_stamp", run_stamp, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("medweave_rank_suffix", rank_suffix, replace=True)

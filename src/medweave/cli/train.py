@@ -43,22 +43,32 @@ def check_config(cfg) -> None:
 def train(cfg) -> float | None:
     check_config(cfg)  # before the heavy imports: a typo costs a second, not ten
 
+    from contextlib import nullcontext
+
+    from hydra.utils import instantiate
+
+    from medweave.cli.hydra_main import one_log_stream
+    from medweave.training.preemption import Preemption
+
+    one_log_stream()
+    # Callbacks first: the preemption handler listens from the start (a signal while the cohort is
+    # prepared must not kill the job) to the end of testing and evaluation.
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    preemption = next((c for c in callbacks if isinstance(c, Preemption)), None)
+    with preemption.listening() if preemption else nullcontext():
+        return _fit_and_test(cfg, callbacks, preemption)
+
+
+def _fit_and_test(cfg, callbacks: list, preemption) -> float | None:
     import lightning as L
     import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from medweave.cli.hydra_main import one_log_stream
     from medweave.models.build import build_model
-    from medweave.tracking.mlflow import log_run_config, mark_preempted, remember_runs
-    from medweave.training.preemption import (
-        Preempted,
-        requeue_slurm_job,
-        resume_checkpoint,
-        trainer_plugins,
-    )
+    from medweave.tracking.mlflow import log_run_config
+    from medweave.training.preemption import resume_checkpoint, trainer_plugins
 
-    one_log_stream()
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
 
@@ -80,7 +90,6 @@ def train(cfg) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(output_dir, cfg.get("ckpt_path"))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=trainer_plugins()
     )
@@ -92,30 +101,30 @@ def train(cfg) -> float | None:
     counts["params/total"] = sum(p.numel() for p in model.parameters())
     if trainer.is_global_zero:
         log.info("Parameters: %s", counts)
-        if not remember_runs(loggers, output_dir):  # a new run; a resumed one has its params already
+        resumed = [lg for lg in loggers if getattr(lg, "resumed", False)]
+        for logger in resumed:
+            logger.reopen()
+        if not resumed:  # a resumed run has its params already (MLflow refuses changed ones)
             log_run_config(loggers, cfg, output_dir, counts)
+        for logger in loggers:
+            if hasattr(logger, "record_run_id"):
+                logger.record_run_id()
         if ckpt_path:
             log.info("Resuming from %s", ckpt_path)
 
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-    except Preempted as stop:
-        if trainer.is_global_zero:
-            mark_preempted(loggers)
-            job = requeue_slurm_job()
-            log.warning(
-                "%s. %s",
-                stop,
-                f"Requeued Slurm job {job}: it resumes from there in the same MLflow run"
-                if job
-                else f"Resume: run the same command with hydra.run.dir={output_dir}",
-            )
-        raise
+    # Ranks share the model's initial weights (seeded above) but not their random draws
+    # (dropout, modality dropout); a resumed run restores each rank's state instead.
+    L.seed_everything(cfg.seed + trainer.global_rank, workers=True, verbose=False)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    if preemption:
+        preemption.stop_if_requested(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        if preemption:
+            preemption.stop_if_requested(trainer)
         if cfg.evaluation.enabled and trainer.is_global_zero:  # the tested weights are loaded now
             from medweave.evaluation.run import report_and_log
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.data import DataLoader, Dataset
 
 from medweave.data import contract as c
@@ -239,10 +240,13 @@ class CohortDataModule(L.LightningDataModule):
         """Under a trainer (``sharded``), this rank's share of the split; else all of it, in order."""
         self.setup()
         dataset = SplitDataset(self.cohort, split)
-        world, rank = 1, 0
+        world, rank, pad = 1, 0, train
         if sharded and self.trainer is not None:
             world, rank = self.trainer.world_size, self.trainer.global_rank
-        sampler = SubjectSampler(len(dataset), world, rank, shuffle=train, seed=self.seed, pad=train)
+            # FSDP gathers parameters in every forward: ranks must run as many batches as each
+            # other, so evaluation shards are padded too (a few subjects count twice in metrics).
+            pad = pad or isinstance(self.trainer.strategy, FSDPStrategy)
+        sampler = SubjectSampler(len(dataset), world, rank, shuffle=train, seed=self.seed, pad=pad)
         if train and self._resume:
             sampler.resume(self._resume["epoch"], self._resume["batches"] * self.batch_size)
             self._resume = None

@@ -61,8 +61,7 @@ class SubjectSampler(DistributedSampler):
         else:
             rows = np.arange(self.n)
         if self.pad and self.n:
-            total = self.num_samples * self.num_replicas
-            rows = np.concatenate([rows, rows[: total - self.n]] if total > self.n else [rows])
+            rows = np.resize(rows, self.num_samples * self.num_replicas)  # repeats cyclically
         return rows[self.rank :: self.num_replicas]
 
     def resume(self, epoch: int, samples_done: int) -> None:

@@ -46,59 +46,27 @@ def make_mlflow_logger(
     """A Lightning MLFlowLogger; artifacts of an embedded store sit beside its database.
     ``parent_run_id`` nests the run under another (a hyperparameter search's trials);
     ``run_id_file``, when it exists, names the run to continue (a resumed training)."""
-    from lightning.pytorch.loggers import MLFlowLogger
+    from medweave.tracking.run_logger import ResumableMLFlowLogger
 
     uri = resolve_tracking_uri(store_dir, tracking_uri)
     artifacts = None
     if uri.startswith("sqlite:///"):
         artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-    run_id = None
-    if run_id_file and Path(run_id_file).is_file():
-        run_id = Path(run_id_file).read_text().strip() or None
     # Every rank builds a logger, and building one opens the store: ranks that start together
     # (srun, torchrun) would race to create a new SQLite store's tables.
     lock = (
         FileLock(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else nullcontext()
     )
     with lock:
-        logger = MLFlowLogger(
+        return ResumableMLFlowLogger(
             experiment_name=experiment_name,
             run_name=run_name,
             tracking_uri=uri,
             tags=dict(tags or {}) | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}),
             log_model=log_model,
             artifact_location=artifacts,
-            run_id=run_id,
+            run_id_file=run_id_file,
         )
-    logger.medweave_run_id_file, logger.medweave_resumed = run_id_file, run_id is not None
-    return logger
-
-
-def _mlflow_loggers(loggers: list) -> list:
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    return [logger for logger in loggers if isinstance(logger, MLFlowLogger)]
-
-
-def remember_runs(loggers: list, output_dir: Path) -> bool:
-    """Rank 0, before fitting: write each new run's id to its ``run_id_file`` and mark a resumed
-    run RUNNING again. True if the runs were resumed (their params are logged already)."""
-    resumed = False
-    for logger in _mlflow_loggers(loggers):
-        path = getattr(logger, "medweave_run_id_file", None)
-        if getattr(logger, "medweave_resumed", False):
-            logger.experiment.update_run(logger.run_id, status="RUNNING")
-            resumed = True
-        elif path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(f"{logger.run_id}\n")
-    return resumed
-
-
-def mark_preempted(loggers: list) -> None:
-    """A preempted run is KILLED until it resumes (Lightning marks any interrupted fit FAILED)."""
-    for logger in _mlflow_loggers(loggers):
-        logger.experiment.set_terminated(logger.run_id, "KILLED")
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:

@@ -22,7 +22,6 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 from urllib.parse import urlparse
 
 SYNCED_FROM = "medweave.synced_from"
@@ -245,8 +244,18 @@ def sync_store(
 ) -> SyncSummary:
     """Copy the local store's runs to ``target_uri``; ``say`` gets one line per run."""
     # Else MLflow prints two "View run at" lines of its own for each run it ends on a server.
-    with mock.patch.dict(os.environ, {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}):
+    key, before = (
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT",
+        os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"),
+    )
+    os.environ[key] = "true"
+    try:
         return _sync_all(_Sync(source_uri, target_uri), experiments, say)
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def _sync_all(sync: _Sync, experiments: list[str] | None, say: Callable) -> SyncSummary:
