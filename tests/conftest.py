@@ -59,7 +59,7 @@ def smoke_cfg(tiny_cohort, tmp_path):
 
 def pytest_collection_modifyitems(config, items):
     """gpu tests skip, with the reason, where there is no CUDA device (scripts/test.sh leaves them out)."""
-    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_tests:
         return
     import torch

@@ -33,7 +33,7 @@ def build_model(
     # The module config is a partial: runtime objects go in here, not through Hydra's recursion.
     make_module = instantiate(model_cfg.module)
     scheduler = instantiate(model_cfg.scheduler) if model_cfg.get("scheduler") else None
-    return make_module(
+    model = make_module(
         encoders=encoders,
         fusion=fusion,
         head=head,
@@ -41,3 +41,12 @@ def build_model(
         scheduler=scheduler,
         checkpoint_extras=checkpoint_extras,
     )
+    compile_cfg = model_cfg.get("compile")
+    if compile_cfg and compile_cfg.enabled:
+        # In place and part by part (nn.Module.compile): state_dict keys keep their names (no
+        # `_orig_mod.` prefix), so eval and predict load the checkpoint with or without compiling,
+        # and a graph break in one encoder leaves the others whole. The glue (masks, modality
+        # dropout) and the loss stay eager.
+        for part in [*model.encoders.values(), model.fusion, model.head]:
+            part.compile(mode=compile_cfg.mode, backend=compile_cfg.backend)
+    return model

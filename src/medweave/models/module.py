@@ -6,6 +6,7 @@ from functools import partial
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
 
@@ -121,6 +122,21 @@ class MultimodalModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer=optimizer)}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        plugin = self.trainer.precision_plugin
+        bf16_mixed = isinstance(plugin, MixedPrecision) and plugin.scaler is None
+        if gradient_clip_val and bf16_mixed and optimizer.defaults.get("fused"):
+            # Lightning refuses to clip for a fused optimizer under mixed precision, in case a gradient
+            # scaler unscales inside step(); bf16-mixed has no scaler, so the gradients are the true
+            # ones and clipping them here is what Lightning would do for an unfused optimizer.
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["medweave"] = self.checkpoint_extras

@@ -18,6 +18,9 @@ class TextEncoder(nn.Module):
             given to the data module (``data.text_tokenizer_path``).
         config: AutoConfig keyword arguments (model_type and sizes) used when no path is given.
         freeze: keep the transformer's weights fixed (train only the projection).
+        attn_implementation: Hugging Face attention kernel: ``sdpa`` (PyTorch's fused
+            ``scaled_dot_product_attention``) or ``eager`` (matmul + softmax, the reference). Named
+            here so a transformers upgrade cannot change it silently.
     """
 
     def __init__(
@@ -28,20 +31,23 @@ class TextEncoder(nn.Module):
         pretrained_path: str | None = None,
         config: dict | None = None,
         freeze: bool = False,
+        attn_implementation: str = "sdpa",
     ):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
         self.out_dim = dim
         if pretrained_path:
-            self.transformer = AutoModel.from_pretrained(pretrained_path, local_files_only=True)
+            self.transformer = AutoModel.from_pretrained(
+                pretrained_path, local_files_only=True, attn_implementation=attn_implementation
+            )
         else:
             settings = dict(config or {"model_type": "bert"})
             model_type = settings.pop("model_type")
             hf_config = AutoConfig.for_model(
                 model_type, vocab_size=vocab_size, pad_token_id=pad_token_id, **settings
             )
-            self.transformer = AutoModel.from_config(hf_config)
+            self.transformer = AutoModel.from_config(hf_config, attn_implementation=attn_implementation)
         if getattr(self.transformer, "pooler", None) is not None:
             # We pool ourselves; an unused pooler would also stall DDP (unused parameters).
             self.transformer.pooler = None
