@@ -1,12 +1,24 @@
-"""Framework overhead: medweave's training step (Lightning + Hydra config + MLflow logging at its
-default frequency + torchmetrics) against a plain PyTorch loop on the same model and batches.
+"""Framework overhead: medweave's training step and validation batch against plain PyTorch loops.
+
+medweave is Lightning + the Hydra config + MLflow logging at its default frequency + the
+torchmetrics updates; the plain loops run the same model on the same batches.
 
     python benchmarks/framework_overhead.py                 # quickstart model, 1,000 subjects
     python benchmarks/framework_overhead.py --steps 3 --subjects 60 --smoke   # seconds, a check
 
-Both sides time the optimizer step only (forward, backward, clipping, step, and for medweave its
-metric updates and logging), not data loading, so the ratio is what the framework adds per step.
-The plain loop runs before and after medweave, and the ratio uses their mean, to show drift on a
+Training: both sides time the optimizer step only (forward, backward, clipping, step, and for
+medweave its metric updates and logging), not data loading, so the ratio is what the framework
+adds per step.
+
+Evaluation: medweave is ``trainer.validate`` with the MultimodalModule (forward, loss, the
+torchmetrics updates and the logging calls of ``validation_step``, and every callback's batch
+hooks, progress bar included), called again over the tuning split until enough batches are seen.
+The plain side is a ``torch.no_grad()`` loop over the same batches with the same model in eval
+mode: forward, loss summed for a mean, scores and targets kept for the metrics at the end. Both
+time a batch from its arrival to the end of its hooks, not data loading and not the once-per-pass
+work (metric compute, MLflow writes).
+
+Each plain loop runs before and after medweave's, and a ratio uses their mean, to show drift on a
 noisy machine. Prints one JSON line.
 """
 
@@ -102,17 +114,96 @@ def medweave_loop(cfg, datamodule, steps: int, warmup: int) -> list[float]:
     return timer.times[warmup:]
 
 
+def val_batches(datamodule, n: int):
+    """n batches of the tuning split, in order, starting over at its end."""
+    while n > 0:
+        for batch in datamodule.val_dataloader():
+            if n == 0:
+                return
+            n -= 1
+            yield batch
+
+
+def plain_eval(model, datamodule, steps: int, warmup: int) -> list[float]:
+    import torch
+
+    model.eval()
+    times, scores, targets = [], [], []
+    total, seen = torch.zeros(()), 0
+    with torch.no_grad():
+        for batch in val_batches(datamodule, warmup + steps):
+            start = time.perf_counter()
+            outputs = model(batch)
+            size = len(batch["targets"])
+            total += model.head.loss(outputs, batch) * size
+            seen += size
+            scores.append(model.head.score(outputs))
+            targets.append(batch["targets"])
+            times.append(time.perf_counter() - start)
+    return times[warmup:]
+
+
+def medweave_eval(cfg, model, datamodule, steps: int, warmup: int) -> list[float]:
+    import lightning as L
+    from hydra.utils import instantiate
+
+    class Start(L.Callback):  # the first callback: starts the clock before every batch hook
+        def __init__(self):
+            self.start = 0.0
+
+        def on_validation_batch_start(self, *args):
+            self.start = time.perf_counter()
+
+    class End(L.Callback):  # the last: stops it after them all (progress bar included)
+        def __init__(self, start: Start):
+            self.begin, self.times = start, []
+
+        def on_validation_batch_end(self, *args):
+            self.times.append(time.perf_counter() - self.begin.start)
+
+    start = Start()
+    end = End(start)
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer = instantiate(
+        cfg.trainer,
+        logger=loggers,
+        callbacks=[start, end],
+        limit_val_batches=None,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.callbacks.remove(end)
+    trainer.callbacks.append(end)
+    while len(end.times) < warmup + steps:
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+    return end.times[warmup : warmup + steps]
+
+
+def eval_model(cfg, datamodule):
+    import torch
+
+    from medweave.models.build import build_model
+
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, datamodule.modalities, datamodule.encoder_inputs())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--eval-steps", type=int, help="timed validation batches (default: --steps)")
+    parser.add_argument("--eval-warmup", type=int, help="warm-up validation batches (default: --warmup)")
     parser.add_argument("--smoke", action="store_true", help="debug=smoke model instead of quickstart")
     args = parser.parse_args()
+    eval_steps = args.steps if args.eval_steps is None else args.eval_steps
+    eval_warmup = args.warmup if args.eval_warmup is None else args.eval_warmup
 
     import torch
     from hydra.utils import instantiate
 
+    from medweave.data.contract import TUNING_SPLIT
     from medweave.sandbox.generate import SandboxConfig, generate_cohort
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,8 +215,14 @@ def main() -> None:
         before = plain_loop(cfg, datamodule, args.steps, args.warmup)
         framework = medweave_loop(cfg, datamodule, args.steps, args.warmup)
         after = plain_loop(cfg, datamodule, args.steps, args.warmup)
+        model = eval_model(cfg, datamodule)
+        eval_before = plain_eval(model, datamodule, eval_steps, eval_warmup)
+        eval_framework = medweave_eval(cfg, model, datamodule, eval_steps, eval_warmup)
+        eval_after = plain_eval(model, datamodule, eval_steps, eval_warmup)
+        val_subjects = len(datamodule.cohort.rows(TUNING_SPLIT))
 
     plain = (statistics.median(before) + statistics.median(after)) / 2
+    plain_eval_s = (statistics.median(eval_before) + statistics.median(eval_after)) / 2
     result = {
         "benchmark": "framework_overhead",
         "model": "debug=smoke" if args.smoke else "experiment=quickstart",
@@ -137,6 +234,14 @@ def main() -> None:
             "plain_after": statistics.median(after),
         },
         "ratio_medweave_to_plain": statistics.median(framework) / plain,
+        "eval_batches": eval_steps,
+        "val_subjects": val_subjects,
+        "median_eval_batch_s": {
+            "plain_before": statistics.median(eval_before),
+            "medweave": statistics.median(eval_framework),
+            "plain_after": statistics.median(eval_after),
+        },
+        "ratio_eval_medweave_to_plain": statistics.median(eval_framework) / plain_eval_s,
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -35,6 +35,8 @@ def test_framework_overhead_runs_and_reports():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result["median_step_s"]) == {"plain_before", "medweave", "plain_after"}
     assert result["ratio_medweave_to_plain"] > 0
+    assert set(result["median_eval_batch_s"]) == {"plain_before", "medweave", "plain_after"}
+    assert result["eval_batches"] == 2 and result["ratio_eval_medweave_to_plain"] > 0
 
 
 def test_sandbox_scale_runs_and_reports(tmp_path):
