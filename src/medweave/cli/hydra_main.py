@@ -39,7 +39,6 @@ def run(task_fn, config_name: str, program: str) -> None:
     from hydra.errors import InstantiationException
 
     from medweave.errors import MedweaveError
-    from medweave.training.preemption import EXIT_PREEMPTED, Preempted
 
     def fail(err: MedweaveError):
         log.error("%s", err)
@@ -53,11 +52,16 @@ def run(task_fn, config_name: str, program: str) -> None:
             return task_fn(cfg)
         except MedweaveError as err:
             fail(err)
-        except Preempted:  # logged where it happened; the checkpoint is on disk
-            sys.exit(EXIT_PREEMPTED)
         except InstantiationException as err:  # Hydra wraps what a constructor raised
             if isinstance(err.__cause__, MedweaveError):
                 fail(err.__cause__)
+            raise
+        except Exception as err:
+            # Only a run that imported the preemption module (and Lightning, torch with it) raises
+            # Preempted: looked up there, --help and validation start without those imports.
+            preemption = sys.modules.get("medweave.training.preemption")
+            if preemption is not None and isinstance(err, preemption.Preempted):
+                sys.exit(preemption.EXIT_PREEMPTED)  # logged where it happened; the checkpoint is on disk
             raise
 
     _main()

@@ -42,13 +42,22 @@ def make_mlflow_logger(
     tags: dict | None = None,
     parent_run_id: str | None = None,
     run_id_file: str | None = None,
+    synchronous: bool | None = None,
 ):
     """A Lightning MLFlowLogger; artifacts of an embedded store sit beside its database.
     ``parent_run_id`` nests the run under another (a hyperparameter search's trials);
-    ``run_id_file``, when it exists, names the run to continue (a resumed training)."""
+    ``run_id_file``, when it exists, names the run to continue (a resumed training);
+    ``synchronous=False`` queues metrics and params for MLflow's background writer instead of
+    waiting for the store at every call (ending the run waits for them; None: MLflow's default,
+    blocking)."""
     from medweave.tracking.run_logger import ResumableMLFlowLogger
 
     uri = resolve_tracking_uri(store_dir, tracking_uri)
+    if synchronous is False:
+        # MLflow's writer otherwise waits up to a second for the next queued write before it sees
+        # that the run ends, and every finalize waited that long. Buffering (what queues within a
+        # second goes in one write) lets the run's end wake it at once; a value the user set stays.
+        os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
     artifacts = None
     if uri.startswith("sqlite:///"):
         artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
@@ -66,6 +75,7 @@ def make_mlflow_logger(
             log_model=log_model,
             artifact_location=artifacts,
             run_id_file=run_id_file,
+            synchronous=synchronous,
         )
 
 

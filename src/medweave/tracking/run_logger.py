@@ -10,7 +10,8 @@ from lightning.pytorch.loggers import MLFlowLogger
 class ResumableMLFlowLogger(MLFlowLogger):
     """Lightning's MLFlowLogger, plus: the run id is kept in ``run_id_file`` (in the run's output
     folder) and a process that starts in that folder continues that run; a preempted run is
-    KILLED, not FAILED, until then."""
+    KILLED, not FAILED, until then. With ``synchronous=False``, metrics and params go through
+    MLflow's asynchronous queue until the logger is finalized, which waits for all of them."""
 
     def __init__(self, *args, run_id_file: str | None = None, **kwargs):
         run_id = None
@@ -34,5 +35,9 @@ class ResumableMLFlowLogger(MLFlowLogger):
         self.experiment.set_terminated(self.run_id, "KILLED")
 
     def finalize(self, status: str = "success") -> None:
-        # Lightning finalizes every interrupted fit as "failed", Preempted included.
+        # Lightning finalizes every interrupted fit as "failed", Preempted included. Ending the run
+        # (MlflowClient.set_terminated) first waits for every queued asynchronous write.
         super().finalize("KILLED" if self.preempted and status == "failed" else status)
+        # Nothing would wait for what is logged after this (the evaluation's CIs after testing, in a
+        # process that goes on): from now on each call is written before it returns.
+        self._log_batch_kwargs = {}
