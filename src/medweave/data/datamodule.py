@@ -135,6 +135,15 @@ class SplitDataset(Dataset):
         return self.cohort.batch(self.rows[np.asarray(indices)])
 
 
+def _plain(options) -> dict:
+    """Hydra hands nested options over as DictConfig; the cache key wants plain JSON values."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(options, DictConfig):
+        return OmegaConf.to_container(options, resolve=True)
+    return dict(options or {})
+
+
 def _already_collated(batch):
     return batch
 
@@ -160,6 +169,9 @@ class CohortDataModule(L.LightningDataModule):
             vocabulary (rarer ones map to unknown; vocabularies travel inside checkpoints).
         vocab: fitted vocabularies from a checkpoint (evaluation); None fits them on train.
         seed: fixes the order of training subjects in every epoch (SubjectSampler).
+        lenient: skip bad rows and files with a warning (counts per kind) instead of stopping.
+        volume: options of the 3D volume modality (spacing, size); see configs/data/cohort.yaml.
+        genomics: options of the genomics modality (sample map, variant QC, expression).
 
     Its state in a checkpoint is where training stood in the epoch, so that a resumed run
     continues with the next batch rather than starting the epoch again.
@@ -184,6 +196,9 @@ class CohortDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         vocab: dict | None = None,
         seed: int = 0,
+        lenient: bool = False,
+        volume: dict | None = None,
+        genomics: dict | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -204,6 +219,9 @@ class CohortDataModule(L.LightningDataModule):
             text_tokenizer_path=text_tokenizer_path,
             image_size=image_size,
             min_subjects=vocab_min_subjects,
+            lenient=lenient,
+            volume=_plain(volume),
+            genomics=_plain(genomics),
         )
         self.cache_dir = Path(cache_dir)
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory

@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,9 @@ from tqdm.auto import tqdm
 
 from medweave import __version__
 from medweave.data import contract as c
-from medweave.data.readers import dicom, meds, vcf
+from medweave.data.genomics import prepare_genomics
+from medweave.data.images import prepare_images
+from medweave.data.readers import meds
 from medweave.errors import MedweaveError
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ class PrepareConfig:
     text_tokenizer_path: str | None = None  # a local Hugging Face tokenizer; None fits one
     image_size: int = 64
     min_subjects: int = 5  # a code or note word enters a vocabulary only if this many train subjects have it
+    lenient: bool = False  # skip bad rows and files with a warning instead of stopping (bad_input.py)
+    # Per-modality options, as plain dicts from the data config (data.volume, data.genomics).
+    volume: dict = field(default_factory=dict)
+    genomics: dict = field(default_factory=dict)
 
 
 def cohort_fingerprint(root: Path) -> str:
@@ -107,7 +113,7 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
     subject_ids = labels.column("subject_id").to_numpy()
     order = np.argsort(subject_ids)
     subject_ids = subject_ids[order]
-    pred_time = _microseconds(labels.column("prediction_time"))[order]
+    pred_time = meds.microseconds(labels.column("prediction_time"))[order]
     split_of = dict(
         zip(splits.column("subject_id").to_pylist(), splits.column("split").to_pylist(), strict=True)
     )
@@ -136,9 +142,9 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
     if c.TEXT in cfg.modalities:
         present[c.TEXT] = _prepare_text(events, len(subject_ids), train, cfg, vocab, out)
     if c.IMAGE in cfg.modalities:
-        present[c.IMAGE] = _prepare_images(root, subject_ids, pred_time, cfg, out)
+        present[c.IMAGE] = prepare_images(root, subject_ids, pred_time, cfg, out)
     if c.GENOMICS in cfg.modalities:
-        present[c.GENOMICS] = _prepare_genomics(root, subject_ids, train, vocab, out)
+        present[c.GENOMICS] = prepare_genomics(root, subject_ids, train, vocab, out)
 
     np.savez(
         out / "subjects.npz",
@@ -193,7 +199,7 @@ def _targets(root, cfg, label_tasks, labels, order, subject_ids, pred_time, trai
             ids = other.column("subject_id").to_numpy()
             rows = np.argsort(ids)
             if not np.array_equal(ids[rows], subject_ids) or not np.array_equal(
-                _microseconds(other.column("prediction_time"))[rows], pred_time
+                meds.microseconds(other.column("prediction_time"))[rows], pred_time
             ):
                 raise MedweaveError(
                     f"{c.label_path(root, task)}: a multilabel task needs the same subjects and "
@@ -203,11 +209,6 @@ def _targets(root, cfg, label_tasks, labels, order, subject_ids, pred_time, trai
         vocab["labels"] = label_tasks
         return np.stack(columns, axis=1), time
     return column(labels, "boolean_value").astype(np.float32), time
-
-
-def _microseconds(column) -> np.ndarray:
-    """Timestamps as int64 microseconds, whatever unit the file stored (pandas writes ns)."""
-    return column.cast(pa.timestamp("us")).cast(pa.int64()).to_numpy(zero_copy_only=False)
 
 
 def _events_before_prediction(root, subject_ids, pred_time, with_text) -> dict:
@@ -336,66 +337,3 @@ def _prepare_text(events, n, train, cfg, vocab, out) -> np.ndarray:
     vocab["text_vocab_size"] = len(tokenizer)
     vocab["text_pad_id"] = int(tokenizer.pad_token_id)
     return np.array([bool(d) for d in docs])
-
-
-def _prepare_images(root, subject_ids, pred_time, cfg, out) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
-    index = meds.read_imaging_index(root)
-    if "modality" in index.column_names:  # the image modality is 2D radiography; CT is not (yet)
-        modality = index.column("modality")
-        index = index.filter(
-            pc.or_(pc.is_in(modality, pa.array(c.RADIOGRAPH_MODALITIES)), modality.is_null())
-        )
-    sid = index.column("subject_id").to_numpy()
-    time = _microseconds(index.column("time"))
-    paths = index.column("path").to_pylist()
-    row = np.clip(np.searchsorted(subject_ids, sid), 0, len(subject_ids) - 1)
-    ok = (subject_ids[row] == sid) & (time < pred_time[row])
-    latest: dict[int, int] = {}  # row -> index entry of the most recent image before prediction
-    for i in np.flatnonzero(ok):
-        if row[i] not in latest or time[i] > time[latest[row[i]]]:
-            latest[row[i]] = i
-    n, s = len(subject_ids), cfg.image_size
-    images = np.lib.format.open_memmap(out / "image.npy", mode="w+", dtype=np.float16, shape=(n, 1, s, s))
-    images[:] = 0
-    for r, i in tqdm(sorted(latest.items()), desc="reading images", unit="img", leave=False):
-        pixels, window = dicom.read_dicom(root / c.IMAGING_DIR / paths[i])
-        lo, hi = window or tuple(np.percentile(pixels, [0.5, 99.5]))
-        scaled = np.clip((pixels - lo) / max(hi - lo, 1e-6), 0, 1)
-        tensor = torch.from_numpy(scaled)[None, None]
-        images[r, 0] = F.interpolate(tensor, size=(s, s), mode="area")[0, 0].numpy()
-    images.flush()
-    present = np.zeros(n, bool)
-    present[list(latest)] = True
-    return present
-
-
-def _prepare_genomics(root, subject_ids, train, vocab, out) -> np.ndarray:
-    path = c.require_file(root, c.VARIANTS_VCF, "the genomics modality")
-    samples, variant_ids, dosages = vcf.read_dosages(path)
-    try:
-        sample_ids = np.array([int(s) for s in samples], np.int64)
-    except ValueError:
-        raise MedweaveError(f"{path}: sample names must be subject_ids (integers)") from None
-    row = np.clip(np.searchsorted(subject_ids, sample_ids), 0, len(subject_ids) - 1)
-    known = subject_ids[row] == sample_ids
-    if "variants" in vocab:  # align to the training variant order; unseen variants stay missing
-        col = {v: j for j, v in enumerate(variant_ids)}
-        take = np.array([col.get(v, -1) for v in vocab["variants"]])
-        dosages = np.where(take >= 0, dosages[:, np.maximum(take, 0)], -1).astype(np.int8)
-    n = len(subject_ids)
-    full = np.full((n, dosages.shape[1]), -1, np.int8)
-    full[row[known]] = dosages[known]
-    present = np.zeros(n, bool)
-    present[row[known]] = True
-    if "variants" not in vocab:
-        d = full[present & train].astype(np.float32)
-        d[d < 0] = np.nan
-        mean = np.nan_to_num(np.nanmean(d, axis=0), nan=0.0)
-        sd = np.nan_to_num(np.nanstd(d, axis=0), nan=1.0)
-        vocab["variants"], vocab["variant_mean"] = variant_ids, mean.round(6).tolist()
-        vocab["variant_sd"] = np.where(sd > 1e-6, sd, 1.0).round(6).tolist()
-    np.save(out / "genomics.npy", full)
-    return present

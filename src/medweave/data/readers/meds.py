@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -79,3 +80,8 @@ def read_labels(root: Path, task: str, values: tuple[str, ...] = ("boolean_value
 def read_imaging_index(root: Path) -> pa.Table:
     path = c.require_file(root, c.IMAGING_INDEX, "the image modality")
     return read_parquet(path, c.REQUIRED_COLUMNS["imaging"])
+
+
+def microseconds(column) -> np.ndarray:
+    """Timestamps as int64 microseconds, whatever unit the file stored (pandas writes ns)."""
+    return column.cast(pa.timestamp("us")).cast(pa.int64()).to_numpy(zero_copy_only=False)

@@ -1,0 +1,92 @@
+"""Real files that ship inside public packages, fetched from PyPI at test time and never committed.
+
+``package_files("cyvcf2==0.35.0", "cyvcf2/tests/*.vcf.gz")`` downloads the package's sdist (or
+wheel, ``kind="wheel"``) once into a per-user cache, unpacks it, and returns the matching files.
+A pinned version keeps the files, and so the tests, the same from run to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import urllib.request
+import uuid
+import zipfile
+from pathlib import Path
+
+from filelock import FileLock
+
+INDEX = os.environ.get("MEDWEAVE_TEST_INDEX", "https://pypi.org/simple")
+CACHE = Path(os.environ.get("MEDWEAVE_TEST_DATA", Path.home() / ".cache" / "medweave" / "test-data"))
+
+
+def package_files(requirement: str, pattern: str, kind: str = "sdist") -> list[Path]:
+    """Files matching ``pattern`` (a glob inside the unpacked package) of a pinned requirement."""
+    if "==" not in requirement:
+        raise ValueError(f"{requirement}: pin a version so the test data cannot change under the tests")
+    folder = CACHE / f"{requirement.replace('==', '-')}-{kind}"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not folder.exists():
+            _download(requirement, kind, folder)
+    files = sorted(folder.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"{requirement} ({kind}) has no files matching {pattern} in {folder}")
+    return files
+
+
+def _download(requirement: str, kind: str, folder: Path) -> None:
+    """From PyPI's simple index (JSON form), checked against the sha256 the index publishes.
+
+    pip download is not used: for an sdist it would build the package's metadata first."""
+    name, version = requirement.split("==")
+    request = urllib.request.Request(
+        f"{INDEX}/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        files = json.load(response)["files"]
+    norm = name.replace("-", "_").replace(".", "_").lower()
+    ok = (".tar.gz", ".zip") if kind == "sdist" else (".whl",)
+    chosen = [
+        f
+        for f in files
+        if f["filename"]
+        .lower()
+        .replace("-", "_")
+        .replace(".", "_")
+        .startswith(f"{norm}_{version}".replace(".", "_"))
+        and f["filename"].endswith(ok)
+        and (
+            kind == "sdist"
+            or f["filename"].endswith(("none-any.whl", "manylinux_2_17_x86_64.manylinux2014_x86_64.whl"))
+        )
+    ]
+    if not chosen:
+        raise FileNotFoundError(f"PyPI has no {kind} of {requirement}")
+    entry = chosen[0]
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        archive = tmp / entry["filename"]
+        with urllib.request.urlopen(entry["url"], timeout=300) as response, open(archive, "wb") as f:
+            shutil.copyfileobj(response, f)
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        if digest != entry["hashes"]["sha256"]:
+            raise OSError(
+                f"{entry['filename']}: sha256 {digest} is not the index's {entry['hashes']['sha256']}"
+            )
+        unpacked = tmp / "unpacked"
+        if archive.name.endswith(".tar.gz"):
+            with tarfile.open(archive) as tar:
+                tar.extractall(unpacked, filter="data")
+        else:
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(unpacked)
+        tops = list(unpacked.iterdir())
+        top = tops[0] if kind == "sdist" and len(tops) == 1 and tops[0].is_dir() else unpacked
+        top.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
