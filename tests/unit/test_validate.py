@@ -56,7 +56,7 @@ def test_every_planted_fault_is_reported(broken):
     report = validate_cohort(root)
     found = {str(p) for p in report.problems}
     expected = [
-        "metadata/subject_splits.parquet: row 1, field split: split is not one of",
+        "metadata/subject_splits.parquet: row 1, field split: 'validation' is not a MEDS split",
         f"metadata/subject_splits.parquet: row {n_splits}, field subject_id: subject_id already listed",
         f"data/0.parquet: row {n_events}, field subject_id: subject has no split",
         "data/extra.parquet: file: not readable as parquet",

@@ -1,6 +1,7 @@
 """medweave-validate: check a cohort against the contract; every problem, with file and row.
 
     medweave-validate data.root=data/sandbox
+    medweave-validate data.root=<MEDS export> data.labels_dir=<labeller output>
 
 Exit status 0 when the cohort passes, 1 when anything is wrong, 2 for a bad command line.
 """
@@ -13,7 +14,7 @@ import sys
 def validate(cfg) -> None:
     from medweave.data.validate import validate_cohort
 
-    report = validate_cohort(cfg.data.root)
+    report = validate_cohort(cfg.data.root, cfg.data.get("labels_dir"))
     sizes = ", ".join(f"{v} {k}" for k, v in report.counts.items())
     if report.ok:
         print(f"OK: {report.root} follows the cohort contract ({sizes})")

@@ -4,17 +4,27 @@ EHR events follow MEDS (Medical Event Data Standard); medweave adds labels/, ima
 genomics/ beside them. A sandbox cohort, an imported registry extract and a real MEDS export all
 look like this, so experiments move between them by changing only ``data.root``.
 
-    <root>/metadata/dataset.json             MEDS dataset metadata (+ "medweave" section)
-    <root>/metadata/codes.parquet            code, description, parent_codes
-    <root>/metadata/subject_splits.parquet   subject_id, split
-    <root>/data/*.parquet                    MEDS events
+    <root>/metadata/dataset.json             optional: MEDS dataset metadata (+ "medweave" section)
+    <root>/metadata/codes.parquet            optional: code, description, parent_codes
+    <root>/metadata/subject_splits.parquet   subject_id, split (custom splits: subjects not used)
+    <root>/data/**/*.parquet                 MEDS events, sharded in any sub-folders; numeric_value,
+                                             text_value and extra columns optional
     <root>/labels/<task>.parquet             subject_id, prediction_time, boolean_value, ...
                                              (survival: float_value = days to event or
-                                             censoring, boolean_value = event seen)
+                                             censoring, boolean_value = event seen); or a folder
+                                             labels/<task>/*.parquet of shards; data.labels_dir
+                                             moves labels/ (readers/meds.py says how far it bends)
     <root>/imaging/index.parquet             subject_id, time, path, modality, view; path is a
-                                             DICOM file, a DICOM series folder or a NIfTI file
-    <root>/genomics/variants.vcf.gz (+.tbi)  multi-sample VCF, sample name = str(subject_id)
-    <root>/genomics/expression.parquet       optional: subject_id + one column per gene
+                                             DICOM file (2D or multi-frame), a DICOM series folder
+                                             or a NIfTI file; modality one of IMAGING_MODALITIES
+    <root>/genomics/variants.vcf.gz (+.tbi)  multi-sample VCF (or variants.bcf), sample name = subject_id
+    <root>/genomics/variants/*.vcf.gz|*.bcf  or per-chromosome files, merged by sample
+    <root>/genomics/sample_map.tsv|.parquet  optional: sample, subject_id (VCF sample -> subject)
+    <root>/genomics/expression.parquet       optional: subject_id + one column per gene, or
+                                             gene + one column per subject (or sample)
+    <root>/genomics/embeddings.parquet       optional: subject_id + embedding list<float32>;
+                                             provenance (model, version, source) in the schema
+                                             metadata or genomics/embeddings.json
 """
 
 from __future__ import annotations
@@ -37,9 +47,10 @@ STAGE_OF_SPLIT = {TRAIN_SPLIT: "train", TUNING_SPLIT: "val", HELD_OUT_SPLIT: "te
 # Modalities medweave knows; a batch carries "<name>" and "<name>_mask" for each selected one.
 EHR_CODES = "ehr_codes"
 TEXT = "text"
-IMAGE = "image"
+IMAGE = "image"  # 2D: each subject's latest radiograph-like image, float16 [N, 1, H, W] in the cache
 GENOMICS = "genomics"
-MODALITIES = (EHR_CODES, TEXT, IMAGE, GENOMICS)
+VOLUME = "volume"  # 3D: each subject's latest CT/MR volume, float16 [N, 1, D, H, W] in the cache
+MODALITIES = (EHR_CODES, TEXT, IMAGE, GENOMICS, VOLUME)
 
 # Clinical notes are MEDS events whose code starts with this prefix; the note is text_value.
 NOTE_PREFIX = "NOTE//"
@@ -53,6 +64,10 @@ LABELS_DIR = "labels"
 IMAGING_INDEX = "imaging/index.parquet"
 IMAGING_DIR = "imaging"
 VARIANTS_VCF = "genomics/variants.vcf.gz"
+VARIANTS_BCF = "genomics/variants.bcf"
+VARIANTS_DIR = "genomics/variants"  # per-chromosome *.vcf.gz / *.bcf, merged by sample
+SAMPLE_MAPS = ("genomics/sample_map.tsv", "genomics/sample_map.parquet")  # sample, subject_id
+EMBEDDINGS = "genomics/embeddings.parquet"  # subject_id + embedding; provenance in metadata/.json
 EXPRESSION = "genomics/expression.parquet"  # optional: subject_id + one float column per gene
 GROUND_TRUTH = "ground_truth/risk.parquet"  # sandbox only: never a model input
 
@@ -78,8 +93,13 @@ IMAGING_SCHEMA = pa.schema(
         pa.field("view", pa.string()),
     ]
 )
-# The image modality reads 2D radiographs; CT rows (a series folder or a NIfTI file) sit beside them.
+# Index modality values (DICOM Modality) medweave reads; a row with another value is a fault.
+# The image modality reads rows that name one file (DICOM, not NIfTI) with a null modality or any
+# of these; the volume modality reads CT/MR rows that name a series folder, a NIfTI file or a
+# multi-frame DICOM file (data/images.py, data/volumes.py).
 RADIOGRAPH_MODALITIES = ("CR", "DX")
+VOLUME_MODALITIES = ("CT", "MR")
+IMAGING_MODALITIES = RADIOGRAPH_MODALITIES + VOLUME_MODALITIES
 
 # Task types and the MEDS label columns each reads (non-null in every row).
 LABEL_VALUES = {
@@ -92,7 +112,7 @@ LABEL_VALUES = {
 
 # Columns a reader needs in each file (extra columns are allowed, as MEDS allows them).
 REQUIRED_COLUMNS = {
-    "events": ("subject_id", "time", "code", "numeric_value"),
+    "events": ("subject_id", "time", "code"),  # numeric_value, text_value: optional in MEDS
     "splits": ("subject_id", "split"),
     "labels": ("subject_id", "prediction_time"),
     "imaging": ("subject_id", "time", "path"),

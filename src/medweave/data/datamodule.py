@@ -5,8 +5,12 @@ A batch is a dict (the one batch contract of medweave)::
     ehr_codes       {"codes": int64 [B, L] (0 = padding), "values": float [B, L] (nan = no value),
                      "days": float [B, L] (days before prediction_time; nan = static)}
     text            {"input_ids": int64 [B, T], "attention_mask": int64 [B, T]}
-    image           float [B, 1, H, W]
-    genomics        float [B, V] (standardised dosages, 0 where missing)
+    image           float [B, 1, H, W] in [0, 1], bright = dense (data/images.py)
+    volume          float [B, 1, D, H, W] in [0, 1]: CT/MR at data.volume spacing and size (data/volumes.py)
+    genomics        float [B, F] data.genomics.sources concatenated: standardised dosages, then
+                    normalised expression, then external embeddings (0 where missing; data/genomics.py)
+    <modality>      float [B, W] instead, for a modality served from data.embeddings (the vectors
+                    medweave-embed wrote; embeddings/cache.py)
     <modality>_mask bool [B]   True = the subject has this modality; False rows hold padding
     targets         float [B]  the binary label; for survival tasks, whether the event was seen;
                     the value (regression); int64 [B] class index (multiclass); float [B, K]
@@ -29,6 +33,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.data import DataLoader, Dataset
 
 from medweave.data import contract as c
+from medweave.data import genomics
 from medweave.data.prepare import PrepareConfig, prepare
 from medweave.data.sampler import SubjectSampler
 from medweave.errors import MedweaveError
@@ -37,7 +42,7 @@ from medweave.errors import MedweaveError
 class PreparedCohort:
     """Opens a prepared cache folder; arrays are memory-mapped, opened lazily per process."""
 
-    def __init__(self, folder: Path, modalities: list[str]):
+    def __init__(self, folder: Path, modalities: list[str], embeddings: dict | None = None):
         self.folder = Path(folder)
         self.modalities = modalities
         self.vocab = json.loads((self.folder / "vocab.json").read_text())
@@ -48,13 +53,17 @@ class PreparedCohort:
         self.time = subjects["time"]  # days to event or censoring; NaN unless a survival task
         self.has_times = not np.isnan(self.time).all()
         self.present = {m: subjects[f"present_{m}"] for m in modalities}
+        # Modalities served as vectors from medweave-embed caches, not from this folder.
+        self.embeddings = embeddings or {}
+        self.present.update({m: e.present for m, e in self.embeddings.items()})
         self._arrays: dict | None = None
 
     FILES = {
         c.EHR_CODES: ("ehr_codes", "ehr_values", "ehr_days"),
         c.TEXT: ("text_ids",),
         c.IMAGE: ("image",),
-        c.GENOMICS: ("genomics",),
+        c.VOLUME: ("volume",),
+        c.GENOMICS: ("genomics", "genomics_expression", "genomics_embeddings"),  # those the sources made
     }
 
     @property
@@ -64,6 +73,7 @@ class PreparedCohort:
                 name: np.load(self.folder / f"{name}.npy", mmap_mode="r")
                 for m in self.modalities
                 for name in self.FILES[m]
+                if m != c.GENOMICS or name in genomics.array_names(self.folder)
             }
         return self._arrays
 
@@ -80,9 +90,13 @@ class PreparedCohort:
             c.EHR_CODES: lambda: {"vocab_size": len(v["codes"]) + 2},
             c.TEXT: lambda: {"vocab_size": v["text_vocab_size"], "pad_token_id": v["text_pad_id"]},
             c.IMAGE: lambda: {},  # the backbone config says all it needs
-            c.GENOMICS: lambda: {"n_variants": len(v["variants"])},
+            c.VOLUME: lambda: {},  # likewise (spatial_dims: 3)
+            c.GENOMICS: lambda: {"n_variants": genomics.width(v)},
         }
-        return {m: sizes[m]() for m in self.modalities}
+        inputs = {m: sizes[m]() for m in self.modalities}
+        for m, e in self.embeddings.items():
+            inputs[m] = {"embedding_width": e.width, "source": str(e.folder / "embeddings.npy")}
+        return inputs
 
     def batch(self, rows: np.ndarray) -> dict:
         rows = np.sort(rows)  # sequential reads from the memory maps
@@ -113,12 +127,13 @@ class PreparedCohort:
             }
         if c.IMAGE in self.modalities:
             out[c.IMAGE] = torch.from_numpy(a["image"][rows].astype(np.float32))
+        if c.VOLUME in self.modalities:
+            out[c.VOLUME] = torch.from_numpy(a["volume"][rows].astype(np.float32))
         if c.GENOMICS in self.modalities:
-            d = a["genomics"][rows].astype(np.float32)
-            z = (d - np.asarray(self.vocab["variant_mean"], np.float32)) / np.asarray(
-                self.vocab["variant_sd"], np.float32
-            )
-            out[c.GENOMICS] = torch.from_numpy(np.where(d < 0, 0.0, z).astype(np.float32))
+            out[c.GENOMICS] = torch.from_numpy(genomics.features(a, self.vocab, rows))
+        for m, e in self.embeddings.items():
+            out[f"{m}_mask"] = torch.from_numpy(e.present[rows])
+            out[m] = torch.from_numpy(np.asarray(e.vectors[rows], np.float32))
         return out
 
 
@@ -156,7 +171,7 @@ class CohortDataModule(L.LightningDataModule):
         task: label file under ``labels/`` (without ``.parquet``).
         task_type: binary, survival, multiclass, multilabel or regression (contract.LABEL_VALUES).
         label_tasks: multilabel only: the label files, one per label (default: [task]).
-        modalities: any of ehr_codes, text, image, genomics.
+        modalities: any of ehr_codes, text, image, genomics, volume.
         cache_dir: where prepared caches live; shared by runs and DDP ranks on a node.
         batch_size: subjects per batch (per process under DDP).
         num_workers: DataLoader worker processes.
@@ -170,8 +185,15 @@ class CohortDataModule(L.LightningDataModule):
         vocab: fitted vocabularies from a checkpoint (evaluation); None fits them on train.
         seed: fixes the order of training subjects in every epoch (SubjectSampler).
         lenient: skip bad rows and files with a warning (counts per kind) instead of stopping.
+        labels_dir: folder of the label files (``<task>.parquet`` or a ``<task>/`` folder of
+            shards), relative to the cohort or absolute; None: ``labels/`` in the cohort.
+        label_rows: a subject with several prediction times (as MEDS labellers write them):
+            keep the ``first`` or ``last``, or stop with an ``error`` (one sample per subject).
         volume: options of the 3D volume modality (spacing, size); see configs/data/cohort.yaml.
         genomics: options of the genomics modality (sample map, variant QC, expression).
+        embeddings: modality -> embedding cache folder written by medweave-embed; that modality
+            is served as those vectors (for model/encoder=precomputed) instead of being prepared.
+            The cache must have been made from this cohort, task and subjects (checked).
 
     Its state in a checkpoint is where training stood in the epoch, so that a resumed run
     continues with the next batch rather than starting the epoch again.
@@ -197,8 +219,11 @@ class CohortDataModule(L.LightningDataModule):
         vocab: dict | None = None,
         seed: int = 0,
         lenient: bool = False,
+        labels_dir: str | None = None,
+        label_rows: str = "error",
         volume: dict | None = None,
         genomics: dict | None = None,
+        embeddings: dict | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -208,9 +233,14 @@ class CohortDataModule(L.LightningDataModule):
         if task_type not in c.LABEL_VALUES:
             raise MedweaveError(f"task.type={task_type}: expected one of {list(c.LABEL_VALUES)}")
         self.label_tasks = list(label_tasks or [task])
+        embeddings = {m: str(f) for m, f in _plain(embeddings).items() if f}
+        unknown = sorted(set(embeddings) - set(c.MODALITIES))
+        if unknown:
+            raise MedweaveError(f"data.embeddings: unknown modality {unknown}; valid: {list(c.MODALITIES)}")
+        self.embeddings = {m: f for m, f in embeddings.items() if m in self.modalities}
         self.prepare_config = PrepareConfig(
             task=task,
-            modalities=tuple(self.modalities),
+            modalities=tuple(m for m in self.modalities if m not in self.embeddings),
             task_type=task_type,
             label_tasks=tuple(self.label_tasks) if label_tasks else (),
             max_events=max_events,
@@ -220,6 +250,8 @@ class CohortDataModule(L.LightningDataModule):
             image_size=image_size,
             min_subjects=vocab_min_subjects,
             lenient=lenient,
+            labels_dir=labels_dir,
+            label_rows=label_rows,
             volume=_plain(volume),
             genomics=_plain(genomics),
         )
@@ -235,8 +267,11 @@ class CohortDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         # Every process may call this; prepare() locks, so one builds and the others reuse.
         if self.cohort is None:
+            from medweave.embeddings.cache import open_cache
+
             folder = prepare(self.root, self.cache_dir, self.prepare_config, self.vocab)
-            self.cohort = PreparedCohort(folder, self.modalities)
+            served = {m: open_cache(f, m, folder, self.root) for m, f in self.embeddings.items()}
+            self.cohort = PreparedCohort(folder, list(self.prepare_config.modalities), served)
 
     def encoder_inputs(self) -> dict[str, dict]:
         self.setup()

@@ -27,14 +27,16 @@ from tqdm.auto import tqdm
 
 from medweave import __version__
 from medweave.data import contract as c
+from medweave.data.bad_input import BadInput
 from medweave.data.genomics import prepare_genomics
 from medweave.data.images import prepare_images
 from medweave.data.readers import meds
+from medweave.data.volumes import prepare_volumes
 from medweave.errors import MedweaveError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when preparation changes what it writes
+CACHE_FORMAT = 3  # bump when preparation changes what it writes
 PAD, UNK = 0, 1  # EHR code ids; real codes start at 2
 MANIFEST = "manifest.json"
 
@@ -54,6 +56,8 @@ class PrepareConfig:
     image_size: int = 64
     min_subjects: int = 5  # a code or note word enters a vocabulary only if this many train subjects have it
     lenient: bool = False  # skip bad rows and files with a warning instead of stopping (bad_input.py)
+    labels_dir: str | None = None  # label files' folder (relative to the cohort, or absolute); None: labels/
+    label_rows: str = "error"  # several prediction times for a subject: keep "first", "last", or "error"
     # Per-modality options, as plain dicts from the data config (data.volume, data.genomics).
     volume: dict = field(default_factory=dict)
     genomics: dict = field(default_factory=dict)
@@ -73,13 +77,23 @@ def cohort_fingerprint(root: Path) -> str:
     return digest.hexdigest()
 
 
+def _outside_labels_fingerprint(root: Path, cfg: PrepareConfig) -> str | None:
+    """Labels kept outside the cohort folder (data.labels_dir) are part of the cache key too."""
+    base = meds.labels_base(root, cfg.labels_dir).resolve()
+    if not cfg.labels_dir or base.is_relative_to(root.resolve()) or not base.is_dir():
+        return None
+    return cohort_fingerprint(base)
+
+
 def prepare(root: Path, cache_dir: Path, cfg: PrepareConfig, vocab: dict | None = None) -> Path:
     """Return the prepared cache folder for this cohort, building it if needed."""
+    fingerprint = cohort_fingerprint(root)
     key_src = json.dumps(
         {
             "format": CACHE_FORMAT,
             "medweave": __version__,
-            "cohort": cohort_fingerprint(root),
+            "cohort": fingerprint,
+            "labels": _outside_labels_fingerprint(root, cfg),
             "cfg": asdict(cfg),
             "vocab": vocab,
         },
@@ -98,7 +112,9 @@ def prepare(root: Path, cache_dir: Path, cfg: PrepareConfig, vocab: dict | None 
         tmp.mkdir()
         try:
             _build(root, tmp, cfg, vocab)
-            (tmp / MANIFEST).write_text(json.dumps({"format": CACHE_FORMAT, "config": asdict(cfg)}))
+            # The cohort's fingerprint names where the rows came from (embedding caches check it).
+            manifest = {"format": CACHE_FORMAT, "config": asdict(cfg), "cohort": fingerprint}
+            (tmp / MANIFEST).write_text(json.dumps(manifest))
             tmp.rename(out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -107,22 +123,16 @@ def prepare(root: Path, cache_dir: Path, cfg: PrepareConfig, vocab: dict | None 
 
 
 def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> None:
+    bad = BadInput(cfg.lenient)  # strict: the first fault raises; lenient: rows left out, counted
     label_tasks = list(cfg.label_tasks or (cfg.task,))
-    labels = meds.read_labels(root, label_tasks[0], c.LABEL_VALUES[cfg.task_type])
-    splits = meds.read_splits(root)
+    values = c.LABEL_VALUES[cfg.task_type]
+    options = _label_options(cfg, bad)
+    labels = meds.read_labels(root, label_tasks[0], values, task_type=cfg.task_type, **options)
+    labels, split_of = _labelled_with_split(root, labels, meds.read_splits(root, bad), bad)
     subject_ids = labels.column("subject_id").to_numpy()
     order = np.argsort(subject_ids)
     subject_ids = subject_ids[order]
     pred_time = meds.microseconds(labels.column("prediction_time"))[order]
-    split_of = dict(
-        zip(splits.column("subject_id").to_pylist(), splits.column("split").to_pylist(), strict=True)
-    )
-    unsplit = [i for i, s in enumerate(subject_ids) if s not in split_of]
-    if unsplit:
-        raise MedweaveError(
-            f"{c.label_path(root, label_tasks[0])}: {len(unsplit)} labelled subject(s) have no split in "
-            f"{c.SUBJECT_SPLITS} (first at sorted label row {unsplit[0]})"
-        )
     split = np.array([c.SPLITS.index(split_of[s]) for s in subject_ids], np.int8)
     train = split == c.SPLITS.index(c.TRAIN_SPLIT)
     if vocab is None and not train.any():  # vocabularies are fitted on train
@@ -133,7 +143,7 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
     present = {}
     need_events = c.EHR_CODES in cfg.modalities or c.TEXT in cfg.modalities
     events = (
-        _events_before_prediction(root, subject_ids, pred_time, c.TEXT in cfg.modalities)
+        _events_before_prediction(root, subject_ids, pred_time, c.TEXT in cfg.modalities, bad)
         if need_events
         else None
     )
@@ -143,8 +153,12 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
         present[c.TEXT] = _prepare_text(events, len(subject_ids), train, cfg, vocab, out)
     if c.IMAGE in cfg.modalities:
         present[c.IMAGE] = prepare_images(root, subject_ids, pred_time, cfg, out)
+    if c.VOLUME in cfg.modalities:
+        present[c.VOLUME] = prepare_volumes(root, subject_ids, pred_time, cfg, out)
     if c.GENOMICS in cfg.modalities:
-        present[c.GENOMICS] = prepare_genomics(root, subject_ids, train, vocab, out)
+        present[c.GENOMICS] = prepare_genomics(
+            root, subject_ids, train, vocab, out, cfg.genomics, cfg.lenient
+        )
 
     np.savez(
         out / "subjects.npz",
@@ -155,6 +169,38 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
         **{f"present_{m}": p for m, p in present.items()},
     )
     (out / "vocab.json").write_text(json.dumps(vocab))
+    if bad.skipped:
+        log.warning("lenient mode skipped %d row(s) or file(s) in all", sum(bad.skipped.values()))
+
+
+def _label_options(cfg: PrepareConfig, bad: BadInput) -> dict:
+    return {"bad": bad, "labels_dir": cfg.labels_dir, "label_rows": cfg.label_rows}
+
+
+def _labelled_with_split(root: Path, labels, splits, bad: BadInput):
+    """Labels of subjects in train/tuning/held_out, and each subject's split.
+
+    Subjects of custom splits, or listed in two splits (lenient), were reported when the splits
+    were read: their labels are left out quietly. A labelled subject missing from the splits file
+    is a fault of its own (strict: error naming the label row; lenient: left out, counted).
+    """
+    ids = labels.column("subject_id").to_numpy()
+    split_ids = splits.table.column("subject_id")
+    split_of = dict(zip(split_ids.to_pylist(), splits.table.column("split").to_pylist(), strict=True))
+    has_split = np.isin(ids, split_ids.to_numpy())
+    unused = np.isin(ids, splits.unused)
+    if unused.any():
+        log.info("%d labelled subject(s) are in no MEDS split: not used", int(unused.sum()))
+    missing = np.flatnonzero(~has_split & ~unused)
+    if len(missing):
+        first = int(missing[0])
+        bad.fault(
+            labels.column(meds.SOURCE_FILE)[first].as_py(),
+            f"row {labels.column(meds.SOURCE_ROW)[first].as_py()}, field subject_id",
+            f"labelled subject has no split in {root / c.SUBJECT_SPLITS}",
+            count=len(missing),
+        )
+    return labels.filter(pa.array(has_split)), split_of
 
 
 def _targets(root, cfg, label_tasks, labels, order, subject_ids, pred_time, train, vocab):
@@ -171,8 +217,8 @@ def _targets(root, cfg, label_tasks, labels, order, subject_ids, pred_time, trai
         bad = ~np.isfinite(time) | (time < 0)
         if bad.any():
             raise MedweaveError(
-                f"{c.label_path(root, label_tasks[0])}: float_value (days to event or censoring) must be "
-                f"finite and >= 0; {int(bad.sum())} row(s) are not (NaN, infinite or negative)"
+                f"{meds.label_source(root, label_tasks[0], cfg.labels_dir)}: float_value (days to event "
+                f"or censoring) must be finite and >= 0; {int(bad.sum())} row(s) are not"
             )
     if cfg.task_type == "regression":
         values = column(labels, "float_value").astype(np.float32)
@@ -188,22 +234,23 @@ def _targets(root, cfg, label_tasks, labels, order, subject_ids, pred_time, trai
         unknown = sorted(set(values.tolist()) - set(index))
         if unknown:
             raise MedweaveError(
-                f"{c.label_path(root, label_tasks[0])}: classes {unknown[:5]} never occur in train "
-                f"(train classes: {vocab['classes']})"
+                f"{meds.label_source(root, label_tasks[0], cfg.labels_dir)}: classes {unknown[:5]} "
+                f"never occur in train (train classes: {vocab['classes']})"
             )
         return np.array([index[v] for v in values], np.int64), time
     if cfg.task_type == "multilabel":
         columns = [column(labels, "boolean_value").astype(np.float32)]
         for task in label_tasks[1:]:
-            other = meds.read_labels(root, task, c.LABEL_VALUES["binary"])
+            other = meds.read_labels(root, task, c.LABEL_VALUES["binary"], **_label_options(cfg, BadInput()))
             ids = other.column("subject_id").to_numpy()
             rows = np.argsort(ids)
             if not np.array_equal(ids[rows], subject_ids) or not np.array_equal(
                 meds.microseconds(other.column("prediction_time"))[rows], pred_time
             ):
+                first = meds.label_source(root, label_tasks[0], cfg.labels_dir)
                 raise MedweaveError(
-                    f"{c.label_path(root, task)}: a multilabel task needs the same subjects and "
-                    f"prediction times in every label file (as in {c.label_path(root, label_tasks[0])})"
+                    f"{meds.label_source(root, task, cfg.labels_dir)}: a multilabel task needs the same "
+                    f"subjects and prediction times in every label file (as in {first})"
                 )
             columns.append(column(other, "boolean_value", rows).astype(np.float32))
         vocab["labels"] = label_tasks
@@ -211,20 +258,35 @@ def _targets(root, cfg, label_tasks, labels, order, subject_ids, pred_time, trai
     return column(labels, "boolean_value").astype(np.float32), time
 
 
-def _events_before_prediction(root, subject_ids, pred_time, with_text) -> dict:
+def _events_before_prediction(root, subject_ids, pred_time, with_text, bad: BadInput | None = None) -> dict:
     """Events of labelled subjects strictly before their prediction_time, in time order per subject.
 
     Static events (null time, e.g. sex) are kept, placed last so truncation never drops them,
     and get days = NaN. MEDS allows events at prediction_time; medweave leaves them out too.
+    Events after prediction_time are normal in MEDS (the record goes on) and never an error: they
+    are left out. A prediction_time before the subject's MEDS_BIRTH event is a warning, not an
+    error: the sample is kept, with only static events (the label is likely wrong; check it).
     """
-    table = meds.read_events(root, with_text)
+    table = meds.read_events(root, with_text, bad, subjects=subject_ids)
     sid = table.column("subject_id").to_numpy()
     row = np.searchsorted(subject_ids, sid)
     row = np.clip(row, 0, len(subject_ids) - 1)
     known = subject_ids[row] == sid
     static_all = table.column("time").is_null().to_numpy(zero_copy_only=False)
     time = table.column("time").cast(pa.int64()).fill_null(np.iinfo(np.int64).max).to_numpy()
+    later = known & ~static_all & (time >= pred_time[row])
     keep = known & (static_all | (time < pred_time[row]))  # no temporal leakage
+    birth = pc.equal(table.column("code"), c.BIRTH_CODE).to_numpy(zero_copy_only=False)
+    born_later = np.unique(row[later & birth])
+    if len(born_later):
+        log.warning(
+            "%d labelled subject(s) have a prediction_time before their %s event; their samples keep "
+            "only static events (check the labels)",
+            len(born_later),
+            c.BIRTH_CODE,
+        )
+    if later.any():
+        log.info("left out %d event(s) at or after prediction_time (no leakage)", int(later.sum()))
     idx = np.flatnonzero(keep)
     idx = idx[np.lexsort((time[idx], row[idx]))]
     static = static_all[idx]

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medweave.data import contract as c
+from medweave.data.readers import meds
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
     return actual == expected
 
 
-def validate_cohort(root: str | Path) -> Report:
+def validate_cohort(root: str | Path, labels_dir: str | None = None) -> Report:
+    """Every problem of the cohort at ``root``; ``labels_dir`` as data.labels_dir (None: labels/)."""
     root = Path(root).expanduser().resolve()
     col = _Collector(root)
     counts: dict[str, int] = {}
@@ -99,17 +101,18 @@ def validate_cohort(root: str | Path) -> Report:
         return Report(root, col.problems, counts)
 
     meta = root / c.DATASET_METADATA
-    if not meta.exists():
-        col.add(meta, "file", "missing; expected MEDS dataset metadata (JSON)")
-    else:
+    if meta.exists():  # optional for medweave (MEDS ETLs write one, sometimes only "{}")
         try:
-            json.loads(meta.read_text())
+            if not isinstance(json.loads(meta.read_text()), dict):
+                col.add(meta, "file", "expected a JSON object (MEDS dataset metadata)")
         except ValueError as err:
             col.add(meta, "file", f"not valid JSON ({err})")
+    if (root / c.CODES_METADATA).exists():  # optional, and may list only some codes (MEDS)
+        col.read(root / c.CODES_METADATA, {"code": pa.string()})
 
     split_ids = _check_splits(root, col, counts)
     _check_events(root, col, counts, split_ids)
-    _check_labels(root, col, counts, split_ids, _task_types(meta))
+    _check_labels(root, col, counts, split_ids, _task_types(meta), labels_dir)
     if (root / c.IMAGING_DIR).exists():
         _check_imaging(root, col, counts, split_ids)
     if (root / "genomics").exists():
@@ -140,7 +143,17 @@ def _check_splits(root, col, counts) -> np.ndarray | None:
         return None
     ids = table.column("subject_id").to_numpy(zero_copy_only=False)
     split = np.asarray(table.column("split").to_pylist(), dtype=object)
-    col.first_rows(path, ~np.isin(split, c.SPLITS), f"split is not one of {list(c.SPLITS)}", "split")
+    null = table.column("split").is_null().to_numpy(zero_copy_only=False)
+    col.first_rows(path, null, "split is null", "split")
+    # MEDS allows custom splits (their subjects are not used); a MEDS split misspelt is a problem.
+    for name in sorted({s for s in split.tolist() if s is not None} - set(c.SPLITS)):
+        meant = meds.misnamed_split(name)
+        if meant:
+            message = f"'{name}' is not a MEDS split; did you mean '{meant}'?"
+            col.first_rows(path, split == name, message, "split")
+    custom = ~np.isin(split, [*c.SPLITS, None])
+    if custom.any():
+        counts["subjects_in_custom_splits"] = len(np.unique(ids[custom]))
     _, first = np.unique(ids, return_index=True)
     dup = np.ones(len(ids), bool)
     dup[first] = False
@@ -156,12 +169,20 @@ def _check_events(root, col, counts, split_ids) -> None:
     if not files:
         col.add(root / c.EVENTS_DIR, "folder", "no event files; expected MEDS events in data/**/*.parquet")
         return
-    required = {f.name: f.type for f in c.EVENTS_SCHEMA if f.name != "text_value"}
+    # numeric_value and text_value are optional in MEDS; any timestamp unit or zone is read.
+    required = {f.name: f.type for f in c.EVENTS_SCHEMA if f.name in ("subject_id", "time", "code")}
+    optional = {"numeric_value": (pa.types.is_floating, pa.types.is_integer, pa.types.is_null)}
+    optional["text_value"] = (pa.types.is_string, pa.types.is_large_string, pa.types.is_null)
     counts["events"] = 0
     for path in files:
         table = col.read(path, required)
         if table is None:
             continue
+        for name, accepted in optional.items():
+            kind = table.schema.field(name).type if name in table.column_names else None
+            if kind is not None and not any(test(kind) for test in accepted):
+                expected = c.EVENTS_SCHEMA.field(name).type
+                col.add(path, f"column {name}", f"has type {kind}; expected {expected}")
         counts["events"] += table.num_rows
         ids = table.column("subject_id")
         col.first_rows(path, ids.is_null().to_numpy(zero_copy_only=False), "subject_id is null", "subject_id")
@@ -176,13 +197,17 @@ def _check_events(root, col, counts, split_ids) -> None:
             col.first_rows(path, empty, f"{c.NOTE_PREFIX} event without text_value", "text_value")
 
 
-def _check_labels(root, col, counts, split_ids, task_types: dict[str, str]) -> None:
-    files = sorted((root / c.LABELS_DIR).glob("*.parquet"))
+def _check_labels(root, col, counts, split_ids, task_types: dict[str, str], labels_dir=None) -> None:
+    """Label files: <base>/<task>.parquet or <base>/<task>/**/*.parquet shards (ACES writes those)."""
+    base = meds.labels_base(root, labels_dir)
+    singles = sorted(base.glob("*.parquet"))
+    folders = sorted(p for p in base.glob("*") if p.is_dir() and any(p.rglob("*.parquet")))
+    files = singles + [f for folder in folders for f in sorted(folder.rglob("*.parquet"))]
     if not files:
-        col.add(root / c.LABELS_DIR, "folder", "no label files; expected labels/<task>.parquet")
+        col.add(base, "folder", "no label files; expected <task>.parquet or <task>/*.parquet (MEDS labels)")
         return
-    value_columns = ("boolean_value", "integer_value", "float_value", "categorical_value")
-    counts["tasks"] = len(files)
+    value_columns = meds.LABEL_VALUE_COLUMNS
+    counts["tasks"] = len(singles) + len(folders)
     for path in files:
         table = col.read(path, {"subject_id": pa.int64(), "prediction_time": pa.timestamp("us")})
         if table is None:
@@ -199,7 +224,8 @@ def _check_labels(root, col, counts, split_ids, task_types: dict[str, str]) -> N
         col.first_rows(path, when, "prediction_time is null", "prediction_time")
         ids = table.column("subject_id").fill_null(-1).to_numpy()
         col.first_rows(path, ~_known(ids, split_ids), "subject has no split", "subject_id")
-        if task_types.get(path.stem) == "survival":
+        task = path.stem if path.parent == base else path.relative_to(base).parts[0]
+        if task_types.get(task) == "survival":
             _check_survival(path, table, col)
 
 
@@ -219,7 +245,11 @@ def _check_survival(path, table, col) -> None:
 
 
 def _check_imaging(root, col, counts, split_ids) -> None:
-    import pydicom
+    """Index columns and modality values; every path: 2D DICOM files must be grayscale images with
+    pixel data (any transfer syntax: headers only, nothing decoded), series folders one evenly
+    spaced stack, NIfTI files 3D (readers/dicom.py, readers/volume.py say what each accepts)."""
+    from medweave.data.readers import dicom, volume
+    from medweave.errors import MedweaveError
 
     path = root / c.IMAGING_INDEX
     if not path.exists():
@@ -229,84 +259,51 @@ def _check_imaging(root, col, counts, split_ids) -> None:
     if table is None:
         return
     counts["images"] = table.num_rows
+    n = table.num_rows
     ids = table.column("subject_id").fill_null(-1).to_numpy()
     col.first_rows(path, ~_known(ids, split_ids), "subject has no split", "subject_id")
-    missing, unreadable, bad_nifti = [], [], []
+    if "modality" in table.column_names:
+        modality = np.array(table.column("modality").cast(pa.string()).to_pylist(), dtype=object)
+        unknown = ~np.isin(modality, [*c.IMAGING_MODALITIES, None])
+        col.first_rows(
+            path, unknown, f"modality is not one of {list(c.IMAGING_MODALITIES)} (or null)", "modality"
+        )
+    faults: dict[str, list] = {"missing": [], "dicom": [], "series": [], "nifti": []}
+
+    def reason(err: Exception) -> str:
+        return str(err).replace(f"{root}/", "")
+
     for row, rel in enumerate(table.column("path").to_pylist()):
         file = root / c.IMAGING_DIR / (rel or "")
         if not rel or not file.exists():
-            missing.append(row)
-        elif file.name.lower().endswith((".nii", ".nii.gz")):
-            if not _readable_nifti(file):
-                bad_nifti.append(row)
-        elif file.is_dir():  # a DICOM series: every slice must be a readable image
-            slices = [p for p in file.iterdir() if p.is_file()]
-            if not slices or not all(_readable_dicom(p, pydicom) for p in slices):
-                unreadable.append(row)
-        elif not _readable_dicom(file, pydicom):
-            unreadable.append(row)
-    n = table.num_rows
-    col.first_rows(path, np.isin(np.arange(n), missing), "image file does not exist under imaging/", "path")
-    col.first_rows(path, np.isin(np.arange(n), unreadable), "not a readable DICOM image (or series)", "path")
-    col.first_rows(path, np.isin(np.arange(n), bad_nifti), "not a readable NIfTI volume", "path")
-
-
-def _readable_dicom(file: Path, pydicom) -> bool:
-    try:
-        return "Rows" in pydicom.dcmread(file, stop_before_pixels=True)
-    except Exception:  # truncated files raise many types; each is one reported row
-        return False
-
-
-def _readable_nifti(file: Path) -> bool:
-    import nibabel as nib
-
-    try:
-        return len(nib.load(str(file)).shape) >= 3
-    except Exception:  # nibabel raises several types for damaged headers
-        return False
+            faults["missing"].append((row, ""))
+            continue
+        try:
+            if volume.is_nifti(file.name):
+                kind = "nifti"
+                volume.check_volume(file)
+            elif file.is_dir():
+                kind = "series"
+                volume.check_volume(file)
+            else:
+                kind = "dicom"
+                dicom.read_header(file)
+        except MedweaveError as err:
+            faults[kind].append((row, reason(err)))
+    messages = {
+        "missing": "image file does not exist under imaging/",
+        "dicom": "not a readable DICOM image (or series)",
+        "series": "not a readable DICOM image (or series)",
+        "nifti": "not a readable NIfTI volume",
+    }
+    for kind, rows in faults.items():
+        if rows:
+            first = f" (first: {rows[0][1]})" if rows[0][1] else ""
+            col.first_rows(path, np.isin(np.arange(n), [r for r, _ in rows]), messages[kind] + first, "path")
 
 
 def _check_genomics(root, col, counts, split_ids) -> None:
-    import pysam
+    """VCF/BCF headers and indexes, the sample map, expression and embeddings (data/genomics.py)."""
+    from medweave.data.genomics import check_genomics
 
-    if (root / c.EXPRESSION).exists():
-        _check_expression(root / c.EXPRESSION, col, counts, split_ids)
-    path = root / c.VARIANTS_VCF
-    if not path.exists():
-        return
-    try:
-        samples = list(pysam.VariantFile(str(path)).header.samples)
-    except (OSError, ValueError) as err:
-        col.add(path, "header", f"not a readable VCF ({err})")
-        return
-    if not Path(str(path) + ".tbi").exists() and not Path(str(path) + ".csi").exists():
-        col.add(path, "index", "no .tbi or .csi index beside the VCF (make one with tabix -p vcf)")
-    counts["genomes"] = len(samples)
-    bad = [i for i, s in enumerate(samples) if not s.isdigit()]
-    if bad:
-        col.add(path, f"sample {bad[0]}", f"{len(bad)} sample name(s) are not subject_ids (integers)")
-    ids = np.array([int(s) if s.isdigit() else -1 for s in samples], np.int64)
-    unknown = np.flatnonzero(~_known(ids, split_ids) & (ids >= 0))
-    if len(unknown):
-        col.add(path, f"sample {unknown[0]}", f"{len(unknown)} sample(s) match no subject in the splits")
-
-
-def _check_expression(path, col, counts, split_ids) -> None:
-    table = col.read(path, {"subject_id": pa.int64()})
-    if table is None:
-        return
-    counts["expression_profiles"] = table.num_rows
-    ids = table.column("subject_id").fill_null(-1).to_numpy()
-    col.first_rows(path, ~_known(ids, split_ids), "subject has no split", "subject_id")
-    _, first = np.unique(ids, return_index=True)
-    dup = np.ones(len(ids), bool)
-    dup[first] = False
-    col.first_rows(path, dup, "subject_id already listed: one expression profile per subject", "subject_id")
-    for field in table.schema:
-        if field.name != "subject_id" and not (
-            pa.types.is_floating(field.type) or pa.types.is_integer(field.type)
-        ):
-            col.add(
-                path, f"column {field.name}", f"has type {field.type}; expected numeric expression values"
-            )
+    check_genomics(root, col.add, counts, split_ids)

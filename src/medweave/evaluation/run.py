@@ -92,6 +92,9 @@ def evaluate_split(model, datamodule, split: str, task: str, settings, folder: P
         pred["subject_id"],
         dict(settings.sex_codes),
         list(settings.age_bands),
+        labels_dir=datamodule.prepare_config.labels_dir,
+        label_rows=datamodule.prepare_config.label_rows,
+        lenient=datamodule.prepare_config.lenient,
     )
     groups["modalities"] = availability_pattern(
         {k[8:]: v for k, v in pred.items() if k.startswith("present_")}

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medweave.data import contract as c
+from medweave.data.bad_input import BadInput
 from medweave.data.readers import meds
 
 
@@ -21,10 +22,16 @@ def subject_groups(
     subject_ids: np.ndarray,
     sex_codes: dict[str, list[str]],
     age_bands: list[int],
+    labels_dir: str | None = None,
+    label_rows: str = "error",
+    lenient: bool = False,
 ) -> dict[str, np.ndarray]:
     """{"sex": [...], "age_band": [...]} aligned with ``subject_ids``; "unknown" where the cohort
-    does not say. ``age_bands`` are lower edges in years, e.g. [18, 40, 60, 75]."""
-    labels = meds.read_labels(root, task, values=())
+    does not say. ``age_bands`` are lower edges in years, e.g. [18, 40, 60, 75]. The label
+    options are the data config's, so the prediction times are those the model saw."""
+    labels = meds.read_labels(
+        root, task, values=(), labels_dir=labels_dir, label_rows=label_rows, bad=BadInput(lenient)
+    )
     pred = dict(
         zip(
             labels.column("subject_id").to_pylist(), labels.column("prediction_time").to_pylist(), strict=True

@@ -24,6 +24,14 @@ def build_model(
         raise MedweaveError(
             f"model.encoders has no encoder for modality {missing}; configured: {list(model_cfg.encoders)}"
         )
+    for m in modalities:
+        if "embedding_width" in encoder_inputs[m] and not str(model_cfg.encoders[m]._target_).endswith(
+            "PrecomputedEncoder"
+        ):
+            raise MedweaveError(
+                f"data.embeddings.{m} serves precomputed embeddings, but model.encoders.{m} is "
+                f"{model_cfg.encoders[m]._target_}; add model/encoder@model.encoders.{m}=precomputed"
+            )
     encoders = {m: instantiate(model_cfg.encoders[m], **encoder_inputs[m]) for m in modalities}
     dims = {m: e.out_dim for m, e in encoders.items()}
     if len(set(dims.values())) != 1:

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
+from torchmetrics import MeanMetric
 
 
 class MultimodalModule(L.LightningModule):
@@ -44,6 +45,7 @@ class MultimodalModule(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {f"{s}_metrics": head.metrics().clone(prefix=f"{s}/") for s in ("train", "val", "test")}
         )
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
 
     def _masks(self, batch: dict) -> dict[str, torch.Tensor]:
         masks = {m: batch[f"{m}_mask"] for m in self.encoders}
@@ -76,22 +78,35 @@ class MultimodalModule(L.LightningModule):
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(*self.head.metric_args(self.head.score(outputs.detach()), batch))
         size = len(batch["targets"])
+        self.losses[f"{stage}_loss"].update(loss.detach(), size)
         if stage == "train":
-            # The step value is this rank's (syncing it would cost a collective every step); the
-            # epoch value is the mean over all ranks, reduced once at the epoch's end.
+            # This rank's value, every step (a curve to watch); the epoch means are logged once
+            # per epoch in _log_epoch.
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
-            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
-        else:
-            self.log(
-                f"{stage}/loss",
-                loss,
-                on_epoch=True,
-                prog_bar=stage != "test",
-                batch_size=size,
-                sync_dist=True,
-            )
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=size)
         return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        """Loss and metrics once per epoch rather than per step: each self.log call costs tens
+        of microseconds per key, which was most of the framework's overhead in evaluation
+        (benchmarks/framework_overhead.py). compute() reduces across DDP ranks."""
+        loss, metrics = self.losses[f"{stage}_loss"], self.metrics[f"{stage}_metrics"]
+        if loss.update_count == 0:  # an epoch with no batches (limit_val_batches=0, empty split)
+            return
+        name = "train/loss_epoch" if stage == "train" else f"{stage}/loss"
+        values = {name: loss.compute(), **metrics.compute()}
+        # Already equal on every rank; sync_dist only keeps Lightning from warning under DDP.
+        self.log_dict(values, prog_bar=stage == "val", sync_dist=True)
+        loss.reset()
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

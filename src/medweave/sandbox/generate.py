@@ -381,7 +381,7 @@ def _write_dataset_metadata(root: Path, cfg: SandboxConfig, oracle: dict) -> Non
             "seed": cfg.seed,
             "n_subjects": cfg.n_subjects,
             "n_variants": cfg.n_variants,
-            "modalities": list(c.MODALITIES),
+            "modalities": [m for m in c.MODALITIES if m != c.VOLUME or cfg.volumes],
             "extras": {"ct_volumes": cfg.volumes, "expression_genes": cfg.expression_genes},
             "tasks": tasks,
             "missing": cfg.missing,

@@ -1,4 +1,4 @@
-"""Genotype dosages through a regularised MLP."""
+"""The genomics vector (dosages, expression, external embeddings) through a regularised MLP."""
 
 from __future__ import annotations
 
@@ -7,13 +7,18 @@ from torch import nn
 
 
 class GenomicsEncoder(nn.Module):
-    """Standardised alt-allele dosages [B, V] -> [B, dim] through a narrow bottleneck.
+    """The genomics vector [B, F] -> [B, dim] through a narrow bottleneck.
+
+    F is the standardised alt-allele dosages of the variants that passed QC, then normalised
+    expression, then external embedding values: whichever of data.genomics.sources the cohort
+    was prepared with (data/genomics.py).
 
     Variants far outnumber genomes in most cohorts, so the first layer is a few linear scores
     (polygenic-score-like, additive in dosage) before any non-linearity.
 
     Args:
-        n_variants: number of variants (given by the prepared cohort).
+        n_variants: width F of the genomics vector (given by the prepared cohort; the name
+            stays from when it held variants only).
         dim: output embedding width.
         hidden: width of the linear bottleneck.
         input_dropout: dropout on dosages; shrinks per-variant weights as ridge regression does.
@@ -38,5 +43,5 @@ class GenomicsEncoder(nn.Module):
             nn.Linear(hidden, dim),
         )
 
-    def forward(self, dosages: torch.Tensor) -> torch.Tensor:
-        return self.net(dosages)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
