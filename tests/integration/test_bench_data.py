@@ -16,7 +16,8 @@ def test_data_throughput_runs_and_reports():
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/data_throughput.py"), "--smoke", "--subjects", "120"]
-        + ["--batches", "4", "--steps", "2", "--warmup", "1", "--ddp-steps", "10", "--sample-every", "0.1"],
+        + ["--batches", "4", "--steps", "2", "--warmup", "1", "--ddp-steps", "10", "--sample-every", "0.1"]
+        + ["--volume-subjects", "30"],
         capture_output=True,
         text=True,
         timeout=400,
@@ -41,4 +42,6 @@ def test_data_throughput_runs_and_reports():
     assert set(ddp["per_rank"]) == {"0", "1"}
     assert all(r["rss_mb"] > 0 and r["pss_mb"] > 0 for r in ddp["per_rank"].values())
     assert ddp["pss_sum_to_cache_size"] > 0 and ddp["cache_size_mb"] > 0
-    assert "3D" in result["imaging_3d"]
+    volumes = result["imaging_3d"]
+    assert volumes["subjects"] == 30 and volumes["volume_size"] == [32, 64, 64]
+    assert volumes["ratio_loader_to_training"] > 0 and volumes["ratio_cached_to_raw"] > 0

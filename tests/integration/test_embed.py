@@ -68,6 +68,26 @@ def test_minilm_embeddings_train_and_evaluate(tiny_cohort, smoke_cfg, tmp_path):
     results = evaluate(eval_cfg)  # the checkpoint's data config names the same embedding cache
     assert 0.0 <= results["test/auroc"] <= 1.0
 
+    # The image backbone of that very checkpoint (a medweave-train .ckpt, not a hand-made state
+    # dict) embeds the images: loaded weights-only, with the prefix that selects the backbone.
+    image_cfg = compose(
+        "embed",
+        [
+            f"data.root={tiny_cohort}",
+            f"model_path={ckpt}",
+            "modality=image",
+            "data.image_size=32",
+            "image.state_dict_prefix=encoders.image.backbone.",
+            "image.network.block_inplanes=[4,8,8,16]",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            "device=cpu",
+        ],
+    )
+    with open_dict(image_cfg):
+        del image_cfg.hydra
+    images = np.load(embed(image_cfg) / "embeddings.npy")
+    assert images.shape == (120, 16) and np.isfinite(images).all() and images.std(0).max() > 0
+
 
 def test_command_fails_in_one_line_for_a_missing_model(tiny_cohort, tmp_path):
     script = str(Path(sys.executable).parent / "medweave-embed")

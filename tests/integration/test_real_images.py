@@ -43,6 +43,8 @@ REPEAT = [
 ]
 DX_TWIN = "RG1_as_MONOCHROME2.dcm"  # RG1 rewritten as a MONOCHROME2 DX: must cache identically
 
+REAL = ("CR", "DX", "MR", "CT")  # the real files: radiographs and single CT/MR slices, read as 2D images
+
 
 def monochrome2_twin(source: Path, out: Path) -> None:
     """The same radiograph stored the other way round: stored' = max - stored, MONOCHROME2, the
@@ -117,7 +119,7 @@ def test_before_after_pngs_catch_inversion_and_clipping(real_cohort, tmp_path):
     out = prepare(
         real_cohort,
         tmp_path / "cache",
-        PrepareConfig(task="cvd_onset_1y", modalities=("image",), image_size=size),
+        PrepareConfig(task="cvd_onset_1y", modalities=("image",), image_size=size, image_modalities=REAL),
     )
     subjects = np.load(out / "subjects.npz")
     cache = np.load(out / "image.npy", mmap_mode="r")
@@ -181,6 +183,7 @@ def test_real_dicom_cohort_validates_trains_and_evaluates(real_cohort, tmp_path)
     assert proc.returncode == 0 and "OK:" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     overrides = ["debug=smoke", f"data.root={real_cohort}", "data.modalities=[ehr_codes,image]", "logger=csv"]
+    overrides.append(f"data.image_modalities=[{','.join(REAL)}]")
     value = train(compose_run("train", overrides, tmp_path / "logs", tmp_path / "run"))
     assert 0.0 <= value <= 1.0
     ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))

@@ -137,6 +137,22 @@ def test_each_resource_type_becomes_meds_events(tmp_path):
     assert described["ENCOUNTER//IMP"] == "inpatient"
 
 
+def test_a_back_dated_condition_counts_from_when_it_was_recorded(tmp_path):
+    """onset 2019 but recorded 2021: before 2021 nobody knew, so the event must not be earlier."""
+    condition = {
+        "resourceType": "Condition",
+        "subject": ref(),
+        "code": coded(SNOMED, "44054006"),
+        "onsetDateTime": "2019-05-01",
+        "recordedDate": "2021-03-04",
+    }
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "all.ndjson").write_text(json.dumps(PATIENT) + "\n" + json.dumps(condition) + "\n")
+    root = import_fhir(folder, tmp_path / "out")
+    assert (datetime(2021, 3, 4), "SNOMED//44054006", None, None) in events(root)
+
+
 def test_subject_ids_are_deterministic_and_their_map_stays_outside(tmp_path):
     a = import_fhir(write_inputs(tmp_path / "in"), tmp_path / "a")
     b = import_fhir(write_inputs(tmp_path / "in2", "urn:uuid:1234"), tmp_path / "b")

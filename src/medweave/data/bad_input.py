@@ -2,7 +2,7 @@
 
 Strict mode raises at the first fault, naming the file, the row or field, and what was expected.
 Lenient mode (``data.lenient=true``, or ``lenient=true`` for ``medweave-import``) is for real
-exports where a few bad rows should not stop a study: each fault is logged once per kind with how
+exports where a few bad rows should not stop a study: each fault is logged with how
 many rows it covers, the rows are left out, and ``summary()`` lists what was skipped. Rows are
 named by their number in the file, never by subject ID.
 """

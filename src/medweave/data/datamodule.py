@@ -180,6 +180,8 @@ class CohortDataModule(L.LightningDataModule):
         text_vocab_size: size of the word-level tokenizer fitted when none is given.
         text_tokenizer_path: local folder of a pretrained tokenizer (matching the text encoder).
         image_size: side of the square image the encoder sees.
+        image_modalities: imaging index modality values the 2D image modality reads (rows with
+            no modality too); CT and MR series are the volume modality's.
         vocab_min_subjects: codes and note words need this many train subjects to enter a
             vocabulary (rarer ones map to unknown; vocabularies travel inside checkpoints).
         vocab: fitted vocabularies from a checkpoint (evaluation); None fits them on train.
@@ -214,6 +216,7 @@ class CohortDataModule(L.LightningDataModule):
         text_vocab_size: int = 4000,
         text_tokenizer_path: str | None = None,
         image_size: int = 64,
+        image_modalities: list[str] | tuple[str, ...] = c.RADIOGRAPH_MODALITIES,
         vocab_min_subjects: int = 5,
         pin_memory: bool = False,
         vocab: dict | None = None,
@@ -248,6 +251,7 @@ class CohortDataModule(L.LightningDataModule):
             text_vocab_size=text_vocab_size,
             text_tokenizer_path=text_tokenizer_path,
             image_size=image_size,
+            image_modalities=tuple(image_modalities),
             min_subjects=vocab_min_subjects,
             lenient=lenient,
             labels_dir=labels_dir,

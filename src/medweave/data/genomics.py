@@ -109,6 +109,10 @@ def variant_files(root: Path) -> list[Path]:
 def sample_map_file(root: Path, opts: GenomicsOptions) -> Path | None:
     if opts.sample_map:
         path = root / opts.sample_map
+        if not path.resolve().is_relative_to(Path(root).resolve()):
+            raise MedweaveError(  # files inside the cohort are what the cache key hashes
+                f"data.genomics.sample_map={opts.sample_map}: expected a path inside the cohort {root}"
+            )
         if not path.is_file():
             raise MedweaveError(f"data.genomics.sample_map={opts.sample_map}: no such file under {root}")
         return path
@@ -247,6 +251,11 @@ def prepare_genomics(root, subject_ids, train, vocab, out, options=None, lenient
     """Write the configured sources' arrays under ``out``; return which subjects have any of them."""
     opts = GenomicsOptions.from_dict(options)
     bad = BadInput(lenient)
+    if "variants" in vocab and "genomics_sources" not in vocab:
+        raise MedweaveError(
+            "the checkpoint's genomics vocabulary is from an older medweave (before dosages in 1/50 "
+            "allele and variant QC): retrain the model with this version"
+        )
     sources = vocab.get("genomics_sources") or list(opts.sources or available_sources(root))
     sources = [s for s in SOURCES if s in sources]
     if not sources:
@@ -509,7 +518,7 @@ def check_genomics(root: Path, add, counts: dict, split_ids) -> None:
     except MedweaveError as err:
         add(root / "genomics", "sample map", str(err))
         return
-    samples: list[str] = []
+    samples: dict[str, None] = {}  # every file's samples, in first-seen order
     for path in variant_files(root):
         found = guard(path, lambda p=path: vcf.read_samples(p))
         if found is None:
@@ -522,7 +531,7 @@ def check_genomics(root: Path, add, counts: dict, split_ids) -> None:
                 "no .tbi or .csi index beside the VCF (make one with tabix -p vcf or bcftools index)",
             )
         names.vcf_subjects(path, found)
-        samples += [s for s in found if s not in set(samples)]
+        samples.update(dict.fromkeys(found))
     if samples:
         counts["genomes"] = len(samples)
         names.check_samples_exist(set(samples))

@@ -1,7 +1,7 @@
 """The image modality in the prepared cache: each subject's latest 2D image before prediction.
 
 Which rows: imaging/index.parquet rows that name one file (a DICOM; NIfTI files and series folders
-are volumes, data/volumes.py) whose modality is null or one of contract.IMAGING_MODALITIES; the
+are volumes, data/volumes.py) whose modality is null or one of data.image_modalities (CR, DX); the
 most recent one strictly before the subject's prediction_time (ties: the first in the index).
 Later images are ignored, never an error. A multi-frame file gives its middle frame.
 
@@ -85,8 +85,11 @@ class ImagingIndex:
         return latest
 
 
-def is_image_row(index: ImagingIndex, i: int) -> bool:
+def is_image_row(index: ImagingIndex, i: int, modalities) -> bool:
+    """A single file whose modality is one of data.image_modalities, or not given."""
     name = index.path[i] or ""
+    if index.modality[i] is not None and index.modality[i] not in modalities:
+        return False
     return not is_nifti(name) and not index.absolute(i).is_dir()
 
 
@@ -96,7 +99,9 @@ def prepare_images(root, subject_ids, pred_time, cfg, out) -> np.ndarray:
 
     bad = BadInput(cfg.lenient)
     index = ImagingIndex(root, bad)
-    candidates = np.array([is_image_row(index, i) for i in range(len(index.path))], bool)
+    candidates = np.array(
+        [is_image_row(index, i, cfg.image_modalities) for i in range(len(index.path))], bool
+    )
     latest = index.latest(candidates, subject_ids, pred_time)
     n, s = len(subject_ids), cfg.image_size
     images = np.lib.format.open_memmap(out / "image.npy", mode="w+", dtype=np.float16, shape=(n, 1, s, s))

@@ -54,6 +54,7 @@ class PrepareConfig:
     text_vocab_size: int = 4000
     text_tokenizer_path: str | None = None  # a local Hugging Face tokenizer; None fits one
     image_size: int = 64
+    image_modalities: tuple[str, ...] = c.RADIOGRAPH_MODALITIES  # index modality values the image reads
     min_subjects: int = 5  # a code or note word enters a vocabulary only if this many train subjects have it
     lenient: bool = False  # skip bad rows and files with a warning instead of stopping (bad_input.py)
     labels_dir: str | None = None  # label files' folder (relative to the cohort, or absolute); None: labels/
@@ -164,6 +165,7 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
         out / "subjects.npz",
         subject_id=subject_ids,
         split=split,
+        prediction_time=pred_time,  # int64 us: what an embedding cache must have been cut at
         target=target,
         time=time,
         **{f"present_{m}": p for m, p in present.items()},
@@ -241,7 +243,10 @@ def _targets(root, cfg, label_tasks, labels, order, subject_ids, pred_time, trai
     if cfg.task_type == "multilabel":
         columns = [column(labels, "boolean_value").astype(np.float32)]
         for task in label_tasks[1:]:
-            other = meds.read_labels(root, task, c.LABEL_VALUES["binary"], **_label_options(cfg, BadInput()))
+            bad = BadInput(cfg.lenient)
+            other = meds.read_labels(root, task, c.LABEL_VALUES["binary"], **_label_options(cfg, bad))
+            # Only the samples the first label file kept (split checks, lenient drops) are compared.
+            other = other.filter(pc.is_in(other.column("subject_id"), pa.array(subject_ids)))
             ids = other.column("subject_id").to_numpy()
             rows = np.argsort(ids)
             if not np.array_equal(ids[rows], subject_ids) or not np.array_equal(

@@ -48,7 +48,8 @@ class _Collector:
         self.root, self.problems = root, []
 
     def add(self, path: Path | str, where: str, message: str) -> None:
-        rel = Path(path).relative_to(self.root).as_posix() if Path(path).is_absolute() else str(path)
+        path = Path(path)  # relative to the cohort; as it is when outside (e.g. data.labels_dir)
+        rel = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
         self.problems.append(Problem(rel, where, message))
 
     def read(self, path: Path, required: dict[str, pa.DataType]) -> pa.Table | None:

@@ -58,10 +58,16 @@ def array_digest(*arrays: np.ndarray) -> str:
 
 
 def rows_digest(prepared: Path) -> str:
-    """A one-way digest of the prepared cache's row order (subject and split per row): enough to
-    tell whether two caches put the same subjects in the same rows, without writing an ID."""
+    """A one-way digest of the prepared cache's rows (subject, split and prediction time per row):
+    enough to tell whether two caches hold the same samples in the same order, cut at the same
+    times (so that data.label_rows or data.labels_dir cannot change under an embedding), without
+    writing an ID."""
     subjects = np.load(Path(prepared) / "subjects.npz")
-    return array_digest(subjects["subject_id"].astype(np.int64), subjects["split"].astype(np.int8))
+    return array_digest(
+        subjects["subject_id"].astype(np.int64),
+        subjects["split"].astype(np.int8),
+        subjects["prediction_time"].astype(np.int64),
+    )
 
 
 def prepared_origin(prepared: Path, root: Path | None = None) -> dict:

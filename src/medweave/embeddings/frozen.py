@@ -178,7 +178,8 @@ class StateDictNetwork:
 
     def load(self, device: torch.device) -> None:
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(_NUMPY_ARRAYS):  # medweave checkpoints hold RNG states
+                state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a file that is not a state dict
             raise MedweaveError(
                 f"{self.path}: not a readable PyTorch state dict ({type(err).__name__}); expected a file "
@@ -208,3 +209,13 @@ class StateDictNetwork:
         device = next(self.network.parameters()).device
         images = torch.from_numpy(np.asarray(batch, np.float32)).to(device)
         return self.network(images).flatten(1).float().cpu()
+
+
+def _numpy_array_globals() -> list:
+    """What unpickling plain numpy arrays needs (no code of the file's choosing runs)."""
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+_NUMPY_ARRAYS = _numpy_array_globals()

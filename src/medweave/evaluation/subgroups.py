@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from medweave.data import contract as c
 from medweave.data.bad_input import BadInput
@@ -40,16 +39,16 @@ def subject_groups(
     wanted = [c.BIRTH_CODE] + [code for codes in sex_codes.values() for code in codes]
     sex_of = {code: name for name, codes in sex_codes.items() for code in codes}
     sex, birth = {}, {}
-    for path in meds.event_files(root):
-        table = pq.read_table(path, columns=["subject_id", "time", "code"])
-        table = table.filter(pc.is_in(table.column("code").cast(pa.string()), pa.array(wanted)))
-        for sid, time, code in zip(
-            *(table.column(k).to_pylist() for k in ("subject_id", "time", "code")), strict=True
-        ):
-            if code == c.BIRTH_CODE:
-                birth[sid] = time
-            else:
-                sex[sid] = sex_of[code]
+    # The reader conforms times (units, zones) as training saw them; only these subjects are kept.
+    table = meds.read_events(root, False, bad=BadInput(lenient), subjects=subject_ids)
+    table = table.filter(pc.is_in(table.column("code"), pa.array(wanted)))
+    for sid, time, code in zip(
+        *(table.column(k).to_pylist() for k in ("subject_id", "time", "code")), strict=True
+    ):
+        if code == c.BIRTH_CODE:
+            birth[sid] = time
+        else:
+            sex[sid] = sex_of[code]
     edges = sorted(age_bands)
     names = [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:], strict=False)] + [f"{edges[-1]}+"]
     ages = []

@@ -34,6 +34,7 @@ from medweave import __version__
 from medweave.data import contract as c
 from medweave.data.bad_input import BadInput
 from medweave.errors import MedweaveError
+from medweave.folders import replace_folder
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,11 @@ class CohortWriter:
         """The int64 subject_id of a source ID (hashed, remembered for the subject map)."""
         sid = self.source_ids.get(source_id)
         if sid is None:
+            if not self.source_ids and self.options.id_salt == ImportOptions.id_salt:
+                log.warning(  # a national ID has few enough values to be found by trying them all
+                    "id_salt is the public default: anyone can recompute subject_ids from source "
+                    "IDs; set id_salt to a secret of your site for real data"
+                )
             sid = hashed_subject_id(source_id, self.options.id_salt)
             if sid in self.taken:  # two IDs, one hash: never merge two people silently
                 raise MedweaveError("two source subject IDs hash to the same subject_id; set another id_salt")
@@ -264,9 +270,7 @@ class CohortWriter:
         self._write_dataset_metadata(summary, modalities)
         map_tmp = self._write_subject_map()
         try:
-            if self.out.exists():
-                shutil.rmtree(self.out)
-            self.tmp.rename(self.out)
+            replace_folder(self.tmp, self.out)
             if map_tmp is not None:
                 os.replace(map_tmp, self.map_path)
             elif self.map_path.exists():  # overwrite=true: a map from an earlier import is stale

@@ -359,7 +359,10 @@ class _FhirImporter:
         )
         if verification in ("entered-in-error", "refuted"):
             raise _Ignore(f"verificationStatus {verification}")
-        when = _first(m.onsetDateTime, _start(m.onsetPeriod), m.recordedDate)
+        onset, recorded = _first(m.onsetDateTime, _start(m.onsetPeriod)), _first(m.recordedDate)
+        # The later of onset and recording: a diagnosis recorded after a prediction time but
+        # back-dated to an earlier onset was not known then (no leakage through back-dating).
+        when = max((t for t in (onset, recorded) if t is not None), default=None)
         if when is None:
             raise _Fault("Condition.onset[x]", "expected onsetDateTime, onsetPeriod.start or recordedDate")
         code, desc = self._code(m.code, "Condition.code")

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from medweave import __version__
 from medweave.data import contract as c
 from medweave.errors import MedweaveError
+from medweave.folders import replace_folder
 from medweave.sandbox import assemble, ehr, genomics, notes
 from medweave.sandbox.latent import Disease, default_diseases
 from medweave.sandbox.oracle import oracle_report
@@ -107,9 +108,7 @@ def generate_cohort(out: str | Path, config: SandboxConfig, overwrite: bool = Fa
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         _write(tmp, config)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

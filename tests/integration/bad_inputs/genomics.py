@@ -191,6 +191,12 @@ def genes_by_subjects_unknown_column(cohort, work):
     return prepare_step(cohort, work, ("genomics",), genomics={"sources": ["expression"]})
 
 
+def check_every_labelled_subject_kept(cache):
+    """The unknown column is left out; every labelled subject keeps its profile of all 4 genes."""
+    assert all(subjects(cache).values())
+    assert np.load(Path(cache) / "genomics_expression.npy").shape[1] == 4
+
+
 PROVENANCE = {"model": "gene-embedder", "version": "0.3", "source": "https://example.org/model"}
 
 
@@ -279,6 +285,7 @@ CASES = [
         "expression-genes-by-subjects-unknown-column",
         genes_by_subjects_unknown_column,
         ("expression.parquet", "field name", "names no subject"),
+        check_lenient=check_every_labelled_subject_kept,
     ),
     Case(
         "embeddings-unequal-length",

@@ -48,9 +48,9 @@ def orientation_of(path: Path, names: list[str], orientation: str) -> str:
         return "subjects_by_genes"
     if any(k in names for k in GENE_KEYS):
         return "genes_by_subjects"
-    raise MedweaveError(
+    raise MedweaveError(  # column names are not printed: in genes x subjects they are subjects
         f"{path}: no {' or '.join(SUBJECT_KEYS)} column (subjects x genes) and no "
-        f"{' or '.join(GENE_KEYS)} column (genes x subjects); found {names[:8]}"
+        f"{' or '.join(GENE_KEYS)} column (genes x subjects) among its {len(names)} columns"
     )
 
 
@@ -76,16 +76,18 @@ def read_expression(
     key = next((k for k in keys if k in table.column_names), None)
     if key is None:
         raise MedweaveError(
-            f"{path}: expected a {' or '.join(keys)} column for {kind}; found {table.column_names[:8]}"
+            f"{path}: expected a {' or '.join(keys)} column for {kind} among its {table.num_columns} columns"
         )
     value_cols = []
-    for f in table.schema:
+    for position, f in enumerate(table.schema):
         if f.name == key:
             continue
         if _numeric(f.type):
             value_cols.append(f.name)
         else:
-            bad.fault(path, f"column {f.name}", f"has type {f.type}; expected numeric expression values")
+            # genes x subjects: the column names are sample names (often subject IDs): by number
+            name = f.name if kind == "subjects_by_genes" else f"number {position}"
+            bad.fault(path, f"column {name}", f"has type {f.type}; expected numeric expression values")
     row_keys = [str(k) for k in table.column(key).to_pylist()]
     if not value_cols:
         raise MedweaveError(f"{path}: no numeric value column; expected expression values")
