@@ -26,7 +26,7 @@ SIZES = {
     "ehr_codes": {"vocab_size": 30},
     "text": {"vocab_size": 40, "pad_token_id": 0},
     "image": {},
-    "genomics": {"n_variants": 25},
+    "genomics": {"n_features": 25},
 }
 B = 4
 SDPA = "aten::scaled_dot_product_attention"

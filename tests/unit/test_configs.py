@@ -13,7 +13,7 @@ SIZES = {
     "ehr_codes": {"vocab_size": 30},
     "text": {"vocab_size": 40, "pad_token_id": 0},
     "image": {},
-    "genomics": {"n_variants": 25},
+    "genomics": {"n_features": 25},
 }
 
 

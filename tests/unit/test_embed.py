@@ -267,7 +267,7 @@ def test_precomputed_configs_build_under_debug_smoke():
     sizes = {
         "text": {"embedding_width": 384},
         "image": {"embedding_width": 128},
-        "genomics": {"n_variants": 5},
+        "genomics": {"n_features": 5},
     }
     model = build_model(cfg.model, list(sizes), sizes)
     assert model.encoders["text"].project[-1].in_features == 384

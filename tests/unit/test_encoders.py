@@ -71,4 +71,4 @@ def test_image_encoder_2d_and_3d(spatial_dims, shape):
 
 
 def test_genomics_encoder_shape():
-    assert GenomicsEncoder(n_variants=30, dim=8, hidden=16)(torch.randn(B, 30)).shape == (B, 8)
+    assert GenomicsEncoder(n_features=30, dim=8, hidden=16)(torch.randn(B, 30)).shape == (B, 8)

@@ -149,7 +149,7 @@ def test_sources_are_concatenated_and_provenance_travels(cohort, tmp_path):
     present = s["present_genomics"]
     assert present.sum() == len(set(ids.tolist()) & set(s["subject_id"].tolist()))  # the union of sources
     prepared = PreparedCohort(folder, ["genomics"])
-    assert prepared.encoder_inputs() == {"genomics": {"n_variants": 2 + 5 + 6}}
+    assert prepared.encoder_inputs() == {"genomics": {"n_features": 2 + 5 + 6}}
     batch = prepared.batch(np.arange(len(s["subject_id"])))
     assert batch["genomics"].shape == (len(s["subject_id"]), 13)
     assert np.isfinite(batch["genomics"].numpy()).all()

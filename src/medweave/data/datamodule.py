@@ -91,7 +91,7 @@ class PreparedCohort:
             c.TEXT: lambda: {"vocab_size": v["text_vocab_size"], "pad_token_id": v["text_pad_id"]},
             c.IMAGE: lambda: {},  # the backbone config says all it needs
             c.VOLUME: lambda: {},  # likewise (spatial_dims: 3)
-            c.GENOMICS: lambda: {"n_variants": genomics.width(v)},
+            c.GENOMICS: lambda: {"n_features": genomics.width(v)},
         }
         inputs = {m: sizes[m]() for m in self.modalities}
         for m, e in self.embeddings.items():

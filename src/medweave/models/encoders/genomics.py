@@ -17,8 +17,8 @@ class GenomicsEncoder(nn.Module):
     (polygenic-score-like, additive in dosage) before any non-linearity.
 
     Args:
-        n_variants: width F of the genomics vector (given by the prepared cohort; the name
-            stays from when it held variants only).
+        n_features: width F of the genomics vector: variants, expression and external
+            embeddings as data.genomics.sources configures them (given by the prepared cohort).
         dim: output embedding width.
         hidden: width of the linear bottleneck.
         input_dropout: dropout on dosages; shrinks per-variant weights as ridge regression does.
@@ -27,7 +27,7 @@ class GenomicsEncoder(nn.Module):
 
     def __init__(
         self,
-        n_variants: int,
+        n_features: int,
         dim: int = 64,
         hidden: int = 16,
         input_dropout: float = 0.5,
@@ -37,7 +37,7 @@ class GenomicsEncoder(nn.Module):
         self.out_dim = dim
         self.net = nn.Sequential(
             nn.Dropout(input_dropout),
-            nn.Linear(n_variants, hidden),
+            nn.Linear(n_features, hidden),
             nn.Dropout(dropout),
             nn.GELU(),
             nn.Linear(hidden, dim),
