@@ -24,7 +24,7 @@ run() {  # run <script> <quick args...>: its defaults with --full
 }
 
 run startup.py --repeats 3
-run framework_overhead.py --subjects 500 --steps 30 --warmup 5
+run framework_overhead.py --subjects 500 --steps 20 --warmup 3 --rounds 3
 run fusion_cost.py --steps 10 --fusions attention concat gated
 run data_throughput.py --subjects 1000 --batches 100 --steps 10 --ddp-steps 20 --volume-subjects 100
 run logging_overhead.py --steps 100

@@ -33,9 +33,12 @@ def test_framework_overhead_runs_and_reports():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(result["median_step_s"]) == {"plain_before", "medweave", "plain_after"}
-    assert result["ratio_medweave_to_plain"] > 0
-    assert set(result["median_eval_batch_s"]) == {"plain_before", "medweave", "plain_after"}
+    for side in ("train", "eval"):
+        figures = result[side]
+        assert len(figures["plain_block_medians_s"]) == result["rounds"] + 1
+        assert len(figures["medweave_block_medians_s"]) == len(figures["ratio_per_round"]) == result["rounds"]
+        assert figures["ratio_of_medians"] > 0 and figures["ratio_of_p10"] > 0
+    assert result["ratio_medweave_to_plain"] == result["train"]["ratio_of_medians"]
     assert result["eval_batches"] == 2 and result["ratio_eval_medweave_to_plain"] > 0
 
 
