@@ -10,9 +10,9 @@ Training: both sides time the optimizer step only (forward, backward, clipping, 
 medweave its metric updates and logging), not data loading, so the ratio is what the framework
 adds per step.
 
-Evaluation: medweave is ``trainer.validate`` with the MultimodalModule (forward, loss, the
-torchmetrics updates and the logging calls of ``validation_step``, and every callback's batch
-hooks, progress bar included), called again over the tuning split until enough batches are seen.
+Evaluation: medweave is one ``trainer.validate`` call with the MultimodalModule (forward, loss,
+the torchmetrics updates of ``validation_step``, and every callback's batch hooks, progress bar
+included) over the tuning split's batches, pass after pass, as one loader.
 The plain side is a ``torch.no_grad()`` loop over the same batches with the same model in eval
 mode: forward, loss summed for a mean, scores and targets kept for the metrics at the end. Both
 time a batch from its arrival to the end of its hooks, not data loading and not the once-per-pass
@@ -128,14 +128,24 @@ def medweave_loop(cfg, datamodule, steps: int, warmup: int) -> list[float]:
     return timer.times[warmup:]
 
 
-def val_batches(datamodule, n: int):
-    """n batches of the tuning split, in order, starting over at its end."""
-    while n > 0:
-        for batch in datamodule.val_dataloader():
-            if n == 0:
-                return
-            n -= 1
-            yield batch
+def val_loader(datamodule, n: int):
+    """n batches of the tuning split, pass after pass, as one loader: one validate() call then
+    covers every timed batch, as one long epoch would. (Calling validate() once per short pass
+    would put an epoch's end, with its metric compute and MLflow write, every few batches.)"""
+    from torch.utils.data import DataLoader
+
+    from medweave.data.contract import TUNING_SPLIT
+    from medweave.data.datamodule import SplitDataset
+
+    dataset = SplitDataset(datamodule.cohort, TUNING_SPLIT)
+    size = datamodule.batch_size
+    one_pass = [list(range(i, min(i + size, len(dataset)))) for i in range(0, len(dataset), size)]
+    batches = [one_pass[k % len(one_pass)] for k in range(n)]
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=_same)
+
+
+def _same(batch):
+    return batch  # SplitDataset.__getitems__ returns whole batches
 
 
 def plain_eval(model, datamodule, steps: int, warmup: int) -> list[float]:
@@ -145,7 +155,7 @@ def plain_eval(model, datamodule, steps: int, warmup: int) -> list[float]:
     times, scores, targets = [], [], []
     total, seen = torch.zeros(()), 0
     with torch.no_grad():
-        for batch in val_batches(datamodule, warmup + steps):
+        for batch in val_loader(datamodule, warmup + steps):
             start = time.perf_counter()
             outputs = model(batch)
             size = len(batch["targets"])
@@ -188,8 +198,7 @@ def medweave_eval(cfg, model, datamodule, steps: int, warmup: int) -> list[float
     )
     trainer.callbacks.remove(end)
     trainer.callbacks.append(end)
-    while len(end.times) < warmup + steps:
-        trainer.validate(model, datamodule=datamodule, verbose=False)
+    trainer.validate(model, dataloaders=val_loader(datamodule, warmup + steps), verbose=False)
     return end.times[warmup : warmup + steps]
 
 
