@@ -9,7 +9,8 @@ OMP_NUM_THREADS=1 per rank so that two ranks use the two cores this machine has.
 from one batch's end to the next (data loading, forward, backward, the gradient all-reduce and
 the optimizer), on every rank; a launch's step time is the slowest rank's median. Weak-scaling
 efficiency = step time on 1 process / step time on 2 processes (1.0 = perfect: twice the samples
-per second). Prints one JSON line.
+per second). A third launch, 2 processes with callbacks=none, gives what the Preemption
+callback's per-batch check costs. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class StepTimer(L.Callback):
         Path(f"{self.out}.rank{trainer.global_rank}.json").write_text(json.dumps(self.times))
 
 
-def launch(root: Path, work: Path, world: int, batch: int, steps: int, warmup: int, smoke: bool) -> dict:
-    out = work / f"world{world}"
+def launch(root: Path, work: Path, world: int, batch: int, steps: int, warmup: int, smoke: bool,
+           callbacks: str = "preemption") -> dict:  # fmt: skip
+    out = work / f"world{world}-{callbacks}"
     command = [
         sys.executable, "-m", "medweave.cli.train",
         "debug=smoke" if smoke else "experiment=quickstart",
@@ -55,7 +57,7 @@ def launch(root: Path, work: Path, world: int, batch: int, steps: int, warmup: i
         "trainer.max_epochs=-1", f"++trainer.max_steps={warmup + steps + 1}",
         "++trainer.limit_train_batches=null", "++trainer.limit_val_batches=0",
         "++trainer.enable_checkpointing=false", "trainer.enable_progress_bar=false",
-        f"data.batch_size={batch}", "callbacks=preemption",
+        f"data.batch_size={batch}", f"callbacks={callbacks}",
         "+callbacks.timer._target_=ddp_weak_scaling.StepTimer",
         f"+callbacks.timer.out={out}", "logger=csv", "test=false", "evaluation.enabled=false",
     ]  # fmt: skip
@@ -84,6 +86,9 @@ def main() -> None:
         root = generate_cohort(work / "cohort", SandboxConfig(n_subjects=args.subjects, seed=0))
         one = launch(root, work, 1, args.batch, args.steps, args.warmup, args.smoke)
         two = launch(root, work, 2, args.batch, args.steps, args.warmup, args.smoke)
+        # The same 2-process launch without the Preemption callback (its flag all-reduce before
+        # every batch): what that check costs, measured in this run.
+        bare = launch(root, work, 2, args.batch, args.steps, args.warmup, args.smoke, callbacks="none")
     batch = args.batch
     result = {
         "benchmark": "ddp_weak_scaling",
@@ -96,6 +101,8 @@ def main() -> None:
             "2_processes": 2 * batch / two["median_step_s"],
         },
         "weak_scaling_efficiency": one["median_step_s"] / two["median_step_s"],
+        "two_processes_without_preemption_step_s": bare["median_step_s"],
+        "preemption_check_cost": two["median_step_s"] / bare["median_step_s"] - 1,
         "timed_steps_per_rank": one["steps_per_rank"],
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, OMP_NUM_THREADS=1 per rank, gloo",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark, one after the other (they must not share the machine), one JSON line each,
 # saved to benchmarks/results/<UTC time>.jsonl; RESULTS.md quotes those lines.
-#   bash benchmarks/run_all.sh           # the quick set: smaller cohorts and fewer steps (about 10 minutes on 2 cores)
+#   bash benchmarks/run_all.sh           # the quick set: smaller cohorts and fewer steps (about 11 minutes on 2 cores)
 #   bash benchmarks/run_all.sh --full    # each script's defaults, as RESULTS.md's main tables
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ run startup.py --repeats 3
 run framework_overhead.py --subjects 500 --steps 20 --warmup 3 --rounds 3
 run fusion_cost.py --steps 10 --fusions attention concat gated
 run data_throughput.py --subjects 1000 --batches 100 --steps 10 --ddp-steps 20 --volume-subjects 100
-run logging_overhead.py --steps 50
+run logging_overhead.py --steps 100
 run ddp_weak_scaling.py --subjects 1000 --steps 20
 run scale.py --steps 3 --warmup 1
 run sandbox_scale.py --subjects 2000 --variants 2000

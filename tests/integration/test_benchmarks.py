@@ -67,3 +67,4 @@ def test_ddp_weak_scaling_runs_and_reports():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result["median_step_s"]) == {"1_process", "2_processes"}
     assert result["timed_steps_per_rank"] == 2 and result["weak_scaling_efficiency"] > 0
+    assert result["two_processes_without_preemption_step_s"] > 0 and result["preemption_check_cost"] > -1
