@@ -1,7 +1,9 @@
-"""Replacing a folder so that a crash leaves the old one or the new one, never neither or half."""
+"""Folders as units: replaced whole (a crash leaves the old one or the new one, never half), and
+hashed by content (cache keys, model provenance)."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import uuid
 from pathlib import Path
@@ -26,3 +28,20 @@ def replace_folder(new: Path, out: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def content_hash(path: Path, skip: tuple[str, ...] = ()) -> str:
+    """blake2b of a file's bytes, or of a folder's relative paths and bytes. Hidden files (editors',
+    lock files) and paths under the ``skip`` prefixes are left out."""
+    path = Path(path)
+    digest = hashlib.blake2b(digest_size=16)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        rel = file.relative_to(path).as_posix() if file != path else file.name
+        if rel.startswith(skip) or any(part.startswith(".") for part in Path(rel).parts):
+            continue
+        digest.update(rel.encode())
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

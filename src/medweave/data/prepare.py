@@ -33,6 +33,7 @@ from medweave.data.images import prepare_images
 from medweave.data.readers import meds
 from medweave.data.volumes import prepare_volumes
 from medweave.errors import MedweaveError
+from medweave.folders import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,7 @@ class PrepareConfig:
 
 def cohort_fingerprint(root: Path) -> str:
     """Hash of every file's relative path and bytes (ground truth excluded: never an input)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if rel.startswith("ground_truth/") or "/." in f"/{rel}":
-            continue
-        digest.update(rel.encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return content_hash(root, skip=("ground_truth/",))
 
 
 def _outside_labels_fingerprint(root: Path, cfg: PrepareConfig) -> str | None:

@@ -29,23 +29,6 @@ FORMAT = 1  # bump when what is written changes
 VECTORS, PRESENT, PROVENANCE = "embeddings.npy", "present.npy", "provenance.json"
 
 
-def content_hash(path: Path) -> str:
-    """blake2b of a file's bytes, or of a folder's relative paths and bytes (hidden files left out:
-    editors' and lock files say nothing about the model)."""
-    path = Path(path)
-    digest = hashlib.blake2b(digest_size=16)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        rel = file.relative_to(path).as_posix() if file != path else file.name
-        if any(part.startswith(".") for part in Path(rel).parts):
-            continue
-        digest.update(rel.encode())
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def array_digest(*arrays: np.ndarray) -> str:
     """blake2b of arrays' shapes, types and bytes (memory-mapped ones are read in slices)."""
     digest = hashlib.blake2b(digest_size=16)

@@ -19,6 +19,7 @@ from medweave import __version__
 from medweave.embeddings import cache as ec
 from medweave.embeddings.frozen import FrozenEncoder
 from medweave.errors import MedweaveError
+from medweave.folders import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def embed_cohort(
         raise MedweaveError(f"batch_size={batch_size}: expected a positive integer")
     inputs, present = encoder.inputs(prepared)
     origin = ec.prepared_origin(prepared, root)
-    model_hash = ec.content_hash(model_path)
+    model_hash = content_hash(model_path)
     key_src = {
         "format": ec.FORMAT,
         "modality": encoder.modality,
