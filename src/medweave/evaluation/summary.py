@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medweave.evaluation import metrics as M
+from medweave.evaluation import resampled
 from medweave.evaluation.bootstrap import with_ci
 
 
@@ -49,6 +50,13 @@ def metric_fn(kind: str, preds: Predictions, train: tuple | None, times: np.ndar
     return survival
 
 
+def weighted_fn(kind: str, preds: Predictions):
+    """W [B, n] -> {metric: [B]}: every bootstrap resample at once (resampled.py), for the kinds
+    that have it; survival metrics (scikit-survival's IPCW estimators) run per resample."""
+    fn = resampled.KINDS.get(kind)
+    return None if fn is None else (lambda W: fn(preds.target, preds.score, W))
+
+
 def summarize(
     kind: str,
     preds: Predictions,
@@ -61,7 +69,9 @@ def summarize(
     attribution: dict | None = None,
 ) -> dict:
     n = len(preds.score)
-    overall = with_ci(metric_fn(kind, preds, train, times), n, n_boot, seed)
+    overall = with_ci(
+        metric_fn(kind, preds, train, times), n, n_boot, seed, weighted_fn=weighted_fn(kind, preds)
+    )
     by_group = {}
     for name, labels in groups.items():
         by_group[name] = {}
@@ -71,7 +81,10 @@ def summarize(
                 by_group[name][str(value)] = {"n": f"<{min_group_size}", "events": None}
                 continue
             entry = {"n": int(len(idx)), "events": _events(kind, preds.target[idx])}
-            entry["metrics"] = with_ci(metric_fn(kind, preds.rows(idx), train, times), len(idx), n_boot, seed)
+            sub = preds.rows(idx)
+            entry["metrics"] = with_ci(
+                metric_fn(kind, sub, train, times), len(idx), n_boot, seed, weighted_fn=weighted_fn(kind, sub)
+            )
             by_group[name][str(value)] = entry
     out = {
         "task_kind": kind,
