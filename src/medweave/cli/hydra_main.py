@@ -22,6 +22,39 @@ def one_log_stream() -> None:
         logging.getLogger("lightning").handlers.clear()
 
 
+class _Drop(logging.Filter):
+    """Drops records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_libraries() -> None:
+    """Keep what a user needs on the console and in a Slurm log; drop the libraries' adverts and
+    chatter: Lightning's tips, TPU line and checkpoint-loading lines (medweave says which checkpoint
+    it tests or resumes from), the srun hint (medweave's own launch decides that),
+    MLflow creating an experiment or its tables, a torch deprecation inside Lightning. In a log
+    file, tqdm bars are off (their carriage returns make one endless line): the steps log a line
+    when done, and training logs a line per epoch (training/progress.py)."""
+    import os
+    import warnings
+
+    lightning_chatter = ("💡 Tip", "TPU available", "Restoring states from", "Loaded model weights from")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_Drop(*lightning_chatter))
+    logging.getLogger("lightning.pytorch.loggers.mlflow").addFilter(_Drop("Experiment with name"))
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
@@ -35,6 +68,7 @@ register_resolvers()  # on import too: configs composed through Hydra's compose 
 
 
 def run(task_fn, config_name: str, program: str) -> None:
+    quiet_libraries()  # first: tqdm reads its settings from the environment when imported
     import hydra
     from hydra.errors import InstantiationException
 
