@@ -125,7 +125,12 @@ def _fit_and_test(cfg, callbacks: list, preemption) -> float | None:
         best = checkpoint.best_model_path if checkpoint else ""
         if best and trainer.is_global_zero:
             score = checkpoint.best_model_score
-            log.info("Testing %s (%s %.4g)", Path(best).name, checkpoint.monitor, float("nan") if score is None else float(score))
+            log.info(
+                "Testing %s (%s %.4g)",
+                Path(best).name,
+                checkpoint.monitor,
+                float("nan") if score is None else float(score),
+            )
         # verbose=False: no table of the test batches' metrics; the report's cover the whole split.
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})

@@ -71,7 +71,11 @@ class EpochLines(ProgressBar):
             loss = trainer.callback_metrics.get("train/loss_step")
             shown = f" · train/loss_step {float(loss):.4g}" if loss is not None else ""
             log.info(
-                "epoch %d · step %d/%s%s", trainer.current_epoch + 1, batch_idx + 1, self.total_train_batches, shown
+                "epoch %d · step %d/%s%s",
+                trainer.current_epoch + 1,
+                batch_idx + 1,
+                self.total_train_batches,
+                shown,
             )
 
     def on_train_end(self, trainer, pl_module) -> None:
