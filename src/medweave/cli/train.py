@@ -21,6 +21,7 @@ def check_config(cfg) -> None:
 
     from medweave.data.contract import check_modalities, require_root
     from medweave.errors import MedweaveError
+    from medweave.tasks.types import check_type
 
     problems = []
     if OmegaConf.is_missing(cfg.data, "root"):
@@ -34,6 +35,10 @@ def check_config(cfg) -> None:
             problems.append(str(err))
     try:
         check_modalities(cfg.data.modalities)
+    except MedweaveError as err:
+        problems.append(str(err))
+    try:
+        check_type(cfg.task.type)
     except MedweaveError as err:
         problems.append(str(err))
     if problems:
