@@ -301,6 +301,16 @@ def plain_codes(task: TaskFile) -> list[tuple[str, str, dict | str]]:
     return out
 
 
+def cohort_codes(root: Path) -> set[str]:
+    """Every code the cohort's events use (one column of each shard read)."""
+    from medweave.data.readers.meds import event_files
+
+    codes: set[str] = set()
+    for shard in event_files(Path(root)):
+        codes |= set(pq.read_table(shard, columns=["code"]).column("code").unique().to_pylist())
+    return codes
+
+
 def absent_codes(task: TaskFile, codes: set[str]) -> list[str]:
     """One warning per predicate code the cohort never uses, with the nearest codes it does."""
     warnings = []
