@@ -153,6 +153,10 @@ def test_a_missing_task_file_is_one_line(tmp_path):
             r"\{code: <MEDS code>\}",
         ),
         (
+            ('cvd: {code: "ICD10//I21"}', 'cvd: {code: {regex: "ICD10//(I21"}}'),
+            r"line 5, field predicates.cvd.code: regex .* is not a valid regex",
+        ),
+        (
             ("  type: binary", "  type: survival"),
             r"field metadata.type: a survival task needs "
             r"metadata.survival",

@@ -37,10 +37,13 @@ def check_config(cfg) -> None:
         check_modalities(cfg.data.modalities)
     except MedweaveError as err:
         problems.append(str(err))
-    try:
-        check_type(cfg.task.type)
-    except MedweaveError as err:
-        problems.append(str(err))
+    if OmegaConf.is_missing(cfg.task, "name") or OmegaConf.is_missing(cfg.task, "aces"):
+        problems.append("task=aces needs its file: pass task=<path of the ACES task config .yaml>")
+    else:
+        try:
+            check_type(cfg.task.type)
+        except MedweaveError as err:
+            problems.append(str(err))
     if problems:
         raise MedweaveError("; ".join(problems))
 

@@ -121,10 +121,11 @@ def _plain_and_lines(node, prefix: str = "", lines: dict | None = None):
         return out, lines
     if isinstance(node, list):
         return [_plain_and_lines(v, prefix, lines)[0] for v in node], lines
-    if isinstance(node, dt.date) and not isinstance(node, dt.datetime):
-        return dt.datetime(node.year, node.month, node.day), lines
-    if hasattr(node, "__str__") and type(node).__module__.startswith("ruamel"):
-        return (str(node) if isinstance(node, str) else node), lines
+    if isinstance(node, dt.date):  # a date is the day's start (survival.end)
+        return dt.datetime(node.year, node.month, node.day, *(node.timetuple()[3:6])), lines
+    for kind in (bool, str, int, float):  # ruamel's scalar subclasses as plain values
+        if isinstance(node, kind):
+            return kind(node), lines
     return node, lines
 
 
@@ -176,6 +177,13 @@ def _structure_problems(task: TaskFile, meta) -> list[str]:
             add(f"predicates.{name}", "predicate names are letters, digits and '_'")
         if not isinstance(spec, dict) or not ({"code", "expr"} & set(spec)):
             add(f"predicates.{name}", "expected {code: <MEDS code>} or {expr: <and(...)/or(...)>}")
+        elif isinstance(spec.get("code"), dict) and "regex" in spec["code"]:
+            try:
+                re.compile(str(spec["code"]["regex"]))
+            except re.error as err:
+                add(
+                    f"predicates.{name}.code", f"regex '{spec['code']['regex']}' is not a valid regex ({err})"
+                )
     known = set(predicates) | set(raw.get("patient_demographics") or {}) | set(SPECIAL)
     trigger = raw.get("trigger")
     if isinstance(trigger, str) and trigger not in known:
@@ -345,13 +353,12 @@ def compute_labels(task: TaskFile, root: Path) -> pa.Table:
     parts = []
     for shard in event_files(root):
         codes |= set(pq.read_table(shard, columns=["code"]).column("code").unique().to_pylist())
-        df = aces_predicates.get_predicates_df(cfg, DictConfig({"path": str(shard), "standard": "meds"}))
-        if not df.height:
-            continue
         try:
-            result = aces_query.query(cfg, df)
-        except Exception as err:  # noqa: BLE001 - ACES raises plain exceptions on query faults
-            raise MedweaveError(f"{task.path}: ACES could not label {shard}: {err}") from None
+            df = aces_predicates.get_predicates_df(cfg, DictConfig({"path": str(shard), "standard": "meds"}))
+            result = aces_query.query(cfg, df) if df.height else df.head(0)
+        except Exception as err:  # noqa: BLE001 - ACES and polars raise plain exceptions here
+            message = str(err).replace("\n", " ")
+            raise MedweaveError(f"{task.path}: ACES could not label {shard}: {message}") from None
         if not result.height:
             continue
         result = result.rename({"index_timestamp": "prediction_time"})
