@@ -58,3 +58,41 @@ def test_cli_refuses_a_malformed_task_file_in_one_line(tmp_path, tiny_cohort):
     [line] = [x for x in proc.stderr.splitlines() if x.startswith("medweave-train: error:")]
     assert "field windows.target.lable: unknown window field" in line and "line " in line
     assert "Traceback" not in proc.stderr and not (tmp_path / "logs").exists()  # nothing written
+
+
+def test_labels_from_aces_cli_by_hand_come_in_through_labels_dir(tmp_path, tiny_cohort):
+    """The same file runs under ACES's own CLI (the metadata block is ignored there); its output,
+    read as any MEDS label file, gives the same targets as task=<file>."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from medweave.data.datamodule import CohortDataModule
+
+    task = SHIPPED / "cvd_onset_1y.yaml"
+    [shard] = (tiny_cohort / "data").glob("*.parquet")
+    out = tmp_path / "by_hand"
+    cli = Path(sys.executable).parent / "aces-cli"
+    proc = subprocess.run(
+        [str(cli), "data.standard=meds", f"data.path={shard}", f"config_path={task}", f"cohort_dir={out}",
+         "cohort_name=cvd_onset_1y", f"output_filepath={out / 'cvd_onset_1y.parquet'}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def targets(**kw):
+        dm = CohortDataModule(
+            root=str(tiny_cohort),
+            task="cvd_onset_1y",
+            modalities=["ehr_codes"],
+            cache_dir=str(tmp_path / "c"),
+            **kw,
+        )
+        dm.setup()
+        return dm.cohort.subject_id, dm.cohort.target
+
+    by_hand, ours = targets(labels_dir=str(out)), targets(aces=str(task))
+    np.testing.assert_array_equal(by_hand[0], ours[0])
+    np.testing.assert_array_equal(by_hand[1], ours[1])
