@@ -289,9 +289,10 @@ def test_labels_are_cached_by_file_and_cohort(tmp_path, monkeypatch):
     path.write_text(path.read_text() + "\n# edited\n")
     with pytest.raises(AssertionError):
         aces.labels_dir(path, root, tmp_path / "cache", "fp1")
-    assert sorted(
-        p.name for p in (tmp_path / "cache" / "labels").iterdir() if not p.name.endswith(".lock")
-    ) == [first.name]  # the failed builds left nothing behind
+    left = sorted(str(p.relative_to(tmp_path / "cache")) for p in (tmp_path / "cache").rglob("*"))
+    left = [p for p in left if not p.endswith(".lock")]  # the failed builds left nothing behind
+    assert left == ["labels", f"labels/{first.name}", f"labels/{first.name}/death_5y_after_k76.parquet",
+                    f"labels/{first.name}/task.yaml"]  # fmt: skip
 
 
 def test_datamodule_trains_on_aces_labels(tmp_path, tiny_cohort):

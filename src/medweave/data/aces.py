@@ -368,12 +368,13 @@ def compute_labels(task: TaskFile, root: Path) -> pa.Table:
             parts.append(result.select("subject_id", "prediction_time", boolean_value=pl.col("label") > 0))
     for warning in absent_codes(task, codes):
         log.warning("%s", warning)
-    if not parts:
+    table = pl.concat(parts, how="diagonal").to_arrow() if parts else None
+    if table is None or not table.num_rows:
+        survival = " (and a survival.end after the prediction times)" if task.survival else ""
         raise MedweaveError(
-            f"{task.path}: ACES found no subject in {root} that matches the trigger and windows "
-            "(see the warnings above for codes the cohort does not use)"
+            f"{task.path}: ACES found no subject in {root} that matches the trigger and windows{survival}; "
+            "see the warnings above for codes the cohort does not use"
         )
-    table = pl.concat(parts, how="diagonal").to_arrow()
     columns = {}
     for f in c.LABEL_SCHEMA:
         columns[f.name] = (
@@ -435,18 +436,20 @@ def labels_dir(task_path: str | Path, root: Path, cache_dir: Path, fingerprint: 
         sort_keys=True,
     )
     key = hashlib.blake2b(key_src.encode(), digest_size=10).hexdigest()
-    out = Path(cache_dir).expanduser().resolve() / "labels" / key
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out.with_name(f".{key}.lock"))):
+    cache = Path(cache_dir).expanduser().resolve()
+    out = cache / "labels" / key  # exists only when complete: the lock and build sit beside it
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / f".labels-{key}.lock")):
         if (out / f"{task.name}.parquet").exists():
             log.info("Using ACES labels %s", out)
             return out
-        tmp = out.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp = cache / f".labels-{key}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             table = compute_labels(task, Path(root))
             pq.write_table(table, tmp / f"{task.name}.parquet")
             (tmp / "task.yaml").write_bytes(task.path.read_bytes())  # what made them
+            out.parent.mkdir(exist_ok=True)
             tmp.rename(out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
