@@ -59,12 +59,34 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     from medweave.launch import rank_suffix, run_stamp
+    from medweave.tasks.types import default_head, default_monitor
 
     OmegaConf.register_new_resolver("medweave_run_stamp", run_stamp, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("medweave_rank_suffix", rank_suffix, replace=True)
+    OmegaConf.register_new_resolver("medweave_task_head", default_head, replace=True)
+    OmegaConf.register_new_resolver("medweave_task_monitor", default_monitor, replace=True)
 
 
 register_resolvers()  # on import too: configs composed through Hydra's compose API use them
+
+
+def task_file_overrides(args: list[str]) -> list[str]:
+    """``task=<path of a .yaml file>`` -> the overrides selecting configs/task/aces.yaml with that
+    file (``task=aces task.aces=<file> task.name=... task.type=...``, read from the file by
+    data/aces.py). Hydra's ``task=`` picks a config by name from configs/task/; this is the one
+    place a path is accepted instead. Keys the command line sets itself are left to it."""
+    explicit = {arg.split("=", 1)[0].lstrip("+~") for arg in args if "=" in arg}
+    out = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key != "task" or not value.endswith((".yaml", ".yml")):
+            out.append(arg)
+            continue
+        from medweave.data.aces import task_overrides
+
+        translated = task_overrides(value)
+        out += [o for o in translated if o.split("=", 1)[0] not in explicit or o.startswith("task=")]
+    return out
 
 
 def run(task_fn, config_name: str, program: str) -> None:
@@ -98,4 +120,8 @@ def run(task_fn, config_name: str, program: str) -> None:
                 sys.exit(preemption.EXIT_PREEMPTED)  # logged where it happened; the checkpoint is on disk
             raise
 
+    try:
+        sys.argv = [sys.argv[0], *task_file_overrides(sys.argv[1:])]
+    except MedweaveError as err:
+        fail(err)
     _main()

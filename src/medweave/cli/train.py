@@ -21,6 +21,7 @@ def check_config(cfg) -> None:
 
     from medweave.data.contract import check_modalities, require_root
     from medweave.errors import MedweaveError
+    from medweave.tasks.types import check_type
 
     problems = []
     if OmegaConf.is_missing(cfg.data, "root"):
@@ -36,6 +37,13 @@ def check_config(cfg) -> None:
         check_modalities(cfg.data.modalities)
     except MedweaveError as err:
         problems.append(str(err))
+    if OmegaConf.is_missing(cfg.task, "name") or OmegaConf.is_missing(cfg.task, "aces"):
+        problems.append("task=aces needs its file: pass task=<path of the ACES task config .yaml>")
+    else:
+        try:
+            check_type(cfg.task.type)
+        except MedweaveError as err:
+            problems.append(str(err))
     if problems:
         raise MedweaveError("; ".join(problems))
 
