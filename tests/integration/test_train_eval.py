@@ -201,11 +201,14 @@ def test_the_run_model_is_the_tested_checkpoint_and_predicts_from_the_registry(s
     assert version.tags["cohort_fingerprint"] == tags["model.cohort_fingerprint"] != "None"
 
     from_registry = predict_table("models:/cvd-risk/1", tiny_cohort, tmp_path)
+    client.set_registered_model_alias("cvd-risk", "champion", "1")
+    from_alias = predict_table("models:/cvd-risk@champion", tiny_cohort, tmp_path)
     from_run_id = predict_table(run_id, tiny_cohort, tmp_path)
     from_file = predict_table(tested, tiny_cohort, tmp_path)
     assert len(from_file) > 0
     assert (from_registry.score.to_numpy() == from_file.score.to_numpy()).all()
     assert (from_run_id.score.to_numpy() == from_file.score.to_numpy()).all()
+    assert (from_alias.score.to_numpy() == from_file.score.to_numpy()).all()
     with pytest.raises(MedweaveError, match="not found in the MLflow store"):
         predict_table("models:/cvd-risk/7", tiny_cohort, tmp_path)
 

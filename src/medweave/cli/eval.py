@@ -112,6 +112,7 @@ def evaluate(cfg) -> dict[str, float]:
     from medweave.cli.hydra_main import one_log_stream
     from medweave.errors import MedweaveError
     from medweave.tracking.mlflow import log_run_config
+    from medweave.training.progress import progress_bar
 
     one_log_stream()
     if cfg.split not in EVAL_SPLITS:
@@ -119,19 +120,23 @@ def evaluate(cfg) -> dict[str, float]:
     ckpt, datamodule, model = restore_for_inference(cfg)
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    bar = progress_bar(cfg.trainer.get("enable_progress_bar", True))
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[bar] if bar else [])
     log_run_config(loggers, cfg, Path(cfg.paths.output_dir), {"eval.trained_epoch": ckpt.get("epoch")})
     loader = datamodule.split_dataloader(cfg.split)
     run = trainer.test if cfg.split == "held_out" else trainer.validate
-    results = run(model, dataloaders=loader)[0]
-    L.pytorch.utilities.rank_zero_info(f"Eval on {cfg.split}: {results}")
+    results = {k: float(v) for k, v in run(model, dataloaders=loader, verbose=False)[0].items()}
     if cfg.evaluation.enabled and trainer.is_global_zero:
         from medweave.evaluation.run import report_and_log
 
         task = ckpt["medweave"]["config"]["task"]["name"]
         folder = Path(cfg.paths.output_dir) / "evaluation"
-        report_and_log(model, datamodule, cfg.split, task, cfg.evaluation, folder, loggers)
-    return {k: float(v) for k, v in results.items()}
+        summary = report_and_log(model, datamodule, cfg.split, task, cfg.evaluation, folder, loggers)
+        prefix = "test" if cfg.split == "held_out" else "val"
+        results.update({f"{prefix}/{k}": v["value"] for k, v in summary["overall"].items()})
+    shown = {k: round(v, 4) for k, v in sorted(results.items())}
+    L.pytorch.utilities.rank_zero_info(f"Eval on {cfg.split}: {shown}")
+    return results
 
 
 def main() -> None:
