@@ -26,7 +26,9 @@ def fit_tokenizer(docs: list[str], vocab_size: int, min_subjects: int = 5) -> st
     ]
     tok.train_from_iterator(
         once_per_subject,
-        trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_subjects, special_tokens=SPECIALS),
+        trainers.WordLevelTrainer(
+            vocab_size=vocab_size, min_frequency=min_subjects, special_tokens=SPECIALS, show_progress=False
+        ),
     )
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
