@@ -170,7 +170,9 @@ def test_checkpoint_from_another_model_is_refused(smoke_cfg, tmp_path, tiny_coho
         load_checkpoint(str(tmp_path / "nope.ckpt"))
 
 
-def test_the_run_model_is_the_tested_checkpoint_and_predicts_from_the_registry(smoke_cfg, tmp_path, tiny_cohort):
+def test_the_run_model_is_the_tested_checkpoint_and_predicts_from_the_registry(
+    smoke_cfg, tmp_path, tiny_cohort
+):
     """The MLflow model is the checkpoint that was tested (best by the monitor), byte for byte;
     registered, it predicts what the checkpoint file predicts; last.ckpt never leaves the disk."""
     import hashlib
@@ -324,12 +326,12 @@ def test_second_disease_trains_from_its_own_labels(smoke_cfg, tmp_path, tiny_coh
 
 @pytest.mark.parametrize("task", ["cvd_survival", "cvd_survival_discrete"])
 def test_survival_task_trains_and_predictions_reproduce_the_c_index(smoke_cfg, task, tmp_path, tiny_cohort):
+    import json
+
     import pyarrow.parquet as pq
 
     from medweave.cli.train import train
     from medweave.metrics.survival import harrell_c
-
-    import json
 
     train(smoke_cfg(f"task={task}"))
     [run] = only_run(mlflow_client(tmp_path / "logs"))

@@ -133,7 +133,7 @@ def test_encoder_learns_its_modality_signal(case):
     x, y = make_task(512, g)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for step in range(150):
+    for _ in range(150):
         idx = torch.randint(0, len(y), (64,), generator=g)
         loss = nn.functional.binary_cross_entropy_with_logits(model(_rows(x, idx)).squeeze(-1), y[idx])
         optimizer.zero_grad()
