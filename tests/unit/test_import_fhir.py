@@ -174,19 +174,63 @@ def test_subject_ids_are_deterministic_and_their_map_stays_outside(tmp_path):
     assert set(pq.read_table(salted / "data").column("subject_id").to_pylist()).isdisjoint(ids_a)
 
 
-def test_unit_in_code_and_extra_code_systems(tmp_path):
+def test_local_code_systems_are_kept_under_a_derived_or_configured_prefix(tmp_path):
     folder = write_inputs(tmp_path / "in")
-    extra = {"resourceType": "Condition", "subject": ref(), "code": coded("urn:oid:1.2.208.176.2.4", "DI219"),
-             "recordedDate": "2021-01-01"}  # fmt: skip
-    (folder / "extra.ndjson").write_text(json.dumps(extra) + "\n")
-    with pytest.raises(
-        MedweaveError, match=r"extra.ndjson: line 1, field Condition.code: .*urn:oid:1.2.208.176.2.4"
-    ):
-        import_fhir(folder, tmp_path / "strict")
-    assert not (tmp_path / "strict").exists() and not (tmp_path / "strict.subject_map.parquet").exists()
+    extra = [
+        {"resourceType": "Condition", "subject": ref(), "code": coded("urn:oid:1.2.208.176.2.4", "DI219"),
+         "recordedDate": "2021-01-01"},
+        {"resourceType": "Observation", "status": "final", "subject": ref(), "issued": "2021-01-02T00:00:00Z",
+         "code": coded("http://clinosim.dev/fhir/CodeSystem/nursing-scores", "braden"),
+         "valueInteger": 18},
+        {"resourceType": "Observation", "status": "final", "subject": ref(), "issued": "2021-01-03T00:00:00Z",
+         "code": {"coding": [{"system": "http://example.org/x/CodeSystem/nursing-scores", "code": "morse"},
+                             {"system": LOINC, "code": "59460-6"}]}, "valueInteger": 25},
+    ]  # fmt: skip
+    (folder / "extra.ndjson").write_text("\n".join(json.dumps(e) for e in extra) + "\n")
+    root = import_fhir(folder, tmp_path / "derived")  # strict: local systems are valid FHIR
+    codes = {e[1] for e in events(root)}
+    assert {"OID_1.2.208.176.2.4//DI219", "NURSING-SCORES//braden", "LOINC//59460-6"} <= codes  # LOINC first
+    summary = json.loads((root / "metadata/dataset.json").read_text())["medweave"]["import"]
+    systems = {row["system"]: row for row in summary["code_systems"]}
+    assert systems["urn:oid:1.2.208.176.2.4"] == {
+        "system": "urn:oid:1.2.208.176.2.4", "prefix": "OID_1.2.208.176.2.4", "codes": 1, "configured": False
+    }  # fmt: skip
+    assert systems[LOINC]["configured"] and systems[LOINC]["codes"] >= 4
+    assert "http://example.org/x/CodeSystem/nursing-scores" not in systems  # LOINC was chosen there
+
     mapping = FhirMapping(code_systems={"urn:oid:1.2.208.176.2.4": "SKS"}, unit_in_code=True)
     codes = {e[1] for e in events(import_fhir(folder, tmp_path / "out", mapping=mapping))}
     assert {"SKS//DI219", "LOINC//8480-6//mm[Hg]"} <= codes
+
+
+@pytest.mark.parametrize(
+    ("system", "prefix"),
+    [
+        ("http://clinosim.dev/fhir/CodeSystem/nursing-scores", "NURSING-SCORES"),
+        ("http://terminology.hl7.org/CodeSystem/v3-ActCode", "V3-ACTCODE"),
+        ("https://hospital.example.org/", "HOSPITAL.EXAMPLE.ORG"),
+        ("urn:oid:1.2.392.200119.4.504", "OID_1.2.392.200119.4.504"),
+        ("urn:uuid:0d3c9a1e-7f1b-4c1e-9f5e-3b1f8f1b2c3d", "UUID_0d3c9a1e"),
+        ("urn:ietf:bcp:47", "47"),
+    ],
+)
+def test_derived_prefixes(system, prefix):
+    from medweave.importers.fhir.codes import derive_prefix
+
+    assert derive_prefix(system) == prefix
+
+
+def test_two_local_systems_with_one_name_get_two_prefixes():
+    from types import SimpleNamespace as NS
+
+    from medweave.importers.fhir.codes import Coder
+
+    coder = Coder(FhirMapping())
+    a = coder.coding(NS(system="http://a.example/CodeSystem/scores", code="1", display=None))[0]
+    b = coder.coding(NS(system="http://b.example/CodeSystem/scores", code="1", display=None))[0]
+    icd = coder.coding(NS(system="http://example.org/CodeSystem/icd10", code="1", display=None))[0]
+    assert a == "SCORES//1" and b.startswith("SCORES_") and b != a and icd == "ICD10_" + icd[6:]
+    assert coder.coding(NS(system=None, code="x1", display=None))[0] == "LOCAL//x1"
 
 
 def test_splits_follow_the_fractions_and_the_subject_not_the_order():
