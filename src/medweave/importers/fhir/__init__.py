@@ -13,7 +13,9 @@ clinical resources medweave maps validate R4 JSON (Synthea's included) unchanged
 
 Strict mode stops on corrupt input (invalid JSON, a resource that fails validation, a reference
 to a Patient that is not there, an event without a time); valid FHIR that medweave does not map
-(a type, a status such as entered-in-error) is counted in the summary, not an error.
+(a type, a status such as entered-in-error) is counted in the summary, not an error. Empty
+strings, which FHIR forbids but exporters write for "unknown", are read as absent and counted
+(``empty_values_dropped``).
 """
 
 from medweave.importers.fhir.codes import CODE_SYSTEMS, FhirMapping, normalise_text

@@ -22,7 +22,7 @@ from medweave.importers.fhir.reading import Reader, fhir_inputs
 log = logging.getLogger(__name__)
 
 SEX_CODES = {"female": "SEX//F", "male": "SEX//M", "other": "SEX//O"}  # as the sandbox writes them
-INDEXED = ("Patient", "Medication")  # read in pass 1
+INDEXED = ("Patient", "Medication", "Device")  # read in pass 1; the last two name what others use
 
 
 def import_fhir(
@@ -48,6 +48,7 @@ def import_fhir(
             "imported": dict(sorted(importer.imported.items())),
             "text_only_codes": dict(sorted(importer.coder.text_only.items())),
             "duplicate_notes": importer.duplicate_notes,
+            "elements_dropped": dict(sorted(importer.dropped.items())),
             "code_systems": importer.coder.table(),
             **skipped.as_dict(),
         }
@@ -67,6 +68,7 @@ class _FhirImporter:
         self.imported: Counter[str] = Counter()  # gave at least one event, per type
         self.notes: set[bytes] = set()  # (subject, time, text) digests: a note is written once
         self.duplicate_notes = 0
+        self.dropped: Counter[str] = Counter()  # element -> times read as absent ("", unknown)
         self.rows: list[tuple] = []
 
     def _model(self, path, where, obj):
@@ -76,7 +78,16 @@ class _FhirImporter:
 
         kind = obj["resourceType"]
         try:
-            return get_fhir_model_class(kind).model_validate(obj)
+            try:
+                return get_fhir_model_class(kind).model_validate(obj)
+            except ValidationError as first_err:
+                repaired, dropped = self._repaired(kind, obj, first_err)
+                if repaired is None:
+                    raise
+                model = get_fhir_model_class(kind).model_validate(repaired)
+                for name, n in dropped.items():
+                    self.dropped[name] += n
+                return model
         except ValidationError as err:
             first = err.errors()[0]  # its message and place only: the input may hold identifiers
             place = ".".join(str(p) for p in first["loc"]) or "resource"
@@ -86,6 +97,30 @@ class _FhirImporter:
         except (KeyError, ValueError) as err:  # not a resource type the models know
             self.skipped.fault(kind, path, where, f"expected a FHIR R4 resource type ({err})")
         return None
+
+    @staticmethod
+    def _repaired(kind: str, obj: dict, err) -> tuple[dict | None, Counter]:
+        """``obj`` read as a tolerant FHIR parser reads it (HAPI's lenient handler does the same):
+        empty strings as absent, elements R4 does not define dropped; None if that is not the
+        fault. What was dropped is counted by element path, never by value."""
+        dropped: Counter[str] = Counter()
+        unknown = [e["loc"] for e in err.errors() if e["type"] == "extra_forbidden"]
+        repaired, n = without_empty(obj)
+        if n:
+            dropped[f"{kind}: empty string"] += n
+        for loc in unknown:
+            holder = repaired
+            for step in loc[:-1]:
+                try:
+                    holder = holder[step]
+                except (KeyError, IndexError, TypeError):
+                    holder = None
+                    break
+            if isinstance(holder, dict) and loc[-1] in holder:
+                del holder[loc[-1]]
+                path = ".".join(str(p) for p in loc if not isinstance(p, int))
+                dropped[f"{kind}.{path}: not an R4 element"] += 1
+        return (repaired if dropped else None), dropped
 
     # -- pass 1: Patients and Medications ---------------------------------------------------
     def index(self, files: list[tuple[Path, bool]]) -> None:
@@ -109,13 +144,17 @@ class _FhirImporter:
                         kind, path, f"{where}, field {kind}.id", "expected an id or a Bundle entry fullUrl"
                     )
                     continue
-                if kind == "Medication":
+                if kind != "Patient":
+                    index, concept, name = (
+                        (self.mapper.medications, model.code, "Medication.code")
+                        if kind == "Medication"
+                        else (self.mapper.devices, model.type, "Device.type")
+                    )
                     try:
-                        code = self.mapper.code(model.code, "Medication.code")
+                        index.update(dict.fromkeys(refs, self.mapper.code(concept, name)))
                     except Ignore as reason:
                         self.skipped.ignore(kind, str(reason))
                         continue
-                    self.mapper.medications.update(dict.fromkeys(refs, code))
                     self.imported[kind] += 1
                     continue
                 if any(ref in self.patients for ref in refs):
@@ -210,3 +249,29 @@ class _FhirImporter:
         if ref.startswith("Patient/") or ref.startswith("urn:") or "/Patient/" in ref:
             raise Fault(f"{kind}.{field}", "refers to a Patient that is not in the input")
         raise Fault(f"{kind}.{field}", "expected a reference to a Patient (found another resource type)")
+
+
+def without_empty(obj):
+    """``obj`` without empty strings (and the objects and lists left empty by that), and how many
+    were dropped. FHIR forbids ``""``; exporters write it for "unknown", so it is read as absent."""
+    if isinstance(obj, dict):
+        out, n = {}, 0
+        for key, value in obj.items():
+            value, k = without_empty(value)
+            n += k
+            if value in ("", {}, []):
+                n += value == ""  # an object or list emptied by this was counted inside
+                continue
+            out[key] = value
+        return out, n
+    if isinstance(obj, list):
+        out, n = [], 0
+        for value in obj:
+            value, k = without_empty(value)
+            n += k
+            if value in ("", {}, []):
+                n += value == ""
+                continue
+            out.append(value)
+        return out, n
+    return obj, 0

@@ -35,6 +35,7 @@ MAPPED = {
     "Specimen": ("specimen", "subject"),
     "FamilyMemberHistory": ("family_member_history", "patient"),
     "ImagingStudy": ("imaging_study", "subject"),
+    "DeviceUseStatement": ("device_use_statement", "subject"),
     "CarePlan": ("care_plan", "subject"),
     "Goal": ("goal", "subject"),
     "DiagnosticReport": ("diagnostic_report", "subject"),
@@ -59,11 +60,13 @@ class Ignore(Exception):
 
 
 class EventMapper:
-    """The mappers; ``medications`` maps Medication references (pass 1) to (code, description)."""
+    """The mappers; ``medications`` and ``devices`` map references to Medication and Device
+    resources (indexed in pass 1) to their (code, description)."""
 
     def __init__(self, coder: Coder, unit_in_code: bool = False):
         self.coder, self.unit_in_code = coder, unit_in_code
         self.medications: dict[str, tuple[str, str | None]] = {}
+        self.devices: dict[str, tuple[str, str | None]] = {}
 
     def events(self, kind: str, model):
         return getattr(self, MAPPED[kind][0])(model)
@@ -161,7 +164,7 @@ class EventMapper:
 
     def medication_administration(self, m):
         """The drug's code (as prescribed), the dose as numeric_value + unit."""
-        self.status(m, ("entered-in-error", "not-done"))
+        self.status(m)
         at = first(m.effectiveDateTime, start(m.effectivePeriod))
         if at is None:
             raise Fault(
@@ -169,7 +172,8 @@ class EventMapper:
             )
         dose = m.dosage.dose if m.dosage is not None else None
         number, unit = quantity(dose)
-        yield at, *self.medication(m, "MedicationAdministration"), number, None, unit
+        code, desc = not_done(m, *self.medication(m, "MedicationAdministration"))
+        yield at, code, desc, number, None, unit
 
     def medication_dispense(self, m):
         """The drug's code at hand-over, the quantity dispensed as numeric_value + unit."""
@@ -181,18 +185,20 @@ class EventMapper:
         yield at, *self.medication(m, "MedicationDispense"), number, None, unit
 
     def immunization(self, m):
-        self.status(m, ("entered-in-error", "not-done"))
+        self.status(m)
         at = first(m.occurrenceDateTime, m.recorded)
         if at is None:
             raise Fault("Immunization.occurrence[x]", "expected occurrenceDateTime or recorded")
-        yield (at, *self.code(m.vaccineCode, "Immunization.vaccineCode"), None, None, None)
+        code, desc = not_done(m, *self.code(m.vaccineCode, "Immunization.vaccineCode"))
+        yield at, code, desc, None, None, None
 
     def procedure(self, m):
-        self.status(m, ("entered-in-error", "not-done"))
+        self.status(m)
         at = first(m.performedDateTime, start(m.performedPeriod))
         if at is None:
             raise Fault("Procedure.performed[x]", "expected performedDateTime or performedPeriod.start")
-        yield (at, *self.code(m.code, "Procedure.code"), None, None, None)
+        code, desc = not_done(m, *self.code(m.code, "Procedure.code"))
+        yield at, code, desc, None, None, None
 
     def encounter(self, m):
         self.status(m, ("entered-in-error", "cancelled"))
@@ -308,6 +314,25 @@ class EventMapper:
         )
         yield at, f"IMAGING//{modality}", desc, None, uid.removeprefix("urn:oid:") if uid else None, None
 
+    def device_use_statement(self, m):
+        """DEVICE//<the Device's type> from when its use began (a Device alone says what it is,
+        not when a patient had it)."""
+        self.status(m, ("entered-in-error",))
+        at = first(m.timingDateTime, start(m.timingPeriod), m.recordedOn)
+        if at is None:
+            raise Fault("DeviceUseStatement.timing[x]", "expected timing[x] or recordedOn")
+        ref = m.device.reference if m.device is not None else None
+        if ref and ref.startswith("#"):
+            found = [d for d in m.contained or [] if d.id == ref[1:] and d.get_resource_type() == "Device"]
+            code, desc = self.code(
+                found[0].type if found else None, "DeviceUseStatement.contained.Device.type"
+            )
+        elif ref in self.devices:
+            code, desc = self.devices[ref]
+        else:
+            raise Fault("DeviceUseStatement.device", "refers to a Device that is not in the input")
+        yield at, f"DEVICE//{code}", desc and f"Device: {desc}", None, None, None
+
     # -- clinical text ---------------------------------------------------------------------
     def diagnostic_report(self, m):
         """The report's code (text_value: its first conclusionCode), then its text as a note:
@@ -316,7 +341,12 @@ class EventMapper:
         at = first(m.effectiveDateTime, start(m.effectivePeriod), m.issued)
         if at is None:
             raise Fault("DiagnosticReport.effective[x]", "expected effective[x] or issued")
-        code, desc = self.code(m.code, "DiagnosticReport.code")
+        try:
+            code, desc = self.code(m.code, "DiagnosticReport.code")
+        except Ignore:  # an empty code: the category (Radiology, LAB) still says what it was
+            if not m.category:
+                raise
+            code, desc = self.code(m.category[0], "DiagnosticReport.category")
         conclusion = None
         for concept in m.conclusionCode or []:
             if any(cd.code for cd in concept.coding or []):
@@ -371,6 +401,14 @@ class EventMapper:
             raise Ignore("no description or summary text")
         code, desc = note_code(m.code, "clinical_impression")
         yield at, code, desc, None, text, None
+
+
+def not_done(model, code: str, desc: str | None) -> tuple[str, str | None]:
+    """NOT_DONE//<code> for a vaccine, drug or procedure recorded as not given (refused,
+    contraindicated): kept, since that is clinical information, but never as the thing itself."""
+    if getattr(model, "status", None) != "not-done":
+        return code, desc
+    return f"NOT_DONE//{code}", desc and f"Not done: {desc}"
 
 
 def quantity(q) -> tuple[float | None, str | None]:
