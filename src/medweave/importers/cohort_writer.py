@@ -156,8 +156,12 @@ def log_summary(root: Path, summary: dict) -> None:
         log.info("%-28s %9s %9s", "resource type", "read", "imported")
         for kind, n in read.items():
             log.info("%-28s %9d %9d", kind, n, imported.get(kind, 0))
+    for manifest in summary.get("manifests", []):
+        log.info("Bulk Data manifest (%s): %d output files", manifest["transactionTime"], manifest["outputs"])
     for reason, n in summary.get("skipped_files", {}).items():
         log.info("skipped %d files: %s", n, reason)
+    for element, n in summary.get("elements_dropped", {}).items():
+        log.info("read as absent: %d x %s", n, element)
     for kind, reasons in summary.get("skipped_bad_input", {}).items():
         for reason, n in reasons.items():
             log.warning("skipped %d %s: %s", n, kind, reason)
@@ -175,7 +179,7 @@ def log_summary(root: Path, summary: dict) -> None:
             mark = (
                 ""
                 if row["configured"] or row["system"].startswith("(")
-                else "  (prefix derived: set fhir.code_systems to fix it)"
+                else "  (derived; fhir.code_systems names it)"
             )
             log.info("%9d %-24s %s%s", row["codes"], row["prefix"], row["system"], mark)
 
