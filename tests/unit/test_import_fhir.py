@@ -412,7 +412,7 @@ def test_empty_strings_and_unknown_elements_are_read_as_absent_and_counted(tmp_p
     _ndjson(folder / "all.ndjson", [PATIENT, report, given])
     root = import_fhir(folder, tmp_path / "out")
     got = {e[1]: e for e in events(root)}
-    assert got["SNOMED//394914008"][0] == datetime(2020, 1, 2, 10)  # the category named the report
+    assert got["REPORT//SNOMED//394914008"][0] == datetime(2020, 1, 2, 10)  # the category named it
     assert got["NOTE//394914008"][3] == "No acute findings."
     assert got["ATC//N02BE01"][2] == 500.0
     assert _summary(root)["elements_dropped"] == {

@@ -8,7 +8,8 @@ Codes that are about something other than the patient's own diagnosis, drug or t
 qualifier before the vocabulary, so they never share a code with it: ``ALLERGY//RXNORM//7980``
 (allergic to penicillin) is not ``RXNORM//7980`` (given penicillin), nor is
 ``FAMILY_HISTORY//SNOMED//254837009`` the patient's own breast cancer, ``ORDER//LOINC//4548-4`` an
-HbA1c result, or ``CAREPLAN//``, ``GOAL//`` and ``SPECIMEN//`` codes what was done.
+HbA1c result (nor ``REPORT//LOINC//4548-4`` the report that carries it), or ``CAREPLAN//``,
+``GOAL//`` and ``SPECIMEN//`` codes what was done.
 """
 
 from __future__ import annotations
@@ -335,7 +336,8 @@ class EventMapper:
 
     # -- clinical text ---------------------------------------------------------------------
     def diagnostic_report(self, m):
-        """The report's code (text_value: its first conclusionCode), then its text as a note:
+        """REPORT//<the report's code> (text_value: its first conclusionCode; qualified, since a
+        one-test report shares its code with the Observation that holds the value), then its text:
         ``conclusion`` and inline text ``presentedForm`` under NOTE//<report code>."""
         self.status(m, ("entered-in-error", "cancelled"))
         at = first(m.effectiveDateTime, start(m.effectivePeriod), m.issued)
@@ -352,7 +354,7 @@ class EventMapper:
             if any(cd.code for cd in concept.coding or []):
                 conclusion = self.coder.code(concept, "DiagnosticReport.conclusionCode")[0]
                 break
-        yield at, code, desc, None, conclusion, None
+        yield at, f"REPORT//{code}", desc and f"Report: {desc}", None, conclusion, None
         texts = [m.conclusion or ""] + attachments_text(
             m.presentedForm or [], "DiagnosticReport.presentedForm"
         )[0]
