@@ -320,15 +320,16 @@ def test_a_bulk_export_manifest_is_followed_and_metadata_is_counted(tmp_path):
     }
     (export / "manifest.json").write_text(json.dumps(manifest))
     (export / "_generator_metadata.json").write_text(json.dumps({"generator": "x", "seed": 1}))
+    (export / "empty-list.json").write_text("[]")  # JSON, not a resource: counted too
     root = import_fhir(export, tmp_path / "cohort")  # strict
     codes = {e[1] for e in events(root)}
     assert {"SEX//M", "SNOMED//44054006", "LOINC//72166-2"} <= codes
     summary = _summary(root)
-    assert summary["files"] == 4  # the three outputs and the metadata (read, then counted)
+    assert summary["files"] == 5  # the three outputs and two other JSON files (read, then counted)
     assert summary["resources"] == {"Condition": 1, "Observation": 1, "Patient": 1}
     assert summary["manifests"] == [{"transactionTime": "2024-05-01T00:00:00Z", "outputs": 3}]
     assert summary["skipped_files"] == {
-        "JSON that is not a FHIR resource (no resourceType)": 1,
+        "JSON that is not a FHIR resource (no resourceType)": 2,
         "manifest error files (not resources to import)": 1,
     }
     # the manifest itself given as input: the same export
@@ -339,6 +340,13 @@ def test_a_bulk_export_manifest_is_followed_and_metadata_is_counted(tmp_path):
     (export / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(MedweaveError, match=r"manifest.json: output\[3\].url: a remote URL .*download"):
         import_fhir(export, tmp_path / "remote")
+
+
+def test_a_json_array_of_resources_is_read(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "dump.json").write_text(json.dumps([PATIENT, CONDITION]))
+    assert "SNOMED//44054006" in {e[1] for e in events(import_fhir(folder, tmp_path / "out"))}
 
 
 def test_text_only_concepts_keep_their_events_under_text_codes(tmp_path, caplog):

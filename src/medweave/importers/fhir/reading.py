@@ -1,6 +1,7 @@
 """Finding and reading FHIR files: Bundles, single resources, NDJSON and Bulk Data exports.
 
-Inputs are files or folders (searched recursively) of ``*.json`` (a Bundle or one resource),
+Inputs are files or folders (searched recursively) of ``*.json`` (a Bundle, one resource or an
+array of resources),
 ``*.ndjson`` (one resource, or one Bundle, per line) and gzipped versions of either.
 
 A FHIR Bulk Data ``$export`` manifest (a JSON object with ``transactionTime`` and an ``output``
@@ -179,6 +180,10 @@ class Reader:
         except (ValueError, UnicodeDecodeError, OSError, EOFError):
             if report:
                 self.fault("file", path, "file", "expected a FHIR Bundle or resource as JSON")
+            return
+        if isinstance(obj, list) and obj and all(isinstance(o, dict) and "resourceType" in o for o in obj):
+            for i, item in enumerate(obj):  # a JSON array of resources, as some tools dump them
+                yield from self._expand(path, item, f"item {i}", None, report)
             return
         if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
             if report:  # valid JSON, just not FHIR: metadata beside the export
