@@ -174,7 +174,9 @@ def test_subject_ids_are_deterministic_and_their_map_stays_outside(tmp_path):
     assert set(pq.read_table(salted / "data").column("subject_id").to_pylist()).isdisjoint(ids_a)
 
 
-def test_local_code_systems_are_kept_under_a_derived_or_configured_prefix(tmp_path):
+def test_local_code_systems_are_kept_under_a_derived_or_configured_prefix(tmp_path, caplog):
+    import logging
+
     folder = write_inputs(tmp_path / "in")
     extra = [
         {"resourceType": "Condition", "subject": ref(), "code": coded("urn:oid:1.2.208.176.2.4", "DI219"),
@@ -187,7 +189,13 @@ def test_local_code_systems_are_kept_under_a_derived_or_configured_prefix(tmp_pa
                              {"system": LOINC, "code": "59460-6"}]}, "valueInteger": 25},
     ]  # fmt: skip
     (folder / "extra.ndjson").write_text("\n".join(json.dumps(e) for e in extra) + "\n")
-    root = import_fhir(folder, tmp_path / "derived")  # strict: local systems are valid FHIR
+    with caplog.at_level(logging.INFO):
+        root = import_fhir(folder, tmp_path / "derived")  # strict: local systems are valid FHIR
+    printed = [r.getMessage() for r in caplog.records]
+    assert any(
+        "NURSING-SCORES" in line and "http://clinosim.dev/fhir/CodeSystem/nursing-scores" in line
+        for line in printed
+    )  # the table of code systems, printed at the end
     codes = {e[1] for e in events(root)}
     assert {"OID_1.2.208.176.2.4//DI219", "NURSING-SCORES//braden", "LOINC//59460-6"} <= codes  # LOINC first
     summary = json.loads((root / "metadata/dataset.json").read_text())["medweave"]["import"]

@@ -57,7 +57,7 @@ class Fault(Exception):
 
 
 class Ignore(Exception):
-    """A resource left out on purpose (entered in error, not done, a PDF only): counted, no warning."""
+    """A resource left out on purpose (entered in error, refuted, a PDF only): counted, no warning."""
 
 
 class EventMapper:
