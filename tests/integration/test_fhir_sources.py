@@ -310,3 +310,42 @@ def test_clinosims_bulk_export_trains_and_evaluates(generated, tmp_path):
     assert 0.3 < labels.boolean_value.mean() < 0.8
     validate_ok(root)
     train_and_eval(root, tmp_path, "diagnosed", "[ehr_codes,text]")
+
+
+def test_the_cli_imports_a_bulk_export_with_site_mappings(generated, tmp_path):
+    """medweave-import as a user runs it on the export folder, with a site's config naming a local
+    code system and a free-text drug (a YAML file: URLs cannot be keys on Hydra's command line)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "mysite.yaml").write_text(
+        "defaults: [import, _self_]\n"
+        "fhir:\n"
+        "  code_systems: {'http://clinosim.dev/fhir/CodeSystem/nursing-scores': NURSING}\n"
+        "  text_codes: {metoprolol succinate: RXNORM//866427}\n"
+    )
+    out = tmp_path / "cohort"
+    cli = Path(sys.executable).with_name("medweave-import")
+    source = generated("clinosim-us")
+    done = subprocess.run(
+        [
+            str(cli),
+            "--config-dir",
+            str(site),
+            "--config-name",
+            "mysite",
+            "format=fhir",
+            f"input={source}",
+            f"out={out}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout + done.stderr
+    assert "Imported 130 subjects" in printed and "Bulk Data manifest" in printed
+    assert "NURSING " in printed and "metoprolol" not in printed.lower()
+    codes = set(pq.read_table(out / "data", columns=["code"]).column("code").to_pylist())
+    assert "RXNORM//866427" in codes and "TEXT//metoprolol_succinate" not in codes
+    assert any(c.startswith("NURSING//") for c in codes) and not any(
+        c.startswith("NURSING-SCORES") for c in codes
+    )
