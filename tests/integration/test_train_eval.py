@@ -170,7 +170,9 @@ def test_checkpoint_from_another_model_is_refused(smoke_cfg, tmp_path, tiny_coho
         load_checkpoint(str(tmp_path / "nope.ckpt"))
 
 
-def test_the_run_model_is_the_tested_checkpoint_and_predicts_from_the_registry(smoke_cfg, tmp_path, tiny_cohort):
+def test_the_run_model_is_the_tested_checkpoint_and_predicts_from_the_registry(
+    smoke_cfg, tmp_path, tiny_cohort
+):
     """The MLflow model is the checkpoint that was tested (best by the monitor), byte for byte;
     registered, it predicts what the checkpoint file predicts; last.ckpt never leaves the disk."""
     import hashlib
