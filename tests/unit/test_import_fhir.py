@@ -174,19 +174,71 @@ def test_subject_ids_are_deterministic_and_their_map_stays_outside(tmp_path):
     assert set(pq.read_table(salted / "data").column("subject_id").to_pylist()).isdisjoint(ids_a)
 
 
-def test_unit_in_code_and_extra_code_systems(tmp_path):
+def test_local_code_systems_are_kept_under_a_derived_or_configured_prefix(tmp_path, caplog):
+    import logging
+
     folder = write_inputs(tmp_path / "in")
-    extra = {"resourceType": "Condition", "subject": ref(), "code": coded("urn:oid:1.2.208.176.2.4", "DI219"),
-             "recordedDate": "2021-01-01"}  # fmt: skip
-    (folder / "extra.ndjson").write_text(json.dumps(extra) + "\n")
-    with pytest.raises(
-        MedweaveError, match=r"extra.ndjson: line 1, field Condition.code: .*urn:oid:1.2.208.176.2.4"
-    ):
-        import_fhir(folder, tmp_path / "strict")
-    assert not (tmp_path / "strict").exists() and not (tmp_path / "strict.subject_map.parquet").exists()
+    extra = [
+        {"resourceType": "Condition", "subject": ref(), "code": coded("urn:oid:1.2.208.176.2.4", "DI219"),
+         "recordedDate": "2021-01-01"},
+        {"resourceType": "Observation", "status": "final", "subject": ref(), "issued": "2021-01-02T00:00:00Z",
+         "code": coded("http://clinosim.dev/fhir/CodeSystem/nursing-scores", "braden"),
+         "valueInteger": 18},
+        {"resourceType": "Observation", "status": "final", "subject": ref(), "issued": "2021-01-03T00:00:00Z",
+         "code": {"coding": [{"system": "http://example.org/x/CodeSystem/nursing-scores", "code": "morse"},
+                             {"system": LOINC, "code": "59460-6"}]}, "valueInteger": 25},
+    ]  # fmt: skip
+    (folder / "extra.ndjson").write_text("\n".join(json.dumps(e) for e in extra) + "\n")
+    with caplog.at_level(logging.INFO):
+        root = import_fhir(folder, tmp_path / "derived")  # strict: local systems are valid FHIR
+    printed = [r.getMessage() for r in caplog.records]
+    assert any(
+        "NURSING-SCORES" in line and "http://clinosim.dev/fhir/CodeSystem/nursing-scores" in line
+        for line in printed
+    )  # the table of code systems, printed at the end
+    codes = {e[1] for e in events(root)}
+    assert {"OID_1.2.208.176.2.4//DI219", "NURSING-SCORES//braden", "LOINC//59460-6"} <= codes  # LOINC first
+    summary = json.loads((root / "metadata/dataset.json").read_text())["medweave"]["import"]
+    systems = {row["system"]: row for row in summary["code_systems"]}
+    assert systems["urn:oid:1.2.208.176.2.4"] == {
+        "system": "urn:oid:1.2.208.176.2.4", "prefix": "OID_1.2.208.176.2.4", "codes": 1, "configured": False
+    }  # fmt: skip
+    assert systems[LOINC]["configured"] and systems[LOINC]["codes"] >= 4
+    assert "http://example.org/x/CodeSystem/nursing-scores" not in systems  # LOINC was chosen there
+
     mapping = FhirMapping(code_systems={"urn:oid:1.2.208.176.2.4": "SKS"}, unit_in_code=True)
     codes = {e[1] for e in events(import_fhir(folder, tmp_path / "out", mapping=mapping))}
     assert {"SKS//DI219", "LOINC//8480-6//mm[Hg]"} <= codes
+
+
+@pytest.mark.parametrize(
+    ("system", "prefix"),
+    [
+        ("http://clinosim.dev/fhir/CodeSystem/nursing-scores", "NURSING-SCORES"),
+        ("http://terminology.hl7.org/CodeSystem/v3-ActCode", "V3-ACTCODE"),
+        ("https://hospital.example.org/", "HOSPITAL.EXAMPLE.ORG"),
+        ("urn:oid:1.2.392.200119.4.504", "OID_1.2.392.200119.4.504"),
+        ("urn:uuid:0d3c9a1e-7f1b-4c1e-9f5e-3b1f8f1b2c3d", "UUID_0d3c9a1e"),
+        ("urn:ietf:bcp:47", "47"),
+    ],
+)
+def test_derived_prefixes(system, prefix):
+    from medweave.importers.fhir.codes import derive_prefix
+
+    assert derive_prefix(system) == prefix
+
+
+def test_two_local_systems_with_one_name_get_two_prefixes():
+    from types import SimpleNamespace as NS
+
+    from medweave.importers.fhir.codes import Coder
+
+    coder = Coder(FhirMapping())
+    a = coder.coding(NS(system="http://a.example/CodeSystem/scores", code="1", display=None))[0]
+    b = coder.coding(NS(system="http://b.example/CodeSystem/scores", code="1", display=None))[0]
+    icd = coder.coding(NS(system="http://example.org/CodeSystem/icd10", code="1", display=None))[0]
+    assert a == "SCORES//1" and b.startswith("SCORES_") and b != a and icd == "ICD10_" + icd[6:]
+    assert coder.coding(NS(system=None, code="x1", display=None))[0] == "LOCAL//x1"
 
 
 def test_splits_follow_the_fractions_and_the_subject_not_the_order():
@@ -241,3 +293,240 @@ def test_small_buffers_shard_by_subject_and_change_nothing_else(tmp_path):
         assert key == sorted(key)
     assert len(seen) == 30
     assert sorted(events(sharded), key=str) == sorted(events(whole), key=str)
+
+
+# -- exports as third-party systems write them ---------------------------------------------------
+def _ndjson(path, resources):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in resources))
+    return path
+
+
+def _summary(root):
+    return json.loads((root / "metadata/dataset.json").read_text())["medweave"]["import"]
+
+
+CONDITION = {"resourceType": "Condition", "subject": ref(), "code": coded(SNOMED, "44054006"),
+             "recordedDate": "2021-03-04"}  # fmt: skip
+
+
+def test_a_bulk_export_manifest_is_followed_and_metadata_is_counted(tmp_path):
+    export = tmp_path / "export"
+    _ndjson(export / "Patient.ndjson", [PATIENT])
+    _ndjson(export / "out" / "1", [CONDITION])  # Bulk Data servers name files as they like
+    elsewhere = _ndjson(tmp_path / "elsewhere" / "Observation.ndjson", [RESOURCES[2]])
+    manifest = {
+        "transactionTime": "2024-05-01T00:00:00Z",
+        "request": "https://ehr.example.org/fhir/$export",
+        "requiresAccessToken": False,
+        "output": [
+            {"type": "Patient", "url": "Patient.ndjson"},
+            {"type": "Condition", "url": "out/1"},
+            {"type": "Observation", "url": elsewhere.as_uri()},
+        ],
+        "error": [{"type": "OperationOutcome", "url": "errors.ndjson"}],
+    }
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    (export / "_generator_metadata.json").write_text(json.dumps({"generator": "x", "seed": 1}))
+    (export / "empty-list.json").write_text("[]")  # JSON, not a resource: counted too
+    root = import_fhir(export, tmp_path / "cohort")  # strict
+    codes = {e[1] for e in events(root)}
+    assert {"SEX//M", "SNOMED//44054006", "LOINC//72166-2"} <= codes
+    summary = _summary(root)
+    assert summary["files"] == 5  # the three outputs and two other JSON files (read, then counted)
+    assert summary["resources"] == {"Condition": 1, "Observation": 1, "Patient": 1}
+    assert summary["manifests"] == [{"transactionTime": "2024-05-01T00:00:00Z", "outputs": 3}]
+    assert summary["skipped_files"] == {
+        "JSON that is not a FHIR resource (no resourceType)": 2,
+        "manifest error files (not resources to import)": 1,
+    }
+    # the manifest itself given as input: the same export
+    again = import_fhir(export / "manifest.json", tmp_path / "again")
+    assert events(again) == events(root)
+
+    manifest["output"].append({"type": "Encounter", "url": "https://ehr.example.org/files/9.ndjson"})
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MedweaveError, match=r"manifest.json: output\[3\].url: a remote URL .*download"):
+        import_fhir(export, tmp_path / "remote")
+
+
+def test_a_json_array_of_resources_is_read(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "dump.json").write_text(json.dumps([PATIENT, CONDITION]))
+    assert "SNOMED//44054006" in {e[1] for e in events(import_fhir(folder, tmp_path / "out"))}
+
+
+def test_text_only_concepts_keep_their_events_under_text_codes(tmp_path, caplog):
+    import logging
+
+    saline = {
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": ref(),
+        "medicationCodeableConcept": {"text": "IV  Normal-Saline 0.9%"},
+        "authoredOn": "2020-01-04",
+    }
+    note = {
+        "resourceType": "Condition",
+        "subject": ref(),
+        "code": {"text": "Sore knee after the marathon"},
+        "recordedDate": "2020-01-05",
+    }
+    empty = {"resourceType": "Condition", "subject": ref(), "code": {"coding": [{"system": SNOMED}]},
+             "recordedDate": "2020-01-06"}  # fmt: skip
+    folder = tmp_path / "in"
+    _ndjson(folder / "all.ndjson", [PATIENT, saline, note, empty])
+    with caplog.at_level(logging.INFO):
+        root = import_fhir(folder, tmp_path / "out")  # strict: free text is valid FHIR
+    codes = [e[1] for e in events(root)]
+    assert "TEXT//iv_normal_saline_0_9" in codes and "TEXT//sore_knee_after_the_marathon" in codes
+    summary = _summary(root)
+    assert summary["text_only_codes"] == {
+        "Condition.code": 1,
+        "MedicationRequest.medicationCodeableConcept": 1,
+    }
+    assert summary["not_imported"] == {"Condition": {"Condition.code has no coding and no text": 1}}
+    logged = " ".join(r.getMessage() for r in caplog.records).lower()
+    assert "saline" not in logged and "marathon" not in logged and "coded from text" in logged
+
+    mapping = FhirMapping(text_codes={"IV normal saline 0.9 %": "RXNORM//313002"})
+    mapped = [e[1] for e in events(import_fhir(folder, tmp_path / "mapped", mapping=mapping))]
+    assert "RXNORM//313002" in mapped and "TEXT//iv_normal_saline_0_9" not in mapped
+
+
+def test_long_free_text_makes_a_bounded_code():
+    from medweave.importers.fhir import normalise_text
+
+    long = "Patient reports " + "intermittent " * 20 + "pain"
+    code = normalise_text(long)
+    assert len(code) == 64 and code != normalise_text(long + " today")
+    assert normalise_text("Ärger  —  ÖL") == "ärger_öl"
+
+
+def test_empty_strings_and_unknown_elements_are_read_as_absent_and_counted(tmp_path):
+    report = {
+        "resourceType": "DiagnosticReport",
+        "status": "final",
+        "subject": ref(),
+        "code": {"coding": [{"system": LOINC, "code": "", "display": ""}], "text": ""},
+        "category": [{"coding": [{"system": SNOMED, "code": "394914008", "display": "Radiology"}]}],
+        "effectiveDateTime": "2020-01-02T10:00:00Z",
+        "conclusion": "No acute findings.",
+    }
+    given = {
+        "resourceType": "MedicationAdministration",
+        "status": "completed",
+        "subject": ref(),
+        "medicationCodeableConcept": coded(ATC, "N02BE01"),
+        "effectiveDateTime": "2020-01-02T11:00:00Z",
+        "dosage": {"dose": {"value": 500, "unit": "mg"}, "timing": {"repeat": {"frequency": 4}}},
+    }
+    broken = {**CONDITION, "onsetDateTime": "2020-02-30"}  # fmt: skip
+    folder = tmp_path / "in"
+    _ndjson(folder / "all.ndjson", [PATIENT, report, given])
+    root = import_fhir(folder, tmp_path / "out")
+    got = {e[1]: e for e in events(root)}
+    assert got["REPORT//SNOMED//394914008"][0] == datetime(2020, 1, 2, 10)  # the category named it
+    assert got["NOTE//394914008"][3] == "No acute findings."
+    assert got["ATC//N02BE01"][2] == 500.0
+    assert _summary(root)["elements_dropped"] == {
+        "DiagnosticReport: empty string": 3,
+        "MedicationAdministration.dosage.timing: not an R4 element": 1,
+    }
+    _ndjson(folder / "broken.ndjson", [broken])  # an impossible date is still corrupt input
+    with pytest.raises(MedweaveError, match=r"broken.ndjson: line 1, field Condition.onsetDateTime"):
+        import_fhir(folder, tmp_path / "strict")
+
+
+NEW_TYPES = [
+    {"resourceType": "Immunization", "status": "completed", "patient": ref(),
+     "vaccineCode": coded("http://hl7.org/fhir/sid/cvx", "150"), "occurrenceDateTime": "2021-01-01"},
+    {"resourceType": "Immunization", "status": "not-done", "patient": ref(),
+     "vaccineCode": coded("http://hl7.org/fhir/sid/cvx", "208"), "occurrenceDateTime": "2021-01-02"},
+    {"resourceType": "MedicationDispense", "status": "completed", "subject": ref(),
+     "medicationCodeableConcept": coded(ATC, "C07AB02"), "whenHandedOver": "2021-01-03T09:00:00Z",
+     "quantity": {"value": 30, "unit": "tablet"}},
+    {"resourceType": "AllergyIntolerance", "patient": ref(), "code": coded(SNOMED, "764146007", "Penicillin"),
+     "onsetDateTime": "2010-01-01", "recordedDate": "2021-01-04"},
+    {"resourceType": "AllergyIntolerance", "patient": ref(), "code": coded(SNOMED, "1"),
+     "recordedDate": "2021-01-04", "verificationStatus": coded(
+         "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification", "refuted")},
+    {"resourceType": "ServiceRequest", "status": "active", "intent": "order", "subject": ref(),
+     "code": coded(LOINC, "4548-4"), "authoredOn": "2021-01-05"},
+    {"resourceType": "Specimen", "subject": ref(), "type": coded(SNOMED, "119297000"),
+     "collection": {"collectedDateTime": "2021-01-06T08:00:00Z"}},
+    {"resourceType": "FamilyMemberHistory", "status": "completed", "patient": ref(),
+     "relationship": coded("http://terminology.hl7.org/CodeSystem/v3-RoleCode", "MTH"),
+     "condition": [{"code": coded(SNOMED, "254837009")}]},
+    {"resourceType": "FamilyMemberHistory", "status": "completed", "patient": ref(), "date": "2021-01-07",
+     "relationship": coded("http://terminology.hl7.org/CodeSystem/v3-RoleCode", "FTH"),
+     "deceasedBoolean": True},
+    {"resourceType": "ImagingStudy", "status": "available", "subject": ref(),
+     "started": "2021-01-08T10:00:00Z",
+     "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:2.25.1234"}],
+     "modality": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}]},
+    {"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": ref(),
+     "period": {"start": "2021-01-09"},
+     "category": [{"coding": [{"system": "http://hl7.org/fhir/us/core/CodeSystem/careplan-category",
+                               "code": "assess-plan"}]}, coded(SNOMED, "698360004")],
+     "activity": [{"detail": {"status": "in-progress", "code": coded(SNOMED, "229065009")}}]},
+    {"resourceType": "Goal", "lifecycleStatus": "active", "subject": ref(), "startDate": "2021-01-10",
+     "description": {"text": "HbA1c below 7 %"}},
+    {"resourceType": "DeviceUseStatement", "status": "active", "subject": ref(),
+     "device": ref("Device", "d1"), "timingPeriod": {"start": "2021-01-11"}},
+    {"resourceType": "Device", "id": "d1", "type": coded(SNOMED, "23973005")},
+    {"resourceType": "ClinicalImpression", "status": "completed", "subject": ref(),
+     "effectiveDateTime": "2021-01-12T00:00:00Z", "code": coded(LOINC, "11506-3"),
+     "description": "Stable.", "summary": "Improving."},
+]  # fmt: skip
+
+
+def test_every_clinical_type_becomes_events_with_qualified_codes(tmp_path):
+    folder = tmp_path / "in"
+    _ndjson(folder / "all.ndjson", [PATIENT, *NEW_TYPES])
+    root = import_fhir(folder, tmp_path / "out")
+    d = datetime
+    assert [e for e in events(root) if e[1] not in ("SEX//M", "MEDS_BIRTH", "MEDS_DEATH")] == [
+        (None, "FAMILY_HISTORY//SNOMED//254837009", None, None),  # no date: static
+        (d(2021, 1, 1), "CVX//150", None, None),
+        (d(2021, 1, 2), "NOT_DONE//CVX//208", None, None),
+        (d(2021, 1, 3, 9), "ATC//C07AB02", 30.0, None),
+        (d(2021, 1, 4), "ALLERGY//SNOMED//764146007", None, None),  # known from its recording
+        (d(2021, 1, 5), "ORDER//LOINC//4548-4", None, None),
+        (d(2021, 1, 6, 8), "SPECIMEN//SNOMED//119297000", None, None),
+        (d(2021, 1, 7), "FAMILY_HISTORY//V3-ROLECODE//FTH//deceased", None, None),
+        (d(2021, 1, 8, 10), "IMAGING//CT", None, "2.25.1234"),
+        (d(2021, 1, 9), "CAREPLAN//SNOMED//698360004", None, None),
+        (d(2021, 1, 9), "CAREPLAN//SNOMED//229065009", None, None),
+        (d(2021, 1, 10), "GOAL//TEXT//hba1c_below_7", None, None),
+        (d(2021, 1, 11), "DEVICE//SNOMED//23973005", None, None),
+        (d(2021, 1, 12), "NOTE//11506-3", None, "Stable.\nImproving."),
+    ]
+    summary = _summary(root)
+    assert summary["not_imported"] == {"AllergyIntolerance": {"verificationStatus refuted": 1}}
+    assert summary["imported"]["Device"] == 1 and summary["imported"]["FamilyMemberHistory"] == 2
+
+
+def test_a_note_in_a_report_and_a_document_is_written_once(tmp_path):
+    text = "Chest clear."
+    data = base64.b64encode(text.encode()).decode()
+    report = {
+        "resourceType": "DiagnosticReport",
+        "status": "final",
+        "subject": ref(),
+        "code": coded(LOINC, "34117-2"),
+        "effectiveDateTime": "2020-01-02T10:00:00Z",
+        "presentedForm": [{"contentType": "text/plain", "data": data}],
+    }
+    document = {"resourceType": "DocumentReference", "status": "current", "subject": ref(),
+                "type": coded(LOINC, "34117-2"), "date": "2020-01-02T10:00:00Z",
+                "content": [{"attachment": {"contentType": "text/plain", "data": data}}]}  # fmt: skip
+    folder = tmp_path / "in"
+    _ndjson(folder / "all.ndjson", [PATIENT, report, document])
+    root = import_fhir(folder, tmp_path / "out")
+    notes = [e for e in events(root) if e[1].startswith("NOTE//")]
+    assert notes == [(datetime(2020, 1, 2, 10), "NOTE//34117-2", None, text)]
+    summary = _summary(root)
+    assert summary["duplicate_notes"] == 1 and summary["imported"]["DocumentReference"] == 1

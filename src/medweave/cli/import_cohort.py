@@ -1,7 +1,7 @@
 """medweave-import: turn FHIR R4 or registry tables into a medweave cohort (MEDS events + metadata).
 
     medweave-import format=fhir input=synthea/output/fhir out=data/synthea
-    medweave-import format=fhir input=bulk_export/ out=data/bulk lenient=true
+    medweave-import format=fhir input=bulk_export/ out=data/bulk        # $export manifest + NDJSON
     medweave-import format=table input=extract/ mapping=registry_extract out=data/registry
 
 The source's person IDs become int64 subject_ids; their map is written beside the cohort

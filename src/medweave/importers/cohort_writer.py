@@ -147,6 +147,43 @@ class Skipped:
         }
 
 
+def log_summary(root: Path, summary: dict) -> None:
+    """Print what an import read, kept and left out (counts, reasons and code systems only:
+    never IDs, values, free text or codes made from it)."""
+    log.info("Imported %s subjects, %s events into %s", summary["subjects"], summary["events"], root)
+    read, imported = summary.get("resources", {}), summary.get("imported", {})
+    if imported:
+        log.info("%-28s %9s %9s", "resource type", "read", "imported")
+        for kind, n in read.items():
+            log.info("%-28s %9d %9d", kind, n, imported.get(kind, 0))
+    for manifest in summary.get("manifests", []):
+        log.info("Bulk Data manifest (%s): %d output files", manifest["transactionTime"], manifest["outputs"])
+    for reason, n in summary.get("skipped_files", {}).items():
+        log.info("skipped %d files: %s", n, reason)
+    for element, n in summary.get("elements_dropped", {}).items():
+        log.info("read as absent: %d x %s", n, element)
+    for kind, reasons in summary.get("skipped_bad_input", {}).items():
+        for reason, n in reasons.items():
+            log.warning("skipped %d %s: %s", n, kind, reason)
+    for kind, reasons in summary.get("not_imported", {}).items():
+        for reason, n in reasons.items():
+            log.info("not imported: %d %s (%s)", n, kind, reason)
+    for place, n in summary.get("text_only_codes", {}).items():
+        log.info("coded from text (no coding): %d %s", n, place)
+    if summary.get("duplicate_notes"):
+        log.info("notes written once: %d duplicates left out", summary["duplicate_notes"])
+    systems = summary.get("code_systems") or []
+    if systems:
+        log.info("%-9s %-24s %s", "codes", "prefix", "code system")
+        for row in systems:
+            mark = (
+                ""
+                if row["configured"] or row["system"].startswith("(")
+                else "  (derived; fhir.code_systems names it)"
+            )
+            log.info("%9d %-24s %s%s", row["codes"], row["prefix"], row["system"], mark)
+
+
 class CohortWriter:
     """Collects events and writes the cohort; use as a context manager so a failure cleans up."""
 

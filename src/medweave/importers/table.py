@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 
 from medweave.data import contract as c
 from medweave.errors import MedweaveError
-from medweave.importers.cohort_writer import CohortWriter, ImportOptions, Skipped
+from medweave.importers.cohort_writer import CohortWriter, ImportOptions, Skipped, log_summary
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,6 @@ def import_table(inputs, mapping, out: str | Path, options: ImportOptions | None
             **skipped.as_dict(),
         }
         root = writer.finish(summary)
-    from medweave.importers.fhir import log_summary
-
     log_summary(root, json.loads((root / c.DATASET_METADATA).read_text())["medweave"]["import"])
     return root
 

@@ -125,15 +125,29 @@ CASES = [
         check_lenient=codes(GOOD),
     ),
     Case(
-        "unknown-code-system",
-        importing(good_then(condition("X1", system="http://example.org/local-codes"))),
-        (
-            "line 3",
-            "Condition.code",
-            "known code system",
-            "http://example.org/local-codes",
-            "fhir.code_systems",
+        "impossible-date",
+        importing(good_then(condition("E11", onsetDateTime="2020-02-30"))),
+        ("data.ndjson", "line 3", "Condition.onsetDateTime", "fails FHIR R4 validation", "day value"),
+        check_lenient=codes(GOOD),
+    ),
+    Case(
+        "manifest-names-a-missing-file",
+        importing(
+            {
+                "manifest.json": {
+                    "transactionTime": "2024-01-01T00:00:00Z",
+                    "request": "[base]/$export",
+                    "output": [
+                        {"type": "Patient", "url": "Patient.ndjson"},
+                        {"type": "Condition", "url": "Condition.ndjson"},
+                        {"type": "Observation", "url": "Observation.ndjson"},
+                    ],
+                },
+                "Patient.ndjson": [PATIENT],
+                "Condition.ndjson": [condition()],
+            }
         ),
+        ("manifest.json", "output[2].url", "Observation.ndjson", "does not exist"),
         check_lenient=codes(GOOD),
     ),
     Case(
