@@ -34,7 +34,8 @@ def test_ehr_codes_model_clears_half_way_to_the_oracle(ehr_cohort, tmp_path):
         "experiment=quickstart",
         f"data.root={ehr_cohort}",
         "data.modalities=[ehr_codes]",
-        "trainer.max_epochs=6",
+        "trainer.max_epochs=4",
+        "data.max_events=64",
         "evaluation.bootstrap=50",
     ]
     train(compose_run("train", overrides, tmp_path / "logs", tmp_path / "run"))
