@@ -191,6 +191,8 @@ class CohortDataModule(L.LightningDataModule):
             shards), relative to the cohort or absolute; None: ``labels/`` in the cohort.
         label_rows: a subject with several prediction times (as MEDS labellers write them):
             keep the ``first`` or ``last``, or stop with an ``error`` (one sample per subject).
+        fingerprint: how the cohort is identified in cache keys: ``quick`` (file paths, sizes and
+            times) or ``full`` (every byte); data/fingerprint.py.
         volume: options of the 3D volume modality (spacing, size); see configs/data/cohort.yaml.
         genomics: options of the genomics modality (sample map, variant QC, expression).
         embeddings: modality -> embedding cache folder written by medweave-embed; that modality
@@ -226,6 +228,7 @@ class CohortDataModule(L.LightningDataModule):
         lenient: bool = False,
         labels_dir: str | None = None,
         label_rows: str = "error",
+        fingerprint: str = "quick",
         volume: dict | None = None,
         genomics: dict | None = None,
         embeddings: dict | None = None,
@@ -259,6 +262,7 @@ class CohortDataModule(L.LightningDataModule):
             lenient=lenient,
             labels_dir=labels_dir,
             label_rows=label_rows,
+            fingerprint=fingerprint,
             volume=_plain(volume),
             genomics=_plain(genomics),
         )
@@ -288,7 +292,7 @@ class CohortDataModule(L.LightningDataModule):
         import dataclasses
 
         from medweave.data import aces
-        from medweave.data.prepare import cohort_fingerprint
+        from medweave.data.fingerprint import cohort_fingerprint
 
         if self.prepare_config.labels_dir:
             raise MedweaveError(
@@ -296,7 +300,8 @@ class CohortDataModule(L.LightningDataModule):
                 f"data.labels_dir={self.prepare_config.labels_dir} names label files too: "
                 "keep one (task=<name> data.labels_dir=... reads ready-made labels)"
             )
-        folder = aces.labels_dir(self.aces, self.root, self.cache_dir, cohort_fingerprint(self.root))
+        fingerprint = cohort_fingerprint(self.root, self.prepare_config.fingerprint, self.cache_dir)
+        folder = aces.labels_dir(self.aces, self.root, self.cache_dir, fingerprint)
         self.prepare_config = dataclasses.replace(self.prepare_config, labels_dir=str(folder))
 
     def encoder_inputs(self) -> dict[str, dict]:

@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 from medweave import __version__
 from medweave.data import contract as c
 from medweave.data.bad_input import BadInput
+from medweave.data.fingerprint import cohort_fingerprint
 from medweave.data.genomics import prepare_genomics
 from medweave.data.images import prepare_images
 from medweave.data.readers import meds
 from medweave.data.volumes import prepare_volumes
 from medweave.errors import MedweaveError
-from medweave.folders import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -60,33 +60,29 @@ class PrepareConfig:
     lenient: bool = False  # skip bad rows and files with a warning instead of stopping (bad_input.py)
     labels_dir: str | None = None  # label files' folder (relative to the cohort, or absolute); None: labels/
     label_rows: str = "error"  # several prediction times for a subject: keep "first", "last", or "error"
+    fingerprint: str = "quick"  # how the cohort is identified: file stats, or every byte (fingerprint.py)
     # Per-modality options, as plain dicts from the data config (data.volume, data.genomics).
     volume: dict = field(default_factory=dict)
     genomics: dict = field(default_factory=dict)
 
 
-def cohort_fingerprint(root: Path) -> str:
-    """Hash of every file's relative path and bytes (ground truth excluded: never an input)."""
-    return content_hash(root, skip=("ground_truth/",))
-
-
-def _outside_labels_fingerprint(root: Path, cfg: PrepareConfig) -> str | None:
+def _outside_labels_fingerprint(root: Path, cfg: PrepareConfig, cache_dir: Path) -> str | None:
     """Labels kept outside the cohort folder (data.labels_dir) are part of the cache key too."""
     base = meds.labels_base(root, cfg.labels_dir).resolve()
     if not cfg.labels_dir or base.is_relative_to(root.resolve()) or not base.is_dir():
         return None
-    return cohort_fingerprint(base)
+    return cohort_fingerprint(base, cfg.fingerprint, cache_dir)
 
 
 def prepare(root: Path, cache_dir: Path, cfg: PrepareConfig, vocab: dict | None = None) -> Path:
     """Return the prepared cache folder for this cohort, building it if needed."""
-    fingerprint = cohort_fingerprint(root)
+    fingerprint = cohort_fingerprint(root, cfg.fingerprint, cache_dir)
     key_src = json.dumps(
         {
             "format": CACHE_FORMAT,
             "medweave": __version__,
             "cohort": fingerprint,
-            "labels": _outside_labels_fingerprint(root, cfg),
+            "labels": _outside_labels_fingerprint(root, cfg, cache_dir),
             "cfg": asdict(cfg),
             "vocab": vocab,
         },

@@ -55,7 +55,8 @@ def rows_digest(prepared: Path) -> str:
 
 def prepared_origin(prepared: Path, root: Path | None = None) -> dict:
     """Which cohort, label file and rows a prepared cache holds (what an embedding must match)."""
-    from medweave.data.prepare import MANIFEST, cohort_fingerprint
+    from medweave.data.fingerprint import cohort_fingerprint
+    from medweave.data.prepare import MANIFEST
 
     manifest = json.loads((Path(prepared) / MANIFEST).read_text())
     fingerprint = manifest.get("cohort")
