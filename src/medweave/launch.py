@@ -52,3 +52,11 @@ def rank_suffix() -> str:
     """ "" on global rank 0, ".rank<N>" elsewhere: each rank of a launch logs to its own file."""
     rank = global_rank()
     return "" if rank == 0 else f".rank{rank}"
+
+
+def loader_workers() -> int:
+    """DataLoader workers for this task's CPUs: Slurm's SLURM_CPUS_PER_TASK, else the CPUs this
+    process may run on, less one for the training loop itself (configs/hardware/)."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    count = int(cpus) if cpus and cpus.isdigit() else len(os.sched_getaffinity(0))
+    return max(0, count - 1)

@@ -29,7 +29,6 @@ def submit(slurm, tmp_path, tiny_cohort, uri, experiment, *overrides):
         script_args=[
             "debug=smoke",
             f"data.root={tiny_cohort}",
-            "trainer.accelerator=cpu",
             f"trainer.max_epochs={EPOCHS}",
             "callbacks.early_stopping.patience=100",
             "evaluation.enabled=false",
@@ -38,7 +37,7 @@ def submit(slurm, tmp_path, tiny_cohort, uri, experiment, *overrides):
             f"logger.mlflow.experiment_name={experiment}",
             *overrides,
         ],
-        env={"MEDWEAVE_MLFLOW_URI": uri},
+        env={"MEDWEAVE_MLFLOW_URI": uri, "MEDWEAVE_HARDWARE": "cpu_node"},
         cwd=REPO,
     )
 

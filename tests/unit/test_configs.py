@@ -59,3 +59,22 @@ def test_logger_and_callbacks_instantiate(tmp_path):
 
 def test_configs_ship_with_the_package():
     assert (ROOT / "train.yaml").exists() and Path(ROOT).name == "configs"
+
+
+def test_hardware_presets_use_the_node_and_combine_with_any_trainer(monkeypatch):
+    """The Slurm templates' default (hardware=gpu_node): bf16, a loader worker per CPU of the task
+    but one, pinned memory, persistent workers, fused AdamW; with trainer=ddp_multi_node too."""
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
+    cfg = compose("train", ["data.root=x", "trainer=ddp_multi_node", "hardware=gpu_node"])
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == 2
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+    assert cfg.data.num_workers == 7 and cfg.data.pin_memory is True
+    assert cfg.model.optimizer.fused is True
+    cpu = compose("train", ["data.root=x", "trainer=ddp", "hardware=cpu_node"])
+    assert cpu.trainer.precision == "32-true" and cpu.data.num_workers == 7 and cpu.data.pin_memory is False
+
+
+def test_slurm_templates_pass_the_hardware_preset():
+    for name in ("train_one_node.sbatch", "train_multi_node.sbatch"):
+        text = (Path(__file__).resolve().parents[2] / "slurm" / name).read_text()
+        assert 'hardware="${MEDWEAVE_HARDWARE:-gpu_node}"' in text, name

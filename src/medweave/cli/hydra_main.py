@@ -58,11 +58,12 @@ def quiet_libraries() -> None:
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
-    from medweave.launch import rank_suffix, run_stamp
+    from medweave.launch import loader_workers, rank_suffix, run_stamp
     from medweave.tasks.types import default_head, default_monitor
 
     OmegaConf.register_new_resolver("medweave_run_stamp", run_stamp, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("medweave_rank_suffix", rank_suffix, replace=True)
+    OmegaConf.register_new_resolver("medweave_loader_workers", loader_workers, replace=True)
     OmegaConf.register_new_resolver("medweave_task_head", default_head, replace=True)
     OmegaConf.register_new_resolver("medweave_task_monitor", default_monitor, replace=True)
 
