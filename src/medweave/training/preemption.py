@@ -21,7 +21,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 from medweave.launch import slurm_job
 
@@ -138,7 +137,7 @@ class Preemption(L.Callback):
         if self._rng_to_restore is None:
             return
         if len(self._rng_to_restore) == trainer.world_size:
-            _set_rng_states(self._rng_to_restore[trainer.global_rank])
+            restore_rng_states(self._rng_to_restore[trainer.global_rank])
         else:
             log.warning(
                 "Resumed on %d processes, saved on %d: random states start afresh per rank",
@@ -163,12 +162,18 @@ class Preemption(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if self._saving and trainer.accumulate_grad_batches == 1:
             # Lightning counts the logging step on when it resumes, as if every checkpoint were saved
-            # after a batch but before that count; this one is saved after it.
-            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
+            # after a batch but before that count; this one is saved after it. The count sits in
+            # Lightning's own checkpoint layout (2.x): if a release moves it, resuming still works,
+            # with the logging step one ahead.
+            loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+            if "_batches_that_stepped" in loop:
+                loop["_batches_that_stepped"] -= 1
+            else:
+                log.warning("This Lightning's checkpoint has no fit_loop._batches_that_stepped to set")
 
     def state_dict(self) -> dict:
         """Every rank's random state (a collective: all ranks save checkpoints together)."""
-        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        states = rng_states()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, states)
@@ -177,3 +182,28 @@ class Preemption(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._rng_to_restore = state_dict.get("rng")
+
+
+def rng_states() -> dict:
+    """This process's random states, by public APIs (the keys Lightning's checkpoints use too)."""
+    import random
+
+    import numpy as np
+
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["torch.cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    if "torch.cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
+    np.random.set_state(states["numpy"])
+    version, state, gauss = states["python"]  # a list after some (de)serialisations: setstate needs tuples
+    random.setstate((version, tuple(state), gauss))
