@@ -63,7 +63,7 @@ class PreparedCohort:
         c.TEXT: ("text_ids",),
         c.IMAGE: ("image",),
         c.VOLUME: ("volume",),
-        c.GENOMICS: ("genomics", "genomics_expression", "genomics_embeddings"),  # those the sources made
+        c.GENOMICS: tuple(genomics.ARRAYS.values()),  # those the sources made
     }
 
     @property

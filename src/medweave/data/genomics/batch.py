@@ -14,9 +14,11 @@ def sources_of(vocab: dict) -> list[str]:
 
 
 def width(vocab: dict) -> int:
-    """Length of the genomics vector: variants, then genes, then embedding values."""
+    """Length of the genomics vector: variants, PCs, scores, genes, embedding values (SOURCES order)."""
     sizes = {
         "variants": lambda: len(vocab["variants"]),
+        "pcs": lambda: vocab["pca"]["k"],
+        "pgs": lambda: len(vocab["pgs"]),
         "expression": lambda: len(vocab["genes"]),
         "embeddings": lambda: vocab["embedding_dim"],
     }

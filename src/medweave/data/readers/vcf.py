@@ -218,3 +218,38 @@ def read_many(paths: list[Path], field: str = "auto", bad: BadInput | None = Non
             first.setdefault(int(col), path)
     out[out == absent] = MISSING
     return Dosages(list(samples), list(sites), out)
+
+
+class DosageReader:
+    """A VCF/BCF as a GenotypeReader (readers/genotypes.py), for the pcs and pgs sources.
+
+    VCF has no random access by variant without an index walk, so the file is read whole into
+    int8 first (as the variants source does): fine for the VCFs tests and small studies use; at
+    genome-centre scale the genotypes come as PLINK or BGEN, which stream.
+    """
+
+    def __init__(self, path: Path, field: str = "auto"):
+        from medweave.data.readers.genotypes import VariantTable, normalise_chrom
+
+        self.path = Path(path)
+        read = read_dosages(self.path, field)
+        self.samples = read.samples
+        parts = [k.split(":") for k in read.variant_ids]
+        self.variants = VariantTable(
+            chrom=normalise_chrom([p[0] for p in parts]),
+            pos=np.array([int(p[1]) for p in parts], np.int64),
+            id=np.array(["."] * len(parts)),
+            ref=np.array([p[2].upper() for p in parts]),
+            alt=np.array([p[3].upper() for p in parts]),
+        )
+        self._dosages = read.dosages  # int8 [samples, variants]
+
+    def blocks(self, size: int, select: np.ndarray | None = None):
+        from medweave.data.readers.genotypes import selected_blocks
+
+        for index in selected_blocks(select, len(self.variants), size):
+            d = self._dosages[:, index].T.astype(np.float32)
+            yield index, np.where(d < 0, np.nan, d / DOSAGE_SCALE).astype(np.float32)
+
+    def close(self) -> None:
+        self._dosages = None

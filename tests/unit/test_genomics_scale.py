@@ -1,0 +1,149 @@
+"""Genomes at scale: the out-of-core randomized PCA against numpy's SVD, train-only fitting, and
+PGS Catalog score matching (swaps, strand flips, ambiguous sites, genome build)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medweave.data.genomics import pca, pgs
+from medweave.data.genomics.files import genotype_files
+from medweave.data.genomics.genotypes import Genotypes
+from medweave.data.genomics.options import GenomicsOptions
+from medweave.data.readers import plink
+from medweave.data.readers.genotypes import VariantTable
+from medweave.errors import MedweaveError
+
+
+def structured(n, v, seed=0):
+    """Four populations with their own allele frequencies: three clear components, then noise."""
+    rng = np.random.default_rng(seed)
+    pop = rng.integers(0, 4, n)
+    af = np.clip(rng.uniform(0.1, 0.5, v)[:, None] + rng.normal(0, 0.15, (v, 4)), 0.02, 0.98)
+    return rng.binomial(2, af[:, pop]).astype(np.int8)  # [v, n]
+
+
+def variants(v, chrom="1", ref=None, alt=None):
+    return VariantTable(
+        chrom=np.full(v, chrom),
+        pos=np.arange(v) * 100 + 1000,
+        id=np.array([f"rs{i}" for i in range(v)]),
+        ref=np.array(ref if ref is not None else ["A"] * v),
+        alt=np.array(alt if alt is not None else ["G"] * v),
+    )
+
+
+def open_set(tmp_path, g, v=None, name="x"):
+    samples = [f"s{i}" for i in range(g.shape[1])]
+    plink.write_pgen(tmp_path / f"{name}.pgen", samples, v or variants(len(g)), [g])
+    r = plink.PgenReader(tmp_path / f"{name}.pgen")
+    return Genotypes([r], [np.arange(len(samples))], len(samples))
+
+
+def opts(**kw):
+    return GenomicsOptions.from_dict({"pca_min_maf": 0.0, "pcs": 3, **kw})
+
+
+def test_randomized_pca_matches_numpy_svd_and_projects_the_same(tmp_path):
+    g = structured(120, 400)
+    genos = open_set(tmp_path, g)
+    train = np.ones(120, bool)
+    vocab = {}
+    got = pca.fit_project(genos, train, opts(), vocab)
+    x = g.T.astype(np.float64)
+    x = (x - x.mean(0)) / x.std(0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    want = u[:, :3] * s[:3]
+    want /= want.std(0)
+    for j in range(3):
+        assert abs(np.corrcoef(got[:, j], want[:, j])[0, 1]) > 0.999, j
+    np.testing.assert_allclose(np.abs(got), np.abs(want), atol=0.06)
+    sharper = pca.fit_project(genos, train, opts(pca_power_iterations=8), {})
+    np.testing.assert_allclose(np.abs(sharper), np.abs(want), atol=2e-3)  # power iterations converge
+    again = pca.project(genos, vocab["pca"])  # evaluation's path, from the packed model
+    np.testing.assert_allclose(again, got, atol=1e-4)
+
+
+def test_pca_fits_on_train_only(tmp_path):
+    g = structured(100, 300, seed=1)
+    train = np.arange(100) < 60
+    vocab_a, vocab_b = {}, {}
+    pca.fit_project(open_set(tmp_path, g, name="a"), train, opts(), vocab_a)
+    g2 = g.copy()
+    g2[:, ~train] = np.random.default_rng(5).integers(0, 3, (300, 40))  # other subjects' genomes change
+    out = pca.fit_project(open_set(tmp_path, g2, name="b"), train, opts(), vocab_b)
+    assert vocab_a["pca"]["loadings"] == vocab_b["pca"]["loadings"]
+    assert vocab_a["pca"]["mean"] == vocab_b["pca"]["mean"]
+    assert out.shape == (100, 3) and np.isfinite(out).all()
+
+
+def score_file(path, rows, build="GRCh38"):
+    head = [
+        "###PGS CATALOG SCORING FILE - see https://www.pgscatalog.org/downloads/ for more information",
+        "#format_version=2.0",
+        "##POLYGENIC SCORE (PGS) INFORMATION",
+        "#pgs_id=PGS999999",
+        "#pgs_name=test",
+        "#trait_reported=test trait",
+        f"#genome_build={build}",
+        "rsID\tchr_name\tchr_position\teffect_allele\tother_allele\teffect_weight",
+    ]
+    path.write_text("\n".join(head + ["\t".join(map(str, r)) for r in rows]) + "\n")
+    return path
+
+
+def test_pgs_matching_swaps_flips_and_ambiguous_sites(tmp_path):
+    ref = ["A", "A", "A", "C", "A", "G"]
+    alt = ["G", "G", "G", "T", "T", "A"]
+    rng = np.random.default_rng(3)
+    g = rng.integers(0, 3, (6, 50)).astype(np.int8)
+    g[0, 0] = -9  # a missing call counts the train mean
+    genos = open_set(tmp_path, g, variants(6, ref=ref, alt=alt))
+    pos = [1000 + 100 * i for i in range(6)]
+    rows = [
+        ("rs0", 1, pos[0], "G", "A", 0.5),  # as written: ALT is the effect allele
+        ("rs1", 1, pos[1], "A", "G", 0.3),  # swapped: REF is the effect allele
+        ("rs2", 1, pos[2], "C", "T", 0.2),  # strand flip of G/A
+        ("rs3", 1, pos[3], "G", "A", 0.7),  # flip and swap of C/T: effect C = REF
+        ("rs4", 1, pos[4], "T", "A", 0.9),  # A/T: ambiguous
+        ("rs9", 1, 99, "A", "G", 1.0),  # not in the genotypes
+    ]
+    path = score_file(tmp_path / "s.txt", rows)
+    train = np.ones(50, bool)
+    entry = pgs.match(genos, path, opts(pgs_min_overlap=0.5), "GRCh38")
+    c = entry["counts"]
+    assert (c["matched"], c["swapped"], c["flipped"], c["ambiguous_dropped"]) == (4, 2, 2, 1)
+    raw = pgs.score(genos, entry, train)
+    d = g.astype(float)
+    d[0, 0] = d[0, 1:].mean()
+    want = 0.5 * d[0] + 0.3 * (2 - d[1]) + 0.2 * d[2] + 0.7 * (2 - d[3])
+    np.testing.assert_allclose(raw, want, rtol=1e-5)
+    kept = pgs.match(genos, path, opts(pgs_min_overlap=0.5, pgs_ambiguous="keep"), "GRCh38")
+    assert kept["counts"]["matched"] == 5 and kept["counts"]["ambiguous_dropped"] == 0
+
+
+def test_pgs_build_mismatch_and_low_overlap_are_clear_errors(tmp_path):
+    genos = open_set(tmp_path, np.zeros((3, 4), np.int8))
+    path = score_file(tmp_path / "s.txt", [("rs0", 1, 1000, "G", "A", 0.5)], build="GRCh37")
+    with pytest.raises(
+        MedweaveError, match=r"s.txt: scoring file is on GRCh37 but the genotypes are on GRCh38"
+    ):
+        pgs.match(genos, path, opts(), "GRCh38")
+    path = score_file(tmp_path / "t.txt", [("rs0", 1, 1000, "G", "A", 0.5), ("rs1", 2, 5, "G", "A", 1)])
+    with pytest.raises(MedweaveError, match=r"1 of 2 score variants match.*pgs_min_overlap=75%"):
+        pgs.match(genos, path, opts(), "GRCh38")
+
+
+def test_a_chromosome_missing_from_a_per_chromosome_set(tmp_path):
+    folder = tmp_path / "genomics" / "variants"
+    folder.mkdir(parents=True)
+    for k in (1, 2, 4):
+        (folder / f"chr{k}.pgen").write_bytes(b"")
+    with pytest.raises(MedweaveError, match=r"chromosome 3 missing from the per-chromosome set"):
+        genotype_files(tmp_path, GenomicsOptions())
+    with pytest.raises(MedweaveError, match=r"chromosome 5 missing.*data.genomics.chromosomes"):
+        genotype_files(tmp_path, GenomicsOptions.from_dict({"chromosomes": [1, 2, 4, 5]}))
+    (folder / "chr3.pgen").write_bytes(b"")
+    assert [p.name for p in genotype_files(tmp_path, GenomicsOptions())] == [
+        f"chr{k}.pgen" for k in (1, 2, 3, 4)
+    ]
