@@ -41,8 +41,6 @@ class GenomicsOptions:
     pgs_ambiguous: str = "drop"  # A/T and C/G sites: drop | keep (assume the target's strand)
     pgs_min_overlap: float = 0.75  # share of a score's variants that must match the genotypes
     genome_build: str | None = None  # the genotypes' build (GRCh37/GRCh38); None: dataset.json's
-    max_dense_variants: int = 50_000  # the variants source from PLINK/BGEN: a selected set, not all
-    variant_set: str | None = None  # file under the cohort: one chrom:pos:ref:alt key or ID a line
     seed: int = 0  # the PCA's random projection
 
     @classmethod
