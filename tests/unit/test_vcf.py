@@ -167,7 +167,10 @@ def test_header_slips_are_read_with_a_warning(tmp_path, caplog):
     header = header.replace(
         '##FORMAT=<ID=GL,Number=G,Type=Float,Description="log10 genotype likelihoods">\n', ""
     )
-    body = "chr2\t100\t.\tA\tG\t.\tPASS\t.\tDS\t0.5\t1.5\t.\nchr3\t5\t.\tA\tG\t.\tPASS\t.\tGL\t0,-10,-10\t-10,0,-10\t.\n"
+    body = (
+        "chr2\t100\t.\tA\tG\t.\tPASS\t.\tDS\t0.5\t1.5\t.\n"
+        "chr3\t5\t.\tA\tG\t.\tPASS\t.\tGL\t0,-10,-10\t-10,0,-10\t.\n"
+    )
     path = tmp_path / "slips.vcf"
     path.write_text(header.format(samples="11\t12\t13") + body)
     with caplog.at_level(logging.WARNING, logger="medweave.data.readers.vcf"):
