@@ -147,3 +147,89 @@ def test_a_chromosome_missing_from_a_per_chromosome_set(tmp_path):
     assert [p.name for p in genotype_files(tmp_path, GenomicsOptions())] == [
         f"chr{k}.pgen" for k in (1, 2, 3, 4)
     ]
+
+
+@pytest.fixture
+def plink_cohort(tiny_cohort, tmp_path):
+    """The tiny cohort with its genomes as PLINK 2 per chromosome, samples named NA0000.. (a map)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from medweave.data import contract as c
+
+    root = shutil.copytree(tiny_cohort, tmp_path / "cohort")
+    shutil.rmtree(root / "genomics")
+    ids = pq.read_table(root / c.SUBJECT_SPLITS).column("subject_id").to_numpy()[:80]
+    samples = [f"NA{k:04d}" for k in range(len(ids))]
+    g = structured(len(ids), 120, seed=2)
+    (root / "genomics/variants").mkdir(parents=True)
+    (root / "genomics/pgs").mkdir()
+    for k, rows in ((1, slice(0, 60)), (2, slice(60, 120))):
+        v = variants(60, chrom=str(k))
+        plink.write_pgen(root / f"genomics/variants/chr{k}.pgen", samples, v, [g[rows]])
+    pq.write_table(pa.table({"sample": samples, "subject_id": ids}), root / "genomics/sample_map.parquet")
+    score_file(root / "genomics/pgs/s.txt", [(f"rs{i}", 1, 1000 + 100 * i, "G", "A", 0.1) for i in range(60)])
+    return root
+
+
+def prepare_plink(root, tmp_path, **genomics):
+    import json
+
+    from medweave.data.prepare import PrepareConfig, prepare
+
+    genomics = {
+        "sources": ["pcs", "pgs"],
+        "pcs": 3,
+        "pgs_ambiguous": "keep",
+        "genome_build": "GRCh38",
+        **genomics,
+    }
+    cfg = PrepareConfig(task="cvd_onset_1y", modalities=("genomics",), genomics=genomics)
+    folder = prepare(root, tmp_path / "cache", cfg)
+    return folder, json.loads((folder / "vocab.json").read_text())
+
+
+def test_plink_cohort_prepares_pcs_and_pgs_through_the_sample_map(plink_cohort, tmp_path):
+    from medweave.data.validate import validate_cohort
+
+    report = validate_cohort(plink_cohort)
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.counts["genomes"] == 80 and report.counts["genotyped_variants"] == 120
+    folder, vocab = prepare_plink(plink_cohort, tmp_path)
+    present = np.load(folder / "subjects.npz")["present_genomics"]
+    pcs, scores = np.load(folder / "genomics_pcs.npy"), np.load(folder / "genomics_pgs.npy")
+    assert pcs.shape[1] == 3 and scores.shape[1] == 1 and 0 < present.sum() <= 80
+    assert (pcs[~present] == 0).all() and pcs[present].std() > 0.5
+    assert vocab["pgs"][0]["counts"]["matched"] == 60
+
+
+def test_a_plink_sample_file_that_disagrees_with_the_sample_map(plink_cohort, tmp_path):
+    for k in (1, 2):  # the genome centre renamed its samples: the map names none of them
+        psam = plink_cohort / f"genomics/variants/chr{k}.psam"
+        psam.write_text(psam.read_text().replace("NA", "XX"))
+    with pytest.raises(
+        MedweaveError, match=r"sample_map.parquet: row 0, field sample: names a sample that no"
+    ):
+        prepare_plink(plink_cohort, tmp_path)
+
+
+def test_per_chromosome_files_must_hold_the_same_samples(plink_cohort, tmp_path):
+    psam = plink_cohort / "genomics/variants/chr2.psam"
+    psam.write_text(psam.read_text().replace("NA0005", "NB0005"))
+    with pytest.raises(
+        MedweaveError, match=r"chr2.pgen: sample 5 \(in file order\) is not in chr1.pgen's sample"
+    ):
+        prepare_plink(plink_cohort, tmp_path)
+
+
+def test_a_chromosome_missing_is_a_validation_problem(plink_cohort):
+    from medweave.data.validate import validate_cohort
+
+    for ext in ("pgen", "pvar", "psam"):
+        (plink_cohort / f"genomics/variants/chr1.{ext}").rename(
+            plink_cohort / f"genomics/variants/chr3.{ext}"
+        )
+    found = [str(p) for p in validate_cohort(plink_cohort).problems]
+    assert any("chromosome 1 missing from the per-chromosome set" in p for p in found), found

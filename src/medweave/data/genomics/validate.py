@@ -9,7 +9,8 @@ import numpy as np
 
 from medweave.data import contract as c
 from medweave.data.bad_input import BadInput
-from medweave.data.genomics.files import variant_files
+from medweave.data.genomics.files import GENOTYPE_SUFFIXES, genotype_files, variant_files
+from medweave.data.genomics.genotypes import open_reader
 from medweave.data.genomics.options import GenomicsOptions
 from medweave.data.genomics.samples import SampleNames
 from medweave.data.readers import embeddings as emb_reader
@@ -51,6 +52,22 @@ def check_genomics(root: Path, add, counts: dict, split_ids) -> None:
         add(root / "genomics", "sample map", str(err))
         return
     samples: dict[str, None] = {}  # every file's samples, in first-seen order
+    sets = guard(root / "genomics", lambda: genotype_files(root, opts)) or []
+    for path in [p for p in sets if p.name.endswith(GENOTYPE_SUFFIXES)]:  # PLINK 2, PLINK 1, BGEN
+        reader = guard(path, lambda p=path: open_reader(p))
+        if reader is None:
+            continue
+        found = list(reader.samples)
+        counts["genotyped_variants"] = counts.get("genotyped_variants", 0) + len(reader.variants)
+        reader.close()
+        if samples and set(found) != set(samples):
+            add(
+                path,
+                "samples",
+                "sample list differs from the other chromosomes' files; expected the same samples",
+            )
+        names.vcf_subjects(path, found)
+        samples.update(dict.fromkeys(found))
     for path in variant_files(root):
         found = guard(path, lambda p=path: vcf.read_samples(p))
         if found is None:
