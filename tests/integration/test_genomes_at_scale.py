@@ -64,3 +64,22 @@ def test_plink_genomes_train_on_pcs_and_pgs(tmp_path, fmt):
     # The matched score is the sandbox's own genetic risk.
     assert np.corrcoef(scores[has, 0], genetic)[0, 1] > 0.95
     assert (scores[~has] == 0).all()
+
+    if fmt == "plink2":  # evaluation re-prepares from the checkpoint's vocabulary: projection, not a refit
+        from medweave.cli.eval import evaluate
+
+        ckpt = next((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+        eval_cfg = compose_run(
+            "eval",
+            [f"ckpt_path={ckpt}", f"data.root={root}", "logger=csv"],
+            tmp_path / "logs",
+            tmp_path / "eval",
+        )
+        results = evaluate(eval_cfg)
+        assert 0.0 <= results["test/auroc"] <= 1.0
+        caches = [p.parent for p in (tmp_path / "logs").rglob("vocab.json")]
+        again = next(p for p in caches if p != cache)
+        np.testing.assert_allclose(np.load(again / "genomics_pgs.npy"), scores, atol=1e-5)
+        np.testing.assert_allclose(
+            np.load(again / "genomics_pcs.npy"), np.load(cache / "genomics_pcs.npy"), atol=1e-4
+        )
