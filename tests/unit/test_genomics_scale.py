@@ -57,7 +57,7 @@ def test_randomized_pca_matches_numpy_svd_and_projects_the_same(tmp_path):
     want /= want.std(0)
     for j in range(3):
         assert abs(np.corrcoef(got[:, j], want[:, j])[0, 1]) > 0.999, j
-    np.testing.assert_allclose(np.abs(got), np.abs(want), atol=0.06)
+    np.testing.assert_allclose(np.abs(got), np.abs(want), atol=0.1)  # two power iterations
     sharper = pca.fit_project(genos, train, opts(pca_power_iterations=8), {})
     np.testing.assert_allclose(np.abs(sharper), np.abs(want), atol=2e-3)  # power iterations converge
     again = pca.project(genos, vocab["pca"])  # evaluation's path, from the packed model

@@ -53,7 +53,11 @@ class Genotypes:
         r, rows = self.readers[reader], self.rows[reader]
         known = rows >= 0
         size = block_size(max(len(r.samples), budget_subjects or self.n_subjects))
+        same = len(rows) == self.n_subjects and bool((rows == np.arange(len(rows))).all())
         for index, dose in r.blocks(size, select):
+            if same:  # samples already in subject order (a file written for this cohort): no copy
+                yield index, dose
+                continue
             out = np.full((len(index), self.n_subjects), np.nan, np.float32)
             out[:, rows[known]] = dose[:, known]
             yield index, out

@@ -40,9 +40,24 @@ def unpack(text: str, shape=None) -> np.ndarray:
 
 
 def _standardise(block: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    """[variants, subjects] dosages -> [subjects, variants] z-scores, missing = 0."""
-    z = (block - mean[:, None]) / sd[:, None]
-    return np.nan_to_num(z, nan=0.0).T
+    """[variants, subjects] dosages -> [subjects, variants] z-scores, missing = 0 (one copy)."""
+    z = block - mean[:, None]
+    z /= sd[:, None]
+    np.nan_to_num(z, copy=False, nan=0.0)
+    return z.T
+
+
+def _stats(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per variant of [variants, subjects]: calls, mean and SD over the called (float64 sums)."""
+    if not np.isnan(t).any():  # the common case (hard calls, imputed dosages): no masks
+        mean = t.mean(axis=1, dtype=np.float64)
+        sd = t.std(axis=1, dtype=np.float64)
+        return np.full(len(t), t.shape[1]), mean, sd
+    called = ~np.isnan(t)
+    n = called.sum(axis=1)
+    mean = np.where(n > 0, np.nansum(t, axis=1, dtype=np.float64) / np.maximum(n, 1), 0.0)
+    sd = np.sqrt(np.nansum((t - mean[:, None]) ** 2, axis=1, dtype=np.float64) / np.maximum(n, 1))
+    return n, mean, sd
 
 
 def fit_project(g: Genotypes, train: np.ndarray, opts, vocab: dict) -> np.ndarray:
@@ -62,18 +77,14 @@ def fit_project(g: Genotypes, train: np.ndarray, opts, vocab: dict) -> np.ndarra
         keep_i, mean_i, sd_i = [], [], []
         for index, block in g.blocks(i, candidates):
             t = block[:, train_rows]
-            called = ~np.isnan(t)
-            n = called.sum(axis=1)
-            mean = np.where(n > 0, np.nansum(t, axis=1) / np.maximum(n, 1), 0.0)
-            af = mean / 2.0
-            maf = np.minimum(af, 1.0 - af)
-            sd = np.sqrt(np.nansum((t - mean[:, None]) ** 2, axis=1) / np.maximum(n, 1))
+            n, mean, sd = _stats(t)
+            maf = np.minimum(mean / 2.0, 1.0 - mean / 2.0)
             ok = (n > 0) & (maf >= opts.pca_min_maf) & (sd > 1e-6) & (n >= opts.min_call_rate * len(t[0]))
             if not ok.any():
                 continue
             m, s = mean[ok].astype(np.float32), sd[ok].astype(np.float32)
             x = _standardise(t[ok], m, s)
-            y += x @ rng.standard_normal((x.shape[1], width))
+            y += x @ rng.standard_normal((x.shape[1], width), dtype=np.float32)
             keep_i.append(index[ok])
             mean_i.append(m)
             sd_i.append(s)
@@ -88,11 +99,11 @@ def fit_project(g: Genotypes, train: np.ndarray, opts, vocab: dict) -> np.ndarra
         )
     # Power iterations: Y = X X^T Q.
     for _ in range(opts.pca_power_iterations):
-        q, _r = np.linalg.qr(y)
+        q = np.linalg.qr(y)[0].astype(np.float32)  # float32 products: BLAS at full speed, no upcast
         y = np.zeros_like(y)
         for x in _train_blocks(g, chosen, means, sds, train_rows):
             y += x @ (x.T @ q)
-    q, _r = np.linalg.qr(y)
+    q = np.linalg.qr(y)[0].astype(np.float32)
     # Last pass: B = Q^T X on train, C = X_all B^T on every subject.
     b_parts = []
     c = np.zeros((g.n_subjects, width), np.float64)
@@ -103,9 +114,9 @@ def fit_project(g: Genotypes, train: np.ndarray, opts, vocab: dict) -> np.ndarra
             x_all = _standardise(block, means[i][at : at + n], sds[i][at : at + n])
             at += n
             b = q.T @ x_all[train_rows]
-            b_parts.append(b)
+            b_parts.append(b.astype(np.float64))
             c += x_all @ b.T
-    b = np.concatenate(b_parts, axis=1)
+    b = np.concatenate(b_parts, axis=1)  # [width, variants used]: 30 x 200,000 at most
     u_b, s, vt = np.linalg.svd(b, full_matrices=False)
     u_b, s = u_b[:, :k], s[:k]
     pcs = c @ u_b / s

@@ -187,11 +187,12 @@ def score(g: Genotypes, entry: dict, train: np.ndarray | None) -> np.ndarray:
         for _ix, block in g.blocks(i, index):
             p = pos[at : at + len(block)]
             at += len(block)
+            gaps = np.isnan(block).any()
             if train is not None:
                 t = block[:, train]
-                n = (~np.isnan(t)).sum(axis=1)
+                n = (~np.isnan(t)).sum(axis=1) if gaps else np.full(len(t), t.shape[1])
                 mean[p] = np.where(n > 0, np.nansum(t, axis=1) / np.maximum(n, 1), 0.0)
-            filled = np.where(np.isnan(block), mean[p][:, None], block)
+            filled = np.where(np.isnan(block), mean[p][:, None], block) if gaps else block
             total += weight[p] @ filled
     if train is not None:
         entry["mean"] = pack(mean)
