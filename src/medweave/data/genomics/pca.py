@@ -111,9 +111,9 @@ def fit_project(g: Genotypes, train: np.ndarray, opts, vocab: dict) -> np.ndarra
         at = 0
         for _index, block in g.blocks(i, chosen[i]):
             n = len(block)
-            x_all = _standardise(block, means[i][at : at + n], sds[i][at : at + n])
+            x_all = _standardise(block, means[i][at : at + n], sds[i][at : at + n])  # a view of z.T
             at += n
-            b = q.T @ x_all[train_rows]
+            b = (x_all.T[:, train_rows] @ q).T  # gather rows of z (contiguous), not of its transpose
             b_parts.append(b.astype(np.float64))
             c += x_all @ b.T
     b = np.concatenate(b_parts, axis=1)  # [width, variants used]: 30 x 200,000 at most

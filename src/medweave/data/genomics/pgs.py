@@ -28,6 +28,7 @@ import numpy as np
 from medweave.data import contract as c
 from medweave.data.genomics.genotypes import Genotypes
 from medweave.data.genomics.pca import pack, unpack
+from medweave.data.readers.genotypes import normalise_chrom
 from medweave.errors import MedweaveError
 
 log = logging.getLogger(__name__)
@@ -57,41 +58,40 @@ def read_score(path: Path):
     """(name, build, chrom, pos, effect, other, weight) of one scoring file, through pgscatalog-core."""
     from pgscatalog.core import ScoringFile
 
+    chrom, pos, effect, other, weight = [], [], [], [], []
     try:
         sf = ScoringFile(path)
-        rows = list(sf.variants)
+        harmonised = sf.is_harmonised
+        for r in sf.variants:  # one validated row at a time: a million-variant score is never objects
+            if r.is_complex or r.is_non_additive:
+                raise MedweaveError(
+                    f"{path}: row {r.row_nr}: a non-additive or complex variant (haplotype, dominant); "
+                    "expected an additive score"
+                )
+            at = r.hm_pos if harmonised else r.chr_position
+            if at is None:
+                raise MedweaveError(
+                    f"{path}: row {r.row_nr}: no chr_position; expected positions (rsID-only files need "
+                    "the PGS Catalog's harmonised version, *_hmPOS_<build>.txt.gz)"
+                )
+            chrom.append(str((r.hm_chr if harmonised else r.chr_name) or ""))
+            pos.append(int(at))
+            effect.append(str(r.effect_allele).upper())
+            other.append(str(r.other_allele).upper() if r.other_allele else "")
+            weight.append(float(r.effect_weight))
+    except MedweaveError:
+        raise
     except Exception as err:  # pgscatalog raises its own ScoreFormatError, pydantic ValidationError
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = " ".join(str(err).split()[:24]) or type(err).__name__
         raise MedweaveError(
             f"{path}: not a readable PGS Catalog scoring file ({first}); expected header lines "
             "('#genome_build=...') and columns chr_name, chr_position, effect_allele, effect_weight"
         ) from None
     header = sf.header
-    harmonised = sf.is_harmonised
     build = _build(header.HmPOS_build if harmonised and header.HmPOS_build else header.genome_build)
-    bad = [r.row_nr for r in rows if r.is_complex or r.is_non_additive]
-    if bad:
-        raise MedweaveError(
-            f"{path}: row {bad[0]}: a non-additive or complex variant (haplotype, dominant); "
-            "expected an additive score"
-        )
-    chrom = np.array([str((r.hm_chr if harmonised else r.chr_name) or "") for r in rows])
-    pos = np.array([int((r.hm_pos if harmonised else r.chr_position) or -1) for r in rows], np.int64)
-    if len(rows) and (pos < 0).any():
-        row = int(np.flatnonzero(pos < 0)[0])
-        raise MedweaveError(
-            f"{path}: row {row}: no chr_position; expected positions (rsID-only files need the "
-            "PGS Catalog's harmonised version, *_hmPOS_<build>.txt.gz)"
-        )
-    effect = np.array([str(r.effect_allele).upper() for r in rows])
-    other = np.array([str(r.other_allele).upper() if r.other_allele else "" for r in rows])
-    weight = np.array([float(r.effect_weight) for r in rows], np.float64)
     name = header.pgs_id or Path(path).name.split(".")[0]
-    return name, build, np.char.upper(np.char.replace(chrom, "chr", "")), pos, effect, other, weight
-
-
-def _complement(a: np.ndarray) -> np.ndarray:
-    return np.array([s.translate(_COMPLEMENT) for s in a])
+    chrom_a = normalise_chrom(chrom)
+    return name, build, chrom_a, np.array(pos, np.int64), np.array(effect), np.array(other), np.array(weight)
 
 
 def match(g: Genotypes, path: Path, opts, genotype_build: str | None) -> dict:
