@@ -32,6 +32,42 @@ def all_artifacts(client, run_id, path=None):
     return out
 
 
+def assert_run_holds_every_figure(run, summary: dict) -> None:
+    """Every figure of evaluation.json is a test/ metric of the run with the same value (NaN, an
+    undefined figure, is left out), and the run's test/ metrics are those figures (and the loss)."""
+    from medweave.evaluation.summary import metric_label
+
+    expected = {}
+
+    def add(name, value):
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+            expected[f"test/{name}"] = float(value)
+
+    def add_metrics(base, metrics):
+        for name, entry in metrics.items():
+            for key, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):
+                add(f"{base}{name}{suffix}", entry[key])
+
+    add_metrics("", summary["overall"])
+    add("n", summary["n"])
+    add("events", summary["events"])
+    for group, entries in summary["groups"].items():
+        for label, entry in entries.items():
+            base = f"by_{group}/{metric_label(label)}/"
+            add(f"{base}n", entry["n"])
+            add(f"{base}events", entry["events"])
+            add_metrics(base, entry.get("metrics", {}))
+    for section in ("attribution", "oracle"):
+        for key, value in summary.get(section, {}).items():
+            for name, v in value.items() if isinstance(value, dict) else [(None, value)]:
+                add(f"{section}/{key}/{name}" if name else f"{section}/{key}", v)
+    logged = run.data.metrics
+    assert len(expected) > 10
+    assert not sorted(set(expected) - set(logged)), "figures missing from the MLflow run"
+    assert {k: logged[k] for k in expected if logged[k] != expected[k]} == {}
+    assert {k for k in logged if k.startswith("test/")} - set(expected) <= {"test/loss"}
+
+
 def test_train_logs_everything_to_mlflow_then_eval(smoke_cfg, tmp_path, tiny_cohort):
     from medweave.cli.eval import evaluate
     from medweave.cli.train import train
@@ -132,6 +168,46 @@ def test_checkpoint_from_another_model_is_refused(smoke_cfg, tmp_path, tiny_coho
         load_checkpoint(str(foreign))
     with pytest.raises(MedweaveError, match="does not exist"):
         load_checkpoint(str(tmp_path / "nope.ckpt"))
+
+
+def test_the_run_model_is_the_tested_checkpoint_and_predicts_from_the_registry(smoke_cfg, tmp_path, tiny_cohort):
+    """The MLflow model is the checkpoint that was tested (best by the monitor), byte for byte;
+    registered, it predicts what the checkpoint file predicts; last.ckpt never leaves the disk."""
+    import hashlib
+
+    from medweave import __version__
+    from medweave.cli.train import train
+
+    train(smoke_cfg("logger.mlflow.register_as=cvd-risk", "trainer.max_epochs=3"))
+    client = mlflow_client(tmp_path / "logs")
+    [run] = only_run(client)
+    tags, run_id = run.data.tags, run.info.run_id
+    tested = tmp_path / "run" / "checkpoints" / tags["model.checkpoint"]
+    assert tested.is_file() and tested.name.startswith("epoch_")
+    best = max(h.value for h in client.get_metric_history(run_id, "val/auroc"))
+    assert float(tags["model.monitor_value"]) == pytest.approx(best) and tags["model.monitor"] == "val/auroc"
+    artifacts = all_artifacts(client, run_id)
+    assert {f"model/{tested.name}", "model/model.json"} <= set(artifacts)
+    assert not [a for a in artifacts if a.endswith(".ckpt") and a != f"model/{tested.name}"], artifacts
+
+    def digest(path):
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    downloaded = client.download_artifacts(run_id, f"model/{tested.name}", str(tmp_path / "download"))
+    assert digest(downloaded) == digest(tested)
+    version = client.get_model_version("cvd-risk", "1")
+    assert version.run_id == run_id and tags["model.registered"] == "cvd-risk/1"
+    assert version.tags["task"] == "cvd_onset_1y" and version.tags["medweave_version"] == __version__
+    assert version.tags["cohort_fingerprint"] == tags["model.cohort_fingerprint"] != "None"
+
+    from_registry = predict_table("models:/cvd-risk/1", tiny_cohort, tmp_path)
+    from_run_id = predict_table(run_id, tiny_cohort, tmp_path)
+    from_file = predict_table(tested, tiny_cohort, tmp_path)
+    assert len(from_file) > 0
+    assert (from_registry.score.to_numpy() == from_file.score.to_numpy()).all()
+    assert (from_run_id.score.to_numpy() == from_file.score.to_numpy()).all()
+    with pytest.raises(MedweaveError, match="not found in the MLflow store"):
+        predict_table("models:/cvd-risk/7", tiny_cohort, tmp_path)
 
 
 def predict_table(ckpt, cohort, tmp_path, *overrides):
@@ -250,10 +326,13 @@ def test_survival_task_trains_and_predictions_reproduce_the_c_index(smoke_cfg, t
     from medweave.cli.train import train
     from medweave.metrics.survival import harrell_c
 
+    import json
+
     train(smoke_cfg(f"task={task}"))
     [run] = only_run(mlflow_client(tmp_path / "logs"))
     logged = run.data.metrics["test/c_index"]
     assert 0.0 <= logged <= 1.0 and "val/c_index" in run.data.metrics and "test/auroc" not in run.data.metrics
+    assert_run_holds_every_figure(run, json.loads((tmp_path / "run/evaluation/evaluation.json").read_text()))
 
     ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
     table = predict_table(ckpt, tiny_cohort, tmp_path)
@@ -285,10 +364,15 @@ def test_other_task_types_train_and_report_what_sklearn_computes(
     from medweave.cli.train import train
 
     train(smoke_cfg(f"task={task}", "trainer.limit_test_batches=null"))
-    [run] = only_run(mlflow_client(tmp_path / "logs"))
-    logged = run.data.metrics[f"test/{metric}"]
+    client = mlflow_client(tmp_path / "logs")
+    [run] = only_run(client)
     summary = json.loads((tmp_path / "run" / "evaluation" / "evaluation.json").read_text())
-    assert summary["overall"][metric]["value"] == pytest.approx(logged, abs=1e-5)
+    assert_run_holds_every_figure(run, summary)
+    # The trainer's test pass (torchmetrics) logged first, the report (scikit-learn) last, at one step.
+    history = client.get_metric_history(run.info.run_id, f"test/{metric}")
+    first, last = sorted(history, key=lambda m: m.timestamp)
+    assert first.step == last.step and last.value == summary["overall"][metric]["value"]
+    assert first.value == pytest.approx(last.value, abs=1e-5)
     ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
     table = predict_table(ckpt, tiny_cohort, tmp_path)
     assert columns <= set(table.columns) and len(table) == summary["n"]

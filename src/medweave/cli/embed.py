@@ -84,7 +84,7 @@ def embed(cfg) -> Path:
     )
     print(f"{'Wrote' if built else 'Reusing (inputs unchanged)'} embedding cache {folder}")
     print(
-        f"Train on it: medweave-train data.root={cfg.data.root} task={cfg.task.name} "
+        f"Train on it: medweave-train data.root={cfg.data.root} task={cfg.task.get('aces') or cfg.task.name} "
         f"model/encoder@model.encoders.{modality}=precomputed data.embeddings.{modality}={folder}"
     )
     return folder

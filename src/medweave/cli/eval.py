@@ -2,6 +2,7 @@
 
     medweave-eval ckpt_path=logs/quickstart/runs/<time>/checkpoints/last.ckpt data.root=data/sandbox
     medweave-eval ckpt_path=... data.root=... split=tuning
+    medweave-eval ckpt_path=models:/cvd-risk/3 data.root=data/sandbox   # a registered model (or a run id)
 
 The checkpoint carries the model config, modalities, task and fitted vocabularies, so the cohort
 is mapped exactly as in training. Metrics are logged as test/* (held_out) or val/* (tuning).
@@ -68,6 +69,22 @@ def restore_model(ckpt: dict, path: str, encoder_inputs: dict, head_inputs: dict
     return model
 
 
+def checkpoint_path(cfg) -> str:
+    """``ckpt_path`` as a local file: a checkpoint file as it is, or an MLflow model
+    (models:/<name>/<version>, models:/<name>@<alias>, runs:/<run id>/model or a run id)
+    downloaded into the run's folder."""
+    from medweave.tracking.models import is_model_reference
+
+    reference = str(cfg.ckpt_path)
+    if Path(reference).expanduser().exists() or not is_model_reference(reference):
+        return reference
+    from medweave.tracking.mlflow import resolve_tracking_uri
+    from medweave.tracking.models import fetch_checkpoint
+
+    uri = resolve_tracking_uri(cfg.paths.mlflow_dir, cfg.get("tracking_uri"))
+    return str(fetch_checkpoint(reference, uri, Path(cfg.paths.output_dir) / "model"))
+
+
 def restore_for_inference(cfg):
     """(checkpoint, data module, model) for ``cfg.ckpt_path`` over the cohort at ``cfg.data.root``.
 
@@ -77,13 +94,14 @@ def restore_for_inference(cfg):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    ckpt = load_checkpoint(cfg.ckpt_path)
+    path = checkpoint_path(cfg)
+    ckpt = load_checkpoint(path)
     data_cfg = OmegaConf.merge(
         ckpt["medweave"]["config"]["data"], OmegaConf.to_container(cfg.data, resolve=True)
     )
     # The vocabulary goes in after Hydra: through it, note words like "${" would be interpolated.
     datamodule = instantiate(data_cfg, _partial_=True)(vocab=ckpt["medweave"]["vocab"])
-    model = restore_model(ckpt, cfg.ckpt_path, datamodule.encoder_inputs(), datamodule.head_inputs())
+    model = restore_model(ckpt, path, datamodule.encoder_inputs(), datamodule.head_inputs())
     return ckpt, datamodule, model
 
 

@@ -22,19 +22,75 @@ def one_log_stream() -> None:
         logging.getLogger("lightning").handlers.clear()
 
 
+class _Drop(logging.Filter):
+    """Drops records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_libraries() -> None:
+    """Keep what a user needs on the console and in a Slurm log; drop the libraries' adverts and
+    chatter: Lightning's tips, TPU line and checkpoint-loading lines (medweave says which checkpoint
+    it tests or resumes from), the srun hint (medweave's own launch decides that),
+    MLflow creating an experiment or its tables, a torch deprecation inside Lightning. In a log
+    file, tqdm bars are off (their carriage returns make one endless line): the steps log a line
+    when done, and training logs a line per epoch (training/progress.py)."""
+    import os
+    import warnings
+
+    lightning_chatter = ("💡 Tip", "TPU available", "Restoring states from", "Loaded model weights from")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_Drop(*lightning_chatter))
+    logging.getLogger("lightning.pytorch.loggers.mlflow").addFilter(_Drop("Experiment with name"))
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     from medweave.launch import rank_suffix, run_stamp
+    from medweave.tasks.types import default_head, default_monitor
 
     OmegaConf.register_new_resolver("medweave_run_stamp", run_stamp, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("medweave_rank_suffix", rank_suffix, replace=True)
+    OmegaConf.register_new_resolver("medweave_task_head", default_head, replace=True)
+    OmegaConf.register_new_resolver("medweave_task_monitor", default_monitor, replace=True)
 
 
 register_resolvers()  # on import too: configs composed through Hydra's compose API use them
 
 
+def task_file_overrides(args: list[str]) -> list[str]:
+    """``task=<path of a .yaml file>`` -> the overrides selecting configs/task/aces.yaml with that
+    file (``task=aces task.aces=<file> task.name=... task.type=...``, read from the file by
+    data/aces.py). Hydra's ``task=`` picks a config by name from configs/task/; this is the one
+    place a path is accepted instead. Keys the command line sets itself are left to it."""
+    explicit = {arg.split("=", 1)[0].lstrip("+~") for arg in args if "=" in arg}
+    out = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key != "task" or not value.endswith((".yaml", ".yml")):
+            out.append(arg)
+            continue
+        from medweave.data.aces import task_overrides
+
+        translated = task_overrides(value)
+        out += [o for o in translated if o.split("=", 1)[0] not in explicit or o.startswith("task=")]
+    return out
+
+
 def run(task_fn, config_name: str, program: str) -> None:
+    quiet_libraries()  # first: tqdm reads its settings from the environment when imported
     import hydra
     from hydra.errors import InstantiationException
 
@@ -64,4 +120,8 @@ def run(task_fn, config_name: str, program: str) -> None:
                 sys.exit(preemption.EXIT_PREEMPTED)  # logged where it happened; the checkpoint is on disk
             raise
 
+    try:
+        sys.argv = [sys.argv[0], *task_file_overrides(sys.argv[1:])]
+    except MedweaveError as err:
+        fail(err)
     _main()

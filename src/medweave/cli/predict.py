@@ -2,6 +2,8 @@
 
     medweave-predict ckpt_path=<ckpt> data.root=data/sandbox
     medweave-predict ckpt_path=<ckpt> data.root=data/sandbox splits=[tuning,held_out]
+    medweave-predict ckpt_path=models:/cvd-risk/3 data.root=data/sandbox   # from the Model Registry
+    medweave-predict ckpt_path=<run id> data.root=data/sandbox             # the run's tested model
 
 Writes ``<run dir>/predictions.parquet``: subject_id, split, score (probability, a risk score for
 survival tasks, the value for regression; score_<class> for multiclass and multilabel), target,

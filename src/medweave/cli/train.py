@@ -21,6 +21,7 @@ def check_config(cfg) -> None:
 
     from medweave.data.contract import check_modalities, require_root
     from medweave.errors import MedweaveError
+    from medweave.tasks.types import check_type
 
     problems = []
     if OmegaConf.is_missing(cfg.data, "root"):
@@ -36,6 +37,13 @@ def check_config(cfg) -> None:
         check_modalities(cfg.data.modalities)
     except MedweaveError as err:
         problems.append(str(err))
+    if OmegaConf.is_missing(cfg.task, "name") or OmegaConf.is_missing(cfg.task, "aces"):
+        problems.append("task=aces needs its file: pass task=<path of the ACES task config .yaml>")
+    else:
+        try:
+            check_type(cfg.task.type)
+        except MedweaveError as err:
+            problems.append(str(err))
     if problems:
         raise MedweaveError("; ".join(problems))
 
@@ -54,6 +62,7 @@ def train(cfg) -> float | None:
     # Callbacks first: the preemption handler listens from the start (a signal while the cohort is
     # prepared must not kill the job) to the end of testing and evaluation.
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [c for c in callbacks if c is not None]  # a factory may decline (progress with no bar)
     preemption = next((c for c in callbacks if isinstance(c, Preemption)), None)
     with preemption.listening() if preemption else nullcontext():
         return _fit_and_test(cfg, callbacks, preemption)
@@ -120,8 +129,18 @@ def _fit_and_test(cfg, callbacks: list, preemption) -> float | None:
         preemption.stop_if_requested(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint else ""
+        if best and trainer.is_global_zero:
+            score = checkpoint.best_model_score
+            log.info(
+                "Testing %s (%s %.4g)",
+                Path(best).name,
+                checkpoint.monitor,
+                float("nan") if score is None else float(score),
+            )
+        # verbose=False: no table of the test batches' metrics; the report's cover the whole split.
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if preemption:
             preemption.stop_if_requested(trainer)
@@ -129,7 +148,14 @@ def _fit_and_test(cfg, callbacks: list, preemption) -> float | None:
             from medweave.evaluation.run import report_and_log
 
             folder = Path(cfg.paths.output_dir) / "evaluation"
-            report_and_log(model, datamodule, "held_out", cfg.task.name, cfg.evaluation, folder, loggers)
+            step = trainer.global_step  # where trainer.test logged: the report's figures come after
+            summary = report_and_log(
+                model, datamodule, "held_out", cfg.task.name, cfg.evaluation, folder, loggers, step
+            )
+            # The report's figures cover the whole held-out split (limit_test_batches may not).
+            metrics.update({f"test/{k}": v["value"] for k, v in summary["overall"].items()})
+        if best and trainer.is_global_zero:
+            _log_tested_model(loggers, best, checkpoint, cfg, datamodule)
     if trainer.is_global_zero:
         log.info("Metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
         log.info("Outputs in %s", cfg.paths.output_dir)
@@ -142,6 +168,35 @@ def _fit_and_test(cfg, callbacks: list, preemption) -> float | None:
     ):
         return float(checkpoint.best_model_score)
     return metrics.get(cfg.get("optimized_metric"))
+
+
+def _log_tested_model(loggers: list, best: str, checkpoint, cfg, datamodule) -> None:
+    """The checkpoint that was tested becomes the MLflow run's model (tracking/models.py)."""
+    import json
+
+    import torch
+
+    from medweave import __version__
+    from medweave.data.prepare import MANIFEST
+    from medweave.tracking.models import log_tested_model
+
+    chosen = [lg for lg in loggers if getattr(lg, "log_tested", False)]
+    if not chosen:
+        return
+    saved = torch.load(best, map_location="cpu", weights_only=False, mmap=True)
+    manifest = json.loads((datamodule.cohort.folder / MANIFEST).read_text())
+    score = checkpoint.best_model_score
+    info = {
+        "epoch": saved.get("epoch"),
+        "global_step": saved.get("global_step"),
+        "monitor": checkpoint.monitor,
+        "monitor_value": None if score is None else float(score),
+        "task": cfg.task.name,
+        "cohort_fingerprint": manifest.get("cohort"),
+        "medweave_version": __version__,
+    }
+    for logger in chosen:
+        log_tested_model(logger, best, info, logger.register_as)
 
 
 def main() -> None:

@@ -2,6 +2,9 @@
 
     medweave-validate data.root=data/sandbox
     medweave-validate data.root=<MEDS export> data.labels_dir=<labeller output>
+    medweave-validate data.root=<cohort> task=cvd_survival       # its label file against its type
+    medweave-validate data.root=<cohort> task.name=death_surv task.type=survival   # your own label
+    medweave-validate data.root=<cohort> task=my_task.yaml     # an ACES task file: its codes here
 
 Exit status 0 when the cohort passes, 1 when anything is wrong, 2 for a bad command line.
 """
@@ -14,7 +17,14 @@ import sys
 def validate(cfg) -> None:
     from medweave.data.validate import validate_cohort
 
-    report = validate_cohort(cfg.data.root, cfg.data.get("labels_dir"))
+    task = cfg.get("task")
+    asked = {task.name: task.type} if task and task.get("name") and not task.get("aces") else {}
+    report = validate_cohort(cfg.data.root, cfg.data.get("labels_dir"), tasks=asked)
+    if task and task.get("aces"):
+        from medweave.data import aces
+
+        for warning in aces.absent_codes(aces.read_task_file(task.aces), aces.cohort_codes(report.root)):
+            print(f"warning: {warning}")
     sizes = ", ".join(f"{v} {k}" for k, v in report.counts.items())
     if report.ok:
         print(f"OK: {report.root} follows the cohort contract ({sizes})")

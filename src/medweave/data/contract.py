@@ -124,6 +124,21 @@ REQUIRED_COLUMNS = {
 }
 
 
+def did_you_mean(name: str, choices) -> str:
+    """ " Did you mean 'x'?" for one plausible choice, " Did you mean one of 'x', 'y'?" for several,
+    "" for none. Names that extend ``name`` (``death`` -> ``death_5y``, ``death_surv``) come first
+    and all of them are listed: none is the obvious one. Else the close spellings (``tsak``)."""
+    choices = sorted(map(str, choices))
+    near = [x for x in choices if x != name and x.startswith(name)] or difflib.get_close_matches(
+        name, choices, n=3, cutoff=0.6
+    )
+    if not near:
+        return ""
+    if len(near) == 1:
+        return f" Did you mean '{near[0]}'?"
+    return " Did you mean one of " + ", ".join(f"'{x}'" for x in near) + "?"
+
+
 def check_modalities(modalities) -> list[str]:
     """Return the modality list, or raise naming the unknown one and the nearest valid name."""
     names = list(modalities)

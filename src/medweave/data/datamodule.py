@@ -196,6 +196,8 @@ class CohortDataModule(L.LightningDataModule):
         embeddings: modality -> embedding cache folder written by medweave-embed; that modality
             is served as those vectors (for model/encoder=precomputed) instead of being prepared.
             The cache must have been made from this cohort, task and subjects (checked).
+        aces: an ACES task config file (task=<file>): its labels are computed over the cohort's
+            events and cached under ``cache_dir/labels/`` (data/aces.py); None reads label files.
 
     Its state in a checkpoint is where training stood in the epoch, so that a resumed run
     continues with the next batch rather than starting the epoch again.
@@ -227,6 +229,7 @@ class CohortDataModule(L.LightningDataModule):
         volume: dict | None = None,
         genomics: dict | None = None,
         embeddings: dict | None = None,
+        aces: str | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -262,6 +265,7 @@ class CohortDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.vocab, self.seed = vocab, seed
+        self.aces = aces  # an ACES task file: its labels are computed (and cached) in setup()
         self.cohort: PreparedCohort | None = None
         self._resume: dict | None = None
 
@@ -273,9 +277,27 @@ class CohortDataModule(L.LightningDataModule):
         if self.cohort is None:
             from medweave.embeddings.cache import open_cache
 
+            if self.aces:
+                self._label_with_aces()
             folder = prepare(self.root, self.cache_dir, self.prepare_config, self.vocab)
             served = {m: open_cache(f, m, folder, self.root) for m, f in self.embeddings.items()}
             self.cohort = PreparedCohort(folder, list(self.prepare_config.modalities), served)
+
+    def _label_with_aces(self) -> None:
+        """Labels from the ACES task file, then read like any MEDS label file (data/aces.py)."""
+        import dataclasses
+
+        from medweave.data import aces
+        from medweave.data.prepare import cohort_fingerprint
+
+        if self.prepare_config.labels_dir:
+            raise MedweaveError(
+                f"task.aces={self.aces} computes the labels; "
+                f"data.labels_dir={self.prepare_config.labels_dir} names label files too: "
+                "keep one (task=<name> data.labels_dir=... reads ready-made labels)"
+            )
+        folder = aces.labels_dir(self.aces, self.root, self.cache_dir, cohort_fingerprint(self.root))
+        self.prepare_config = dataclasses.replace(self.prepare_config, labels_dir=str(folder))
 
     def encoder_inputs(self) -> dict[str, dict]:
         self.setup()

@@ -92,8 +92,13 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
     return actual == expected
 
 
-def validate_cohort(root: str | Path, labels_dir: str | None = None) -> Report:
-    """Every problem of the cohort at ``root``; ``labels_dir`` as data.labels_dir (None: labels/)."""
+def validate_cohort(
+    root: str | Path, labels_dir: str | None = None, tasks: dict[str, str] | None = None
+) -> Report:
+    """Every problem of the cohort at ``root``; ``labels_dir`` as data.labels_dir (None: labels/).
+
+    ``tasks`` (name -> type, e.g. from ``task=cvd_survival``) must each have a label file whose
+    columns that type reads; tasks that dataset.json declares are checked against their type too."""
     root = Path(root).expanduser().resolve()
     col = _Collector(root)
     counts: dict[str, int] = {}
@@ -113,7 +118,7 @@ def validate_cohort(root: str | Path, labels_dir: str | None = None) -> Report:
 
     split_ids = _check_splits(root, col, counts)
     _check_events(root, col, counts, split_ids)
-    _check_labels(root, col, counts, split_ids, _task_types(meta), labels_dir)
+    _check_labels(root, col, counts, split_ids, {**_task_types(meta), **(tasks or {})}, labels_dir, tasks)
     if (root / c.IMAGING_DIR).exists():
         _check_imaging(root, col, counts, split_ids)
     if (root / "genomics").exists():
@@ -198,12 +203,25 @@ def _check_events(root, col, counts, split_ids) -> None:
             col.first_rows(path, empty, f"{c.NOTE_PREFIX} event without text_value", "text_value")
 
 
-def _check_labels(root, col, counts, split_ids, task_types: dict[str, str], labels_dir=None) -> None:
-    """Label files: <base>/<task>.parquet or <base>/<task>/**/*.parquet shards (ACES writes those)."""
+def _check_labels(
+    root, col, counts, split_ids, task_types: dict[str, str], labels_dir=None, asked=None
+) -> None:
+    """Label files: <base>/<task>.parquet or <base>/<task>/**/*.parquet shards (ACES writes those).
+    Each task of known type must have the columns its type reads; a task asked for by name must
+    have a label file (the message lists the near names)."""
     base = meds.labels_base(root, labels_dir)
     singles = sorted(base.glob("*.parquet"))
     folders = sorted(p for p in base.glob("*") if p.is_dir() and any(p.rglob("*.parquet")))
     files = singles + [f for folder in folders for f in sorted(folder.rglob("*.parquet"))]
+    available = [p.stem for p in singles] + [p.name for p in folders]
+    for task in asked or {}:
+        if task not in available:
+            col.add(
+                base,
+                f"task {task}",
+                f"no label file {task}.parquet or {task}/*.parquet; tasks here: {sorted(available)}."
+                + c.did_you_mean(task, available),
+            )
     if not files:
         col.add(base, "folder", "no label files; expected <task>.parquet or <task>/*.parquet (MEDS labels)")
         return
@@ -226,22 +244,44 @@ def _check_labels(root, col, counts, split_ids, task_types: dict[str, str], labe
         ids = table.column("subject_id").fill_null(-1).to_numpy()
         col.first_rows(path, ~_known(ids, split_ids), "subject has no split", "subject_id")
         task = path.stem if path.parent == base else path.relative_to(base).parts[0]
-        if task_types.get(task) == "survival":
-            _check_survival(path, table, col)
+        if task in task_types and _has_type_columns(path, table, task_types[task], col):
+            if task_types[task] == "survival":
+                _check_survival(path, table, col)
+
+
+def _has_type_columns(path, table, task_type: str, col) -> bool:
+    """The value columns the task's type reads (contract.LABEL_VALUES) are there and filled."""
+    needed = c.LABEL_VALUES.get(task_type)
+    if needed is None:
+        col.add(
+            path, "task type", f"'{task_type}' is not a task type; expected one of {list(c.LABEL_VALUES)}"
+        )
+        return False
+    found = [v for v in meds.LABEL_VALUE_COLUMNS if v in table.column_names]
+    missing = [v for v in needed if v not in table.column_names]
+    if missing:
+        col.add(
+            path,
+            f"column {', '.join(missing)}",
+            f"missing; a {task_type} task reads {list(needed)} (this file has {found or 'no value column'})",
+        )
+        return False
+    for name in needed:
+        col.first_rows(
+            path,
+            table.column(name).is_null().to_numpy(zero_copy_only=False),
+            f"label is null; a {task_type} task reads {name} in every row",
+            name,
+        )
+    return True
 
 
 def _check_survival(path, table, col) -> None:
-    """Survival labels: days to event or censoring in float_value, whether it was seen in boolean_value."""
-    for name in ("float_value", "boolean_value"):
-        if name not in table.column_names:
-            col.add(path, f"column {name}", "missing; a survival label needs float_value and boolean_value")
-            return
-        col.first_rows(
-            path, table.column(name).is_null().to_numpy(zero_copy_only=False), "survival label is null", name
-        )
+    """Survival labels (columns checked by _has_type_columns): days to event or censoring in
+    float_value finite and >= 0."""
     days = table.column("float_value").to_numpy(zero_copy_only=False).astype(float)
     nulls = table.column("float_value").is_null().to_numpy(zero_copy_only=False)
-    bad = (~np.isfinite(days) | (days < 0)) & ~nulls  # nulls are reported above
+    bad = (~np.isfinite(days) | (days < 0)) & ~nulls  # nulls are reported as such
     col.first_rows(path, bad, "days to event or censoring must be finite and >= 0 (not NaN)", "float_value")
 
 

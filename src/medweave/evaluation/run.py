@@ -12,7 +12,7 @@ from medweave.evaluation import metrics as M
 from medweave.evaluation import report
 from medweave.evaluation.attribution import modality_shapley
 from medweave.evaluation.subgroups import availability_pattern, subject_groups
-from medweave.evaluation.summary import Predictions, summarize
+from medweave.evaluation.summary import Predictions, flat_metrics, summarize
 
 log = logging.getLogger("medweave")
 
@@ -133,19 +133,17 @@ def evaluate_split(model, datamodule, split: str, task: str, settings, folder: P
     return summary
 
 
-def report_and_log(model, datamodule, split, task, settings, folder: Path, loggers) -> dict:
-    """evaluate_split, then the same folder and the bootstrap CIs (<prefix>/<metric>_ci_low,
-    _ci_high) into each logger's run; MLflow gets the folder as artifacts under evaluation/."""
+def report_and_log(model, datamodule, split, task, settings, folder: Path, loggers, step: int = 0) -> dict:
+    """evaluate_split, then every figure of its summary as metrics of each logger's run
+    (summary.flat_metrics: test/* for held_out, val/* for tuning), at ``step``, the step the
+    trainer logged its own test metrics at, so the report's figures are the run's latest values;
+    MLflow gets the folder as artifacts under evaluation/."""
     from lightning.pytorch.loggers import MLFlowLogger
 
     summary = evaluate_split(model, datamodule, split, task, settings, folder)
-    prefix = "test" if split == "held_out" else "val"
-    ci = {}
-    for name, entry in summary["overall"].items():
-        if entry["ci_low"] == entry["ci_low"]:  # not NaN
-            ci[f"{prefix}/{name}_ci_low"], ci[f"{prefix}/{name}_ci_high"] = entry["ci_low"], entry["ci_high"]
+    metrics = flat_metrics(summary, "test" if split == "held_out" else "val")
     for logger in loggers:
-        logger.log_metrics(ci)
+        logger.log_metrics(metrics, step=step)
         if isinstance(logger, MLFlowLogger):
             logger.experiment.log_artifacts(logger.run_id, str(folder), "evaluation")
     return summary

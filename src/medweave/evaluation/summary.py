@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medweave.evaluation import metrics as M
+from medweave.evaluation import resampled
 from medweave.evaluation.bootstrap import with_ci
 
 
@@ -49,6 +50,13 @@ def metric_fn(kind: str, preds: Predictions, train: tuple | None, times: np.ndar
     return survival
 
 
+def weighted_fn(kind: str, preds: Predictions):
+    """W [B, n] -> {metric: [B]}: every bootstrap resample at once (resampled.py), for the kinds
+    that have it; survival metrics (scikit-survival's IPCW estimators) run per resample."""
+    fn = resampled.KINDS.get(kind)
+    return None if fn is None else (lambda W: fn(preds.target, preds.score, W))
+
+
 def summarize(
     kind: str,
     preds: Predictions,
@@ -61,7 +69,9 @@ def summarize(
     attribution: dict | None = None,
 ) -> dict:
     n = len(preds.score)
-    overall = with_ci(metric_fn(kind, preds, train, times), n, n_boot, seed)
+    overall = with_ci(
+        metric_fn(kind, preds, train, times), n, n_boot, seed, weighted_fn=weighted_fn(kind, preds)
+    )
     by_group = {}
     for name, labels in groups.items():
         by_group[name] = {}
@@ -71,7 +81,10 @@ def summarize(
                 by_group[name][str(value)] = {"n": f"<{min_group_size}", "events": None}
                 continue
             entry = {"n": int(len(idx)), "events": _events(kind, preds.target[idx])}
-            entry["metrics"] = with_ci(metric_fn(kind, preds.rows(idx), train, times), len(idx), n_boot, seed)
+            sub = preds.rows(idx)
+            entry["metrics"] = with_ci(
+                metric_fn(kind, sub, train, times), len(idx), n_boot, seed, weighted_fn=weighted_fn(kind, sub)
+            )
             by_group[name][str(value)] = entry
     out = {
         "task_kind": kind,
@@ -102,3 +115,50 @@ def summarize(
 def _events(kind: str, target: np.ndarray) -> int | None:
     """Positive labels or events seen; None where the task has no such notion."""
     return None if kind in ("regression", "multiclass") else int(np.asarray(target).sum())
+
+
+def metric_label(value: str) -> str:
+    """A subgroup's label as MLflow (and Lightning's logger) accept in a metric name: "<18" is
+    "under 18", "75+" is "75 and over", a modality pattern "ehr_codes+text" is "ehr_codes.text"."""
+    import re
+
+    value = re.sub(r"^<(\d+)$", r"under \1", str(value))
+    value = re.sub(r"^(\d+)\+$", r"\1 and over", value)
+    return re.sub(r"[^a-zA-Z0-9_. -]", "_", value.replace("+", "."))
+
+
+def flat_metrics(summary: dict, prefix: str) -> dict[str, float]:
+    """Every figure of the summary as ``<prefix>/...`` metrics: overall ``<metric>``,
+    ``<metric>_ci_low`` and ``_ci_high``; ``by_<group>/<label>/<metric>`` (and ``n``, ``events``)
+    for each subgroup large enough to be shown; ``attribution/...``; ``oracle/...``; ``n``, ``events``.
+    NaN (undefined) figures are left out."""
+    out: dict[str, float] = {}
+
+    def put(name: str, value) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            return
+        out[f"{prefix}/{name}"] = float(value)
+
+    def put_metrics(base: str, metrics: dict) -> None:
+        for name, entry in metrics.items():
+            put(f"{base}{name}", entry["value"])
+            put(f"{base}{name}_ci_low", entry["ci_low"])
+            put(f"{base}{name}_ci_high", entry["ci_high"])
+
+    put_metrics("", summary["overall"])
+    put("n", summary["n"])
+    put("events", summary.get("events"))
+    for group, entries in summary.get("groups", {}).items():
+        for label, entry in entries.items():
+            base = f"by_{group}/{metric_label(label)}/"
+            put(f"{base}n", entry["n"])
+            put(f"{base}events", entry.get("events"))
+            put_metrics(base, entry.get("metrics", {}))
+    for section in ("attribution", "oracle"):
+        for key, value in summary.get(section, {}).items():
+            if isinstance(value, dict):
+                for name, v in value.items():
+                    put(f"{section}/{key}/{name}", v)
+            else:
+                put(f"{section}/{key}", value)
+    return out

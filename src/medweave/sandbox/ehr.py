@@ -35,6 +35,8 @@ CODES = {
     "NPU//NPU01568": ("LDL cholesterol, mmol/L", ["NPU"]),
     "NPU//NPU18016": ("Creatinine, umol/L", ["NPU"]),
     "MEDS_BIRTH": ("Birth", []),
+    "SANDBOX//INDEX": ("Index visit: the prediction time the sandbox's labels start from", []),
+    "STATUS//LOST_TO_FOLLOW_UP": ("Lost to follow-up (emigration or death from another cause)", []),
     "SEX//F": ("Sex: female", []),
     "SEX//M": ("Sex: male", []),
 }
@@ -46,6 +48,9 @@ METABOLIC = [
     ("ICD10//E66", -2.0, 0.9, None),
 ]
 HBA1C = "NPU//NPU27300"
+# The event an ACES task triggers on (configs/aces/), and the end of follow-up before the data
+# cutoff; both at or after prediction_time, so no model ever sees them.
+INDEX, LOST = "SANDBOX//INDEX", "STATUS//LOST_TO_FOLLOW_UP"
 BACKGROUND = ["ICD10//J06", "ICD10//M54", "ICD10//K21", "ICD10//R51", "ICD10//Z00"]
 BACKGROUND_DRUGS = ["ATC//N02BE01", "ATC//M01AE01"]
 

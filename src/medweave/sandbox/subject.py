@@ -53,6 +53,7 @@ def draw_subject(i: int, subject_id: int, cfg, panel, expression_model, root: Pa
     follow_up = outcomes.censoring_days(
         person.prediction_time, np.datetime64(cfg.follow_up_end, "s"), cfg.loss_per_year, rng
     )
+    administrative = float((np.datetime64(cfg.follow_up_end, "s") - person.prediction_time) / outcomes.DAY)
     truth = {f"genetic_{k}": v for k, v in genetic.items()}
     truth |= {"metabolic": person.metabolic, "symptoms": person.symptoms, "structural": person.structural}
     truth |= {"age_years": person.age, "male": x["male"]}
@@ -71,6 +72,11 @@ def draw_subject(i: int, subject_id: int, cfg, panel, expression_model, root: Pa
 
     visits = ehr.visit_times(person, rng, follow_up_days=cfg.horizon_days)
     events = ehr.draw_events(person, visits, onsets, rng)
+    events.append((person.prediction_time, ehr.INDEX, None, None))
+    if follow_up < administrative:  # lost before the data cutoff: the registry records when
+        events.append(
+            (person.prediction_time + np.timedelta64(int(follow_up * 86400), "s"), ehr.LOST, None, None)
+        )
     if has[c.TEXT]:
         any_onset = any(onset for onset, _, _ in result.values())
         events += notes.draw_note_events(person, visits, any_onset, rng)

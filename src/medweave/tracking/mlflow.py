@@ -43,8 +43,12 @@ def make_mlflow_logger(
     parent_run_id: str | None = None,
     run_id_file: str | None = None,
     synchronous: bool | None = None,
+    register_as: str | None = None,
 ):
     """A Lightning MLFlowLogger; artifacts of an embedded store sit beside its database.
+    ``log_model``: after testing, the tested checkpoint becomes the run's model (tracking/models.py;
+    Lightning's own checkpoint upload stays off, so ``last.ckpt``, which nobody tested, never goes);
+    ``register_as`` also registers it under that name in the Model Registry.
     ``parent_run_id`` nests the run under another (a hyperparameter search's trials);
     ``run_id_file``, when it exists, names the run to continue (a resumed training);
     ``synchronous=False`` queues metrics and params for MLflow's background writer instead of
@@ -72,10 +76,12 @@ def make_mlflow_logger(
             run_name=run_name,
             tracking_uri=uri,
             tags=dict(tags or {}) | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}),
-            log_model=log_model,
+            log_model=False,
             artifact_location=artifacts,
             run_id_file=run_id_file,
             synchronous=synchronous,
+            log_tested=log_model,
+            register_as=register_as,
         )
 
 

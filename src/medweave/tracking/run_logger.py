@@ -11,14 +11,24 @@ class ResumableMLFlowLogger(MLFlowLogger):
     """Lightning's MLFlowLogger, plus: the run id is kept in ``run_id_file`` (in the run's output
     folder) and a process that starts in that folder continues that run; a preempted run is
     KILLED, not FAILED, until then. With ``synchronous=False``, metrics and params go through
-    MLflow's asynchronous queue until the logger is finalized, which waits for all of them."""
+    MLflow's asynchronous queue until the logger is finalized, which waits for all of them.
+    ``log_tested`` and ``register_as``: what training does with the tested checkpoint
+    (tracking/models.py)."""
 
-    def __init__(self, *args, run_id_file: str | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        run_id_file: str | None = None,
+        log_tested: bool = True,
+        register_as: str | None = None,
+        **kwargs,
+    ):
         run_id = None
         if run_id_file and Path(run_id_file).is_file():
             run_id = Path(run_id_file).read_text().strip() or None
         super().__init__(*args, run_id=run_id, **kwargs)
         self.run_id_file, self.resumed, self.preempted = run_id_file, run_id is not None, False
+        self.log_tested, self.register_as = log_tested, register_as  # tracking/models.py
 
     def reopen(self) -> None:
         """Rank 0, before fitting a resumed run: it is running again."""

@@ -359,8 +359,7 @@ def label_files(root: Path, task: str, labels_dir: str | None = None) -> list[Pa
         if base.is_dir()
         else set()
     )
-    near = difflib.get_close_matches(task, available, n=1)
-    hint = f" Did you mean '{near[0]}'?" if near else ""
+    hint = c.did_you_mean(task, available)
     raise MedweaveError(
         f"cohort '{root}' has no labels for task '{task}': expected {single} or parquet shards in "
         f"{folder}/ (set data.labels_dir if labels live elsewhere); tasks available: {available}.{hint}"
