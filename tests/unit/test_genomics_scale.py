@@ -233,3 +233,22 @@ def test_a_chromosome_missing_is_a_validation_problem(plink_cohort):
         )
     found = [str(p) for p in validate_cohort(plink_cohort).problems]
     assert any("chromosome 1 missing from the per-chromosome set" in p for p in found), found
+
+
+def test_a_selected_variant_set_takes_the_dense_dosage_path(plink_cohort, tmp_path):
+    with pytest.raises(
+        MedweaveError, match=r"chr1.pgen: the variants source .* needs data.genomics.variant_set"
+    ):
+        prepare_plink(plink_cohort, tmp_path, sources=["variants"])
+    # Two keys (chrom:pos:ref:alt) and one of the files' IDs; one listed variant no file has.
+    (plink_cohort / "genomics/selected.txt").write_text(
+        "# my variants\n1:1000:A:G\n2:1100:A:G\nrs7\n9:1:A:C\n"
+    )
+    folder, vocab = prepare_plink(
+        plink_cohort, tmp_path, sources=["variants"], variant_set="genomics/selected.txt"
+    )
+    assert vocab["variants"] == ["1:1000:A:G", "1:1700:A:G", "2:1100:A:G", "2:1700:A:G"]  # rs7 on both
+    dense = np.load(folder / "genomics.npy")
+    subjects = np.load(folder / "subjects.npz")
+    row = int(np.flatnonzero(subjects["present_genomics"])[0])
+    assert dense.shape == (len(subjects["subject_id"]), 4) and set(np.unique(dense[row])) <= {0, 50, 100}

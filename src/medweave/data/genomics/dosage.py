@@ -3,27 +3,90 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from medweave.data import contract as c
-from medweave.data.genomics.files import variant_files
+from medweave.data.genomics.files import genotype_files, variant_files
+from medweave.data.genomics.genotypes import open_reader
 from medweave.data.genomics.options import ARRAYS
 from medweave.data.genomics.samples import rows_of
 from medweave.data.readers import vcf
+from medweave.data.readers.genotypes import block_size
 from medweave.errors import MedweaveError
 
 log = logging.getLogger(__name__)
 
 
+def read_selected(files: list[Path], wanted: list[str]) -> vcf.Dosages:
+    """The listed variants (chrom:pos:ref:alt keys or file IDs) of PLINK/BGEN sets, as int8 dosages.
+
+    Only these variants are read (in blocks), so a few thousand selected variants of a
+    million-variant set cost what they hold, not the set.
+    """
+    want = set(wanted)
+    samples, ids, parts = None, [], []
+    for path in files:
+        r = open_reader(path)
+        try:
+            keys = r.variants.keys()
+            pick = np.array(
+                [j for j, k in enumerate(keys) if k in want or r.variants.id[j] in want], np.int64
+            )
+            if samples is None:
+                samples = list(r.samples)
+            elif set(r.samples) != set(samples):
+                raise MedweaveError(
+                    f"{path}: holds other samples than {files[0].name}; expected every file of a "
+                    "per-chromosome set to hold the same samples"
+                )
+            order = np.array([r.samples.index(s) for s in samples]) if r.samples != samples else None
+            for index, block in r.blocks(block_size(len(samples)), pick):
+                d = block if order is None else block[:, order]
+                scaled = np.rint(np.nan_to_num(d, nan=-1.0 / vcf.DOSAGE_SCALE) * vcf.DOSAGE_SCALE)
+                parts.append(scaled.clip(vcf.MISSING, 127).astype(np.int8))
+                ids += [keys[j] for j in index]
+        finally:
+            r.close()
+    if not ids:
+        raise MedweaveError(
+            f"data.genomics.variant_set: none of its {len(want)} variants is in {files[0].parent}; expected "
+            "chrom:pos:ref:alt keys (chromosome without 'chr') or the files' variant IDs"
+        )
+    log.info("variant set: %d of %d listed variants found", len(ids), len(want))
+    return vcf.Dosages(samples, ids, np.ascontiguousarray(np.concatenate(parts).T))
+
+
+def _variant_set(root: Path, opts) -> list[str]:
+    path = root / opts.variant_set
+    if not path.resolve().is_relative_to(Path(root).resolve()) or not path.is_file():
+        raise MedweaveError(  # files inside the cohort are what the cache key hashes
+            f"data.genomics.variant_set={opts.variant_set}: expected a file inside the cohort {root}"
+        )
+    return [
+        line.split()[0] for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
+
+
 def prepare_variants(root, subject_ids, train, vocab, out, opts, names, bad, fitting) -> np.ndarray:
     files = variant_files(root)
-    if not files:
+    sets = genotype_files(root, opts)
+    if not files and sets and opts.variant_set:
+        files = sets
+        read = read_selected(sets, _variant_set(root, opts))
+    elif not files and sets:
+        raise MedweaveError(
+            f"{sets[0]}: the variants source (a dense dosage matrix) needs data.genomics.variant_set "
+            "(a file listing the variants to read) with PLINK/BGEN genotypes; or use sources [pcs, pgs]"
+        )
+    elif not files:
         raise MedweaveError(
             f"cohort '{root}' has no {c.VARIANTS_VCF} and no {c.VARIANTS_DIR}/*.vcf.gz|*.bcf "
             "(needed for data.genomics.sources: variants)"
         )
-    read = vcf.read_many(files, opts.dosage_field, bad)
+    else:
+        read = vcf.read_many(files, opts.dosage_field, bad)
     names.check_samples_exist(set(read.samples))
     sample_subject = names.vcf_subjects(files[0] if len(files) == 1 else root / c.VARIANTS_DIR, read.samples)
     if names.map is not None and (outside := int((sample_subject < 0).sum())):

@@ -41,6 +41,7 @@ class GenomicsOptions:
     pgs_ambiguous: str = "drop"  # A/T and C/G sites: drop | keep (assume the target's strand)
     pgs_min_overlap: float = 0.75  # share of a score's variants that must match the genotypes
     genome_build: str | None = None  # the genotypes' build (GRCh37/GRCh38); None: dataset.json's
+    variant_set: str | None = None  # variants source from PLINK/BGEN: file of keys or IDs, one a line
     seed: int = 0  # the PCA's random projection
 
     @classmethod

@@ -9,7 +9,7 @@ from medweave.data.bad_input import BadInput
 from medweave.data.genomics import pca, pgs
 from medweave.data.genomics.dosage import prepare_variants
 from medweave.data.genomics.expression import prepare_embeddings, prepare_expression
-from medweave.data.genomics.files import GENOTYPE_SUFFIXES, available_sources, genotype_files, pgs_files
+from medweave.data.genomics.files import available_sources, genotype_files, pgs_files
 from medweave.data.genomics.genotypes import open_genotypes
 from medweave.data.genomics.options import ARRAYS, SOURCES, GenomicsOptions
 from medweave.data.genomics.samples import SampleNames, cohort_ids
@@ -36,12 +36,6 @@ def prepare_genomics(root, subject_ids, train, vocab, out, options=None, lenient
     present = np.zeros(len(subject_ids), bool)
     fitting = "genomics_sources" not in vocab
     if "variants" in sources:
-        scale = genotype_files(root, opts)
-        if scale and scale[0].name.endswith(GENOTYPE_SUFFIXES):
-            raise MedweaveError(
-                f"{scale[0]}: the variants source (a dense dosage matrix) reads VCF only; with PLINK/BGEN "
-                "genotypes use data.genomics.sources [pcs, pgs] (or a VCF of the selected variants)"
-            )
         present |= prepare_variants(root, subject_ids, train, vocab, out, opts, names, bad, fitting)
     if {"pcs", "pgs"} & set(sources):
         present |= _prepare_embedded(root, subject_ids, train, vocab, out, opts, names, sources, fitting)
