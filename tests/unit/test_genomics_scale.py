@@ -252,3 +252,29 @@ def test_a_selected_variant_set_takes_the_dense_dosage_path(plink_cohort, tmp_pa
     subjects = np.load(folder / "subjects.npz")
     row = int(np.flatnonzero(subjects["present_genomics"])[0])
     assert dense.shape == (len(subjects["subject_id"]), 4) and set(np.unique(dense[row])) <= {0, 50, 100}
+
+
+def test_a_bgen_cohort_prepares_pcs(plink_cohort, tmp_path):
+    """The same genomes as one BGEN file (samples inside it) instead of PLINK per chromosome."""
+    import shutil
+
+    from tests.unit.test_genotype_readers import write_bgen
+
+    _, want = prepare_plink(plink_cohort, tmp_path / "plink", sources=["pcs"])
+    folder = plink_cohort / "genomics/variants"
+    readers = [plink.PgenReader(folder / f"chr{k}.pgen") for k in (1, 2)]
+    samples = readers[0].samples
+    dose = np.concatenate([next(r.blocks(1000))[1] for r in readers])
+    table = VariantTable(
+        *(
+            np.concatenate([getattr(r.variants, f) for r in readers])
+            for f in ("chrom", "pos", "id", "ref", "alt")
+        )
+    )
+    probs = np.stack([(dose == 0), (dose == 1), (dose == 2)], axis=-1).astype(float)
+    shutil.rmtree(folder)
+    write_bgen(plink_cohort / "genomics/variants.bgen", samples, table, probs)
+    _, vocab = prepare_plink(plink_cohort, tmp_path / "bgen", sources=["pcs"])
+    assert vocab["pca"]["k"] == 3 and vocab["pca"]["variants"] == want["pca"]["variants"]
+    got, expect = (pca.unpack(v["pca"]["loadings"]) for v in (vocab, want))
+    np.testing.assert_allclose(got, expect, atol=1e-5)  # the same genomes: the same components
