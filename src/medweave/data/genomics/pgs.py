@@ -110,7 +110,9 @@ def match(g: Genotypes, path: Path, opts, genotype_build: str | None) -> dict:
             build or "unknown",
             genotype_build or "unknown",
         )
-    site = {(ch, int(p)): i for i, (ch, p) in enumerate(zip(chrom, pos, strict=True))}
+    site: dict[tuple[str, int], list[int]] = {}  # a position may carry several score rows (alleles)
+    for i, (ch, p) in enumerate(zip(chrom, pos.tolist(), strict=True)):
+        site.setdefault((ch, p), []).append(i)
     taken = np.zeros(len(pos), bool)
     keys, signs, weights = [], [], []
     counts = {"variants": len(pos), "matched": 0, "swapped": 0, "flipped": 0, "ambiguous_dropped": 0}
@@ -118,9 +120,9 @@ def match(g: Genotypes, path: Path, opts, genotype_build: str | None) -> dict:
     for r in g.readers:
         v = r.variants
         hits = [
-            (j, site[(ch, int(p))])
-            for j, (ch, p) in enumerate(zip(v.chrom, v.pos, strict=True))
-            if (ch, int(p)) in site
+            (j, i)
+            for j, (ch, p) in enumerate(zip(v.chrom, v.pos.tolist(), strict=True))
+            for i in site.get((ch, p), ())
         ]
         for j, i in hits:
             if taken[i]:
