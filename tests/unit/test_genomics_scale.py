@@ -278,3 +278,20 @@ def test_a_bgen_cohort_prepares_pcs(plink_cohort, tmp_path):
     assert vocab["pca"]["k"] == 3 and vocab["pca"]["variants"] == want["pca"]["variants"]
     got, expect = (pca.unpack(v["pca"]["loadings"]) for v in (vocab, want))
     np.testing.assert_allclose(got, expect, atol=1e-5)  # the same genomes: the same components
+
+
+def test_evaluation_on_another_build_is_refused(plink_cohort, tmp_path):
+    import json
+
+    from medweave.data.prepare import PrepareConfig, prepare
+
+    _, vocab = prepare_plink(plink_cohort, tmp_path, sources=["pgs"])
+    meta = json.loads((plink_cohort / "metadata/dataset.json").read_text())
+    meta["medweave"]["genome_build"] = "GRCh37"  # the evaluation cohort was called on the old build
+    (plink_cohort / "metadata/dataset.json").write_text(json.dumps(meta))
+    genomics = {"sources": ["pgs"], "pgs_ambiguous": "keep"}
+    cfg = PrepareConfig(task="cvd_onset_1y", modalities=("genomics",), genomics=genomics)
+    with pytest.raises(
+        MedweaveError, match=r"genotypes on GRCh37, but the model's score PGS999999 was matched on"
+    ):
+        prepare(plink_cohort, tmp_path / "eval", cfg, vocab)

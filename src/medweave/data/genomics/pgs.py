@@ -166,7 +166,7 @@ def match(g: Genotypes, path: Path, opts, genotype_build: str | None) -> dict:
     offset = float(np.sum(np.array(weights)[np.array(signs) < 0] * 2.0)) if keys else 0.0
     return {
         "name": name,
-        "build": build,
+        "build": build or genotype_build,
         "variants": keys,
         "weight": pack(signed),
         "offset": offset,
@@ -221,6 +221,13 @@ def fit_scores(g: Genotypes, files: list[Path], train: np.ndarray, opts, build, 
     return np.stack(columns, axis=1).astype(np.float32)
 
 
-def apply_scores(g: Genotypes, vocab: dict) -> np.ndarray:
+def apply_scores(g: Genotypes, vocab: dict, build: str | None = None) -> np.ndarray:
+    """The fitted scores on another cohort (evaluation): its genotypes must be on the scores' build."""
+    for e in vocab["pgs"]:
+        if build and e.get("build") and build != e["build"]:
+            raise MedweaveError(
+                f"{g.readers[0].path}: genotypes on {build}, but the model's score {e['name']} was matched "
+                f"on {e['build']}; expected the training cohort's build"
+            )
     cols = [(score(g, e, None) - e["score_mean"]) / e["score_sd"] for e in vocab["pgs"]]
     return np.stack(cols, axis=1).astype(np.float32)

@@ -73,7 +73,7 @@ def _prepare_embedded(root, subject_ids, train, vocab, out, opts, names, sources
                     g, pgs_files(root, opts), have & train, opts, pgs.cohort_build(root, opts), vocab
                 )
             else:
-                values = pgs.apply_scores(g, vocab)
+                values = pgs.apply_scores(g, vocab, pgs.cohort_build(root, opts))
             np.save(out / f"{ARRAYS['pgs']}.npy", np.where(have[:, None], values, 0.0).astype(np.float32))
     finally:
         g.close()
