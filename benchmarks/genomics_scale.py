@@ -3,6 +3,7 @@
     python benchmarks/genomics_scale.py --subjects 10000 --variants 100000
     python benchmarks/genomics_scale.py --subjects 60000 --variants 20000
     python benchmarks/genomics_scale.py --subjects 500 --variants 2000     # seconds, a check
+    python benchmarks/genomics_scale.py --subjects 10000 --variants 20000 --compare  # + scikit-learn
 
 The issue 14 target is 60,000 x 1,000,000 in <= 30 min and <= 8 GB. Two steps per size:
 1. write the genotypes (four populations with their own allele frequencies, so the PCs have
@@ -135,6 +136,36 @@ def embed(folder: Path, pcs: int) -> dict:
     }
 
 
+def embed_sklearn(folder: Path, pcs: int) -> dict:
+    """The child for --compare: the same PCA in memory, scikit-learn's randomized_svd on the whole
+    standardised train matrix (what one writes without an out-of-core path)."""
+    from sklearn.utils.extmath import randomized_svd
+
+    from medweave.data.genomics.files import genotype_files
+    from medweave.data.genomics.genotypes import open_reader
+    from medweave.data.genomics.options import GenomicsOptions
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    blocks = []
+    for path in genotype_files(folder, GenomicsOptions()):
+        r = open_reader(path)
+        blocks += [b for _i, b in r.blocks(4096)]
+        r.close()
+    train = np.random.default_rng(1).random(blocks[0].shape[1]) < 0.7
+    x = np.concatenate(blocks).T  # [subjects, variants]
+    del blocks
+    mean, sd = x[train].mean(0), x[train].std(0)
+    keep = (sd > 1e-6) & (np.minimum(mean / 2, 1 - mean / 2) >= 0.01)
+    x = (x[:, keep] - mean[keep]) / sd[keep]
+    u, s, vt = randomized_svd(x[train], pcs, n_oversamples=10, n_iter=2, random_state=0)
+    projected = x @ vt.T
+    return {
+        "sklearn_s": round(time.perf_counter() - t0, 2),
+        "sklearn_cpu_s": round(time.process_time() - c0, 2),
+        "pc_shape": list(projected.shape),
+    }
+
+
 def tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
@@ -145,14 +176,8 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_size(n: int, m: int, chromosomes: int, pcs: int, work: Path) -> dict:
-    folder = work / f"g{n}x{m}"
-    t = time.perf_counter()
-    write_genomes(folder, n, m, chromosomes, seed=0)
-    written = time.perf_counter() - t
-    size = sum(p.stat().st_size for p in (folder / "genomics/variants").iterdir())
-    out = folder / "result.json"
-    cmd = [sys.executable, __file__, "--child", str(folder), "--pcs", str(pcs), "--result", str(out)]
+def watch(cmd: list[str]) -> tuple[float, int]:
+    """Run ``cmd``; (wall seconds, peak RSS of its process tree)."""
     start = time.perf_counter()
     child = subprocess.Popen(cmd)
     proc = psutil.Process(child.pid)
@@ -160,9 +185,37 @@ def run_size(n: int, m: int, chromosomes: int, pcs: int, work: Path) -> dict:
     while child.poll() is None:
         peak = max(peak, tree_rss(proc))
         time.sleep(0.2)
-    wall = time.perf_counter() - start
     if child.returncode != 0:
         raise SystemExit(f"child failed with {child.returncode}")
+    return time.perf_counter() - start, peak
+
+
+def run_size(n: int, m: int, chromosomes: int, pcs: int, work: Path, compare: bool) -> dict:
+    folder = work / f"g{n}x{m}"
+    t = time.perf_counter()
+    write_genomes(folder, n, m, chromosomes, seed=0)
+    written = time.perf_counter() - t
+    size = sum(p.stat().st_size for p in (folder / "genomics/variants").iterdir())
+    out = folder / "result.json"
+    wall, peak = watch(
+        [sys.executable, __file__, "--child", str(folder), "--pcs", str(pcs), "--result", str(out)]
+    )
+    extra = {}
+    if compare:
+        other = folder / "sklearn.json"
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child-sklearn",
+            str(folder),
+            "--pcs",
+            str(pcs),
+            "--result",
+            str(other),
+        ]
+        s_wall, s_peak = watch(cmd)
+        extra = {"sklearn_wall_s": round(s_wall, 1), "sklearn_peak_rss_gb": round(s_peak / GB, 2)}
+        extra |= {k: v for k, v in json.loads(other.read_text()).items() if k != "pc_shape"}
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
@@ -174,6 +227,7 @@ def run_size(n: int, m: int, chromosomes: int, pcs: int, work: Path) -> dict:
         "embed_wall_s": round(wall, 1),
         "peak_rss_gb": round(peak / GB, 2),
         **json.loads(out.read_text()),
+        **extra,
     }
 
 
@@ -183,11 +237,16 @@ def main() -> None:
     parser.add_argument("--variants", type=int, nargs="+", default=[100_000])
     parser.add_argument("--chromosomes", type=int, default=22)
     parser.add_argument("--pcs", type=int, default=20)
+    parser.add_argument("--compare", action="store_true", help="also scikit-learn's in-memory PCA")
     parser.add_argument("--child", type=Path)
+    parser.add_argument("--child-sklearn", type=Path)
     parser.add_argument("--result", type=Path)
     args = parser.parse_args()
     if args.child:
         args.result.write_text(json.dumps(embed(args.child, args.pcs)))
+        return
+    if args.child_sklearn:
+        args.result.write_text(json.dumps(embed_sklearn(args.child_sklearn, args.pcs)))
         return
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
@@ -195,7 +254,7 @@ def main() -> None:
     for n, m in zip(args.subjects, args.variants, strict=True):
         work = Path(tempfile.mkdtemp(prefix="medweave-genomics-bench-"))
         try:
-            row = run_size(n, m, min(args.chromosomes, m), args.pcs, work)
+            row = run_size(n, m, min(args.chromosomes, m), args.pcs, work, args.compare)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(json.dumps(row), flush=True)
