@@ -52,7 +52,7 @@ def check_genomics(root: Path, add, counts: dict, split_ids) -> None:
         add(root / "genomics", "sample map", str(err))
         return
     samples: dict[str, None] = {}  # every file's samples, in first-seen order
-    sets = guard(root / "genomics", lambda: genotype_files(root, opts)) or []
+    sets = guard(root / c.VARIANTS_DIR, lambda: genotype_files(root, opts)) or []
     for path in [p for p in sets if p.name.endswith(GENOTYPE_SUFFIXES)]:  # PLINK 2, PLINK 1, BGEN
         reader = guard(path, lambda p=path: open_reader(p))
         if reader is None:
