@@ -141,3 +141,44 @@ def test_real_files_match_htslib_via_pysam(name, samples, variants):
             expected.append(row)
     np.testing.assert_array_equal(got.dosages, np.array(expected, np.int8).T)
     assert (got.dosages == -1).any()  # these files have missing calls
+
+
+def test_plain_gzip_without_index_reads_as_bgzf_does(tmp_path, caplog):
+    import gzip
+    import logging
+
+    plain = write(tmp_path / "v.vcf")
+    with gzip.open(tmp_path / "plain.vcf.gz", "wb") as f:
+        f.write(plain.read_bytes())
+    want = read_dosages(bgzip(plain, tmp_path / "bgzf.vcf.gz"))
+    with caplog.at_level(logging.INFO, logger="medweave.data.readers.vcf"):
+        got = read_dosages(tmp_path / "plain.vcf.gz")
+    np.testing.assert_array_equal(got.dosages, want.dosages)
+    assert got.variant_ids == want.variant_ids
+    assert got.notes == ["plain gzip, not BGZF: read by streaming"] and "streaming" in caplog.text
+    assert want.notes == []
+
+
+def test_header_slips_are_read_with_a_warning(tmp_path, caplog):
+    import logging
+
+    header = HEADER.replace("##contig=<ID=chr3,length=100000>\n", "")  # chr3 used below, not declared
+    header = header.replace("ID=DS,Number=A", "ID=DS,Number=G")  # the wrong Number
+    header = header.replace(
+        '##FORMAT=<ID=GL,Number=G,Type=Float,Description="log10 genotype likelihoods">\n', ""
+    )
+    body = (
+        "chr2\t100\t.\tA\tG\t.\tPASS\t.\tDS\t0.5\t1.5\t.\n"
+        "chr3\t5\t.\tA\tG\t.\tPASS\t.\tGL\t0,-10,-10\t-10,0,-10\t.\n"
+    )
+    path = tmp_path / "slips.vcf"
+    path.write_text(header.format(samples="11\t12\t13") + body)
+    with caplog.at_level(logging.WARNING, logger="medweave.data.readers.vcf"):
+        got = read_dosages(path)
+    assert got.dosages.tolist() == [[S // 2, 0], [3 * S // 2, S], [-1, -1]]
+    assert got.notes == [
+        "FORMAT DS declared Number=G; expected A or 1",
+        "contig chr3 not in the header",
+        "FORMAT GL not declared in the header (read as numbers)",
+    ]
+    assert "contig chr3 not in the header" in caplog.text

@@ -19,6 +19,9 @@ look like this, so experiments move between them by changing only ``data.root``.
                                              or a NIfTI file; modality one of IMAGING_MODALITIES
     <root>/genomics/variants.vcf.gz (+.tbi)  multi-sample VCF (or variants.bcf), sample name = subject_id
     <root>/genomics/variants/*.vcf.gz|*.bcf  or per-chromosome files, merged by sample
+    <root>/genomics/variants.pgen|.bed|.bgen PLINK 2 (+.pvar/.psam), PLINK 1 (+.bim/.fam), BGEN (+.sample)
+    <root>/genomics/variants/chr<N>.pgen|... or one such set per chromosome (none may be missing)
+    <root>/genomics/pgs/*.txt[.gz]           optional: PGS Catalog scoring files (the pgs source)
     <root>/genomics/sample_map.tsv|.parquet  optional: sample, subject_id (VCF sample -> subject)
     <root>/genomics/expression.parquet       optional: subject_id + one column per gene, or
                                              gene + one column per subject (or sample)
@@ -65,7 +68,9 @@ IMAGING_INDEX = "imaging/index.parquet"
 IMAGING_DIR = "imaging"
 VARIANTS_VCF = "genomics/variants.vcf.gz"
 VARIANTS_BCF = "genomics/variants.bcf"
-VARIANTS_DIR = "genomics/variants"  # per-chromosome *.vcf.gz / *.bcf, merged by sample
+VARIANTS_DIR = "genomics/variants"  # per-chromosome *.vcf.gz / *.bcf / *.pgen / *.bed / *.bgen
+VARIANTS_STEM = "genomics/variants"  # + .pgen/.pvar/.psam (PLINK 2), .bed/.bim/.fam (PLINK 1), .bgen
+PGS_DIR = "genomics/pgs"  # PGS Catalog scoring files (*.txt, *.txt.gz) for data.genomics pgs
 SAMPLE_MAPS = ("genomics/sample_map.tsv", "genomics/sample_map.parquet")  # sample, subject_id
 EMBEDDINGS = "genomics/embeddings.parquet"  # subject_id + embedding; provenance in metadata/.json
 EXPRESSION = "genomics/expression.parquet"  # optional: subject_id + one float column per gene

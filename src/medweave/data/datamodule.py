@@ -7,8 +7,9 @@ A batch is a dict (the one batch contract of medweave)::
     text            {"input_ids": int64 [B, T], "attention_mask": int64 [B, T]}
     image           float [B, 1, H, W] in [0, 1], bright = dense (data/images.py)
     volume          float [B, 1, D, H, W] in [0, 1]: CT/MR at data.volume spacing and size (data/volumes.py)
-    genomics        float [B, F] data.genomics.sources concatenated: standardised dosages, then
-                    normalised expression, then external embeddings (0 where missing; data/genomics.py)
+    genomics        float [B, F] data.genomics.sources concatenated: standardised dosages, PCs,
+                    polygenic scores, normalised expression, external embeddings (0 where missing;
+                    data/genomics/)
     <modality>      float [B, W] instead, for a modality served from data.embeddings (the vectors
                     medweave-embed wrote; embeddings/cache.py)
     <modality>_mask bool [B]   True = the subject has this modality; False rows hold padding
@@ -63,7 +64,7 @@ class PreparedCohort:
         c.TEXT: ("text_ids",),
         c.IMAGE: ("image",),
         c.VOLUME: ("volume",),
-        c.GENOMICS: ("genomics", "genomics_expression", "genomics_embeddings"),  # those the sources made
+        c.GENOMICS: tuple(genomics.ARRAYS.values()),  # those the sources made
     }
 
     @property

@@ -133,3 +133,89 @@ def write_vcf(path: Path, panel, samples: list[int], parts: list[Path]) -> None:
     pysam.tabix_index(str(path), preset="vcf", force=True)
     for part in parts:
         part.unlink()
+
+
+def chromosome_of_variant(n_variants: int, n_chromosomes: int) -> np.ndarray:
+    """Chromosome number per panel variant: contiguous runs, as a genome centre splits a genome."""
+    return 1 + np.arange(n_variants) * n_chromosomes // max(n_variants, 1)
+
+
+def write_plink(
+    folder: Path, panel, samples: list[int], parts: list[Path], fmt: str, n_chromosomes: int
+) -> None:
+    """One PLINK 2 (.pgen/.pvar/.psam) or PLINK 1 (.bed/.bim/.fam) set per chromosome under ``folder``.
+
+    Hard calls (the dosage = hap0 + hap1 of the shards' codes) stream in blocks of variants, so a
+    million-variant panel never sits in memory as one matrix.
+    """
+    from medweave.data.readers import plink
+    from medweave.data.readers.genotypes import VariantTable
+
+    codes = [np.load(p, mmap_mode="r") for p in parts]
+    chrom = chromosome_of_variant(panel.n_variants, n_chromosomes)
+    folder.mkdir(parents=True, exist_ok=True)
+    write = plink.write_pgen if fmt == "plink2" else plink.write_bed
+    suffix = ".pgen" if fmt == "plink2" else ".bed"
+    names = [str(s) for s in samples]
+    for k in range(1, n_chromosomes + 1):
+        index = np.flatnonzero(chrom == k)
+        if not len(index):
+            continue
+        table = VariantTable(
+            chrom=np.full(len(index), str(k)),
+            pos=panel.positions[index],
+            id=np.array([f"sv{v}" for v in index]),
+            ref=panel.ref[index],
+            alt=panel.alt[index],
+        )
+
+        def blocks(index=index):
+            for v0 in range(0, len(index), 4 * VARIANTS_PER_BLOCK):
+                rows = index[v0 : v0 + 4 * VARIANTS_PER_BLOCK]
+                block = np.concatenate([p[rows[0] : rows[-1] + 1] for p in codes], axis=1)
+                yield ((block & 1) + (block >> 1)).astype(np.int8)
+
+        write(folder / f"chr{k}{suffix}", names, table, blocks())
+    for part in parts:
+        part.unlink()
+
+
+def write_pgs_file(path: Path, panel, score: str, n_chromosomes: int, seed: int) -> None:
+    """The panel's true per-allele effects for one score as a PGS Catalog scoring file (GRCh38).
+
+    A tenth of the rows name REF as the effect allele (negated weight), another tenth are written on
+    the other strand (not A/T or C/G sites, whose flip no one could tell from a swap), as real
+    scoring files mix both: matching must undo them to recover the score.
+    """
+    rng = np.random.default_rng([seed, 303])
+    chrom = chromosome_of_variant(panel.n_variants, n_chromosomes)
+    effect, other = panel.alt.astype(str).copy(), panel.ref.astype(str).copy()
+    weight = panel.effects[score].astype(float).copy()
+    draw = rng.random(panel.n_variants)
+    swap = draw < 0.1
+    effect[swap], other[swap] = panel.ref[swap], panel.alt[swap]
+    weight[swap] = -weight[swap]
+    pair = np.char.add(panel.ref.astype(str), panel.alt.astype(str))
+    palindromic = np.isin(pair, ["AT", "TA", "CG", "GC"])  # a flip of these reads as a swap: unknowable
+    flip = (draw >= 0.1) & (draw < 0.2) & ~palindromic
+    table = str.maketrans("ACGT", "TGCA")
+    effect[flip] = [a.translate(table) for a in effect[flip]]
+    other[flip] = [a.translate(table) for a in other[flip]]
+    header = [
+        "###PGS CATALOG SCORING FILE - see https://www.pgscatalog.org/downloads/ for more information",
+        "#format_version=2.0",
+        "##POLYGENIC SCORE (PGS) INFORMATION",
+        f"#pgs_id=PGS_SANDBOX_{score.upper()}",
+        f"#pgs_name=medweave-sandbox {score}",
+        f"#trait_reported={score}",
+        "#genome_build=GRCh38",
+        f"#variants_number={panel.n_variants}",
+        "rsID\tchr_name\tchr_position\teffect_allele\tother_allele\teffect_weight",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(header) + "\n")
+        f.writelines(
+            f"sv{v}\t{chrom[v]}\t{panel.positions[v]}\t{effect[v]}\t{other[v]}\t{weight[v]:.6g}\n"
+            for v in range(panel.n_variants)
+        )

@@ -34,6 +34,8 @@ from medweave.sandbox.latent import Disease, default_diseases
 from medweave.sandbox.oracle import oracle_report
 from medweave.sandbox.subject import OPTIONAL_MODALITIES, draw_subject
 
+GENOMICS_FORMATS = ("vcf", "plink2", "plink1")
+
 
 @dataclass
 class SandboxConfig:
@@ -48,6 +50,8 @@ class SandboxConfig:
     volumes: bool = False  # also a CT-like volume per imaged subject, as NIfTI and a DICOM series
     volume_shape: tuple = (32, 64, 64)  # z, y, x
     expression_genes: int = 0  # > 0: genomics/expression.parquet for sequenced subjects
+    genomics_format: str = "vcf"  # vcf | plink2 | plink1 (one set per chromosome, + a PGS scoring file)
+    genome_chromosomes: int = 1  # the panel split into this many chromosomes (PLINK formats)
     missing: dict = field(default_factory=lambda: {"text": 0.25, "image": 0.5, "genomics": 0.75})
     missing_health_effect: float = 0.0  # 0: missing at random; > 0: the ill have more data
     follow_up_end: str = "2025-12-31"  # data cutoff: survival labels are censored here
@@ -63,6 +67,14 @@ class SandboxConfig:
         problems = []
         if self.n_subjects < 10:
             problems.append(f"n_subjects={self.n_subjects}: need at least 10")
+        if self.genomics_format not in GENOMICS_FORMATS:
+            problems.append(
+                f"genomics_format={self.genomics_format}: expected one of {list(GENOMICS_FORMATS)}"
+            )
+        if not 1 <= self.genome_chromosomes <= min(22, self.n_variants):
+            problems.append(
+                f"genome_chromosomes={self.genome_chromosomes}: expected 1..22 (and <= n_variants)"
+            )
         if self.n_variants < 1:
             problems.append(f"n_variants={self.n_variants}: need at least 1")
         for name, rate in self.missing.items():
@@ -134,7 +146,18 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
     truth["subject_id"] = subject_ids
     assemble.write_events(root, [s["events"] for s in shards], subject_ids)
     genome_ids = [int(x) for s in shards for x in s["genome_ids"]]
-    assemble.write_vcf(root / c.VARIANTS_VCF, panel, genome_ids, [s["genotypes"] for s in shards])
+    genotype_parts = [s["genotypes"] for s in shards]
+    if cfg.genomics_format == "vcf":
+        assemble.write_vcf(root / c.VARIANTS_VCF, panel, genome_ids, genotype_parts)
+    else:
+        chroms = cfg.genome_chromosomes
+        assemble.write_plink(
+            root / c.VARIANTS_DIR, panel, genome_ids, genotype_parts, cfg.genomics_format, chroms
+        )
+        for score in panel.effects:
+            assemble.write_pgs_file(
+                root / c.PGS_DIR / f"PGS_sandbox_{score}.txt", panel, score, chroms, cfg.seed
+            )
     if expression is not None:
         schema = _expression_schema(expression.genes)
         assemble.write_table_parts(root / c.EXPRESSION, [s["expression"] for s in shards], schema)
@@ -380,6 +403,8 @@ def _write_dataset_metadata(root: Path, cfg: SandboxConfig, oracle: dict) -> Non
             "seed": cfg.seed,
             "n_subjects": cfg.n_subjects,
             "n_variants": cfg.n_variants,
+            "genomics_format": cfg.genomics_format,
+            "genome_build": "GRCh38",  # what the PGS files and the PLINK sets declare
             "modalities": [m for m in c.MODALITIES if m != c.VOLUME or cfg.volumes],
             "extras": {"ct_volumes": cfg.volumes, "expression_genes": cfg.expression_genes},
             "tasks": tasks,

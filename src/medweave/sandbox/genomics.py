@@ -11,6 +11,7 @@ who else is in the cohort.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.signal import lfilter
@@ -37,10 +38,23 @@ class VariantPanel:
         return len(self.positions)
 
     def score_mean_sd(self, name: str) -> tuple[float, float]:
-        effect = self.effects[name]
-        mean = float(np.sum(2 * self.maf * effect))
-        sd = float(np.sqrt(np.sum(2 * self.maf * (1 - self.maf) * effect**2)))
-        return mean, sd
+        return self._score_moments[name]
+
+    # Per-panel constants, computed once instead of once per person (a million-variant panel
+    # spent most of each genome on them); the values, and so the cohort, are unchanged.
+    @cached_property
+    def _score_moments(self) -> dict[str, tuple[float, float]]:
+        out = {}
+        for name, effect in self.effects.items():
+            mean = float(np.sum(2 * self.maf * effect))
+            sd = float(np.sqrt(np.sum(2 * self.maf * (1 - self.maf) * effect**2)))
+            out[name] = (mean, sd)
+        return out
+
+    @cached_property
+    def threshold(self) -> np.ndarray:
+        """Gaussian quantile of each MAF: a haplotype carries ALT where its AR(1) value is below."""
+        return ndtri(self.maf)
 
 
 def make_panel(n_variants: int, ld_rho: float, seed: int) -> VariantPanel:
@@ -70,7 +84,7 @@ def draw_genotype(panel: VariantPanel, rng: np.random.Generator) -> np.ndarray:
     # AR(1) along the chromosome with unit stationary variance (the first step starts there).
     noise[:, 0] /= np.sqrt(1 - rho**2)
     z = lfilter([np.sqrt(1 - rho**2)], [1, -rho], noise, axis=1)
-    return (z < ndtri(panel.maf)).astype(np.int8)
+    return (z < panel.threshold).astype(np.int8)
 
 
 def polygenic_scores(panel: VariantPanel, haplotypes: np.ndarray) -> dict[str, float]:

@@ -238,7 +238,81 @@ def no_variant_passes_qc(cohort, work):
     return prepare_step(cohort, work, MODALITIES, genomics={"min_call_rate": 0.9})
 
 
+def plink_from_vcf(cohort: Path, chromosomes=(1, 2, 3), names=None) -> list[str]:
+    """The cohort's VCF rewritten as PLINK 2 sets per chromosome (a genome centre's hand-out)."""
+    from medweave.data.readers import plink, vcf
+    from medweave.data.readers.genotypes import VariantTable
+
+    read = vcf.read_dosages(cohort / c.VARIANTS_VCF)
+    (cohort / c.VARIANTS_VCF).unlink()
+    (cohort / (c.VARIANTS_VCF + ".tbi")).unlink()
+    samples = names or read.samples
+    parts = np.array_split(np.arange(len(read.variant_ids)), len(chromosomes))
+    for chrom, index in zip(chromosomes, parts, strict=True):
+        fields = [read.variant_ids[i].split(":") for i in index]
+        table = VariantTable(
+            np.full(len(index), str(chrom)),
+            np.array([int(f[1]) for f in fields]),
+            np.array([f"v{i}" for i in index]),
+            np.array([f[2] for f in fields]),
+            np.array([f[3] for f in fields]),
+        )
+        hard = np.where(read.dosages[:, index] < 0, -9, read.dosages[:, index] // vcf.DOSAGE_SCALE).T
+        (cohort / c.VARIANTS_DIR).mkdir(exist_ok=True)
+        plink.write_pgen(cohort / c.VARIANTS_DIR / f"chr{chrom}.pgen", samples, table, [hard])
+    return read.samples
+
+
+def plink_sample_file_disagrees_with_map(cohort, work):
+    """A sample map written for the lab's names; the genome centre's .psam renamed three samples."""
+    subjects = plink_from_vcf(cohort, names=None)
+    lab = [f"LAB{k:04d}" for k in range(len(subjects))]
+    (cohort / "genomics/sample_map.tsv").write_text(
+        "sample\tsubject_id\n" + "".join(f"{n}\t{s}\n" for n, s in zip(lab, subjects, strict=True))
+    )
+    centre = [f"GC{k:04d}" if k < 3 else n for k, n in enumerate(lab)]
+    for psam in (cohort / c.VARIANTS_DIR).glob("*.psam"):
+        psam.write_text("#IID\n" + "".join(f"{n}\n" for n in centre))
+    return prepare_step(cohort, work, MODALITIES, genomics={"sources": ["pcs"], "pcs": 2})
+
+
+def plink_chromosome_missing(cohort, work):
+    plink_from_vcf(cohort, chromosomes=(1, 2, 4))
+    return prepare_step(cohort, work, MODALITIES, genomics={"sources": ["pcs"], "pcs": 2})
+
+
+def pgs_on_another_build(cohort, work):
+    plink_from_vcf(cohort)
+    meta = json.loads((cohort / c.DATASET_METADATA).read_text())
+    meta.setdefault("medweave", {})["genome_build"] = "GRCh38"
+    (cohort / c.DATASET_METADATA).write_text(json.dumps(meta))
+    (cohort / c.PGS_DIR).mkdir(parents=True)
+    (cohort / c.PGS_DIR / "PGS000018.txt").write_text(
+        "#pgs_id=PGS000018\n#pgs_name=old\n#trait_reported=CAD\n#genome_build=GRCh37\n"
+        "rsID\tchr_name\tchr_position\teffect_allele\tother_allele\teffect_weight\n"
+        "rs1\t1\t12345\tA\tG\t0.1\n"
+    )
+    return prepare_step(cohort, work, MODALITIES, genomics={"sources": ["pgs"]})
+
+
 CASES = [
+    Case(
+        "plink-sample-file-disagrees-with-sample-map",
+        plink_sample_file_disagrees_with_map,
+        ("sample_map.tsv", "row 0, field sample", "names a sample that no"),
+    ),
+    Case(
+        "plink-chromosome-missing-from-set",
+        plink_chromosome_missing,
+        ("genomics/variants", "chromosome 3 missing", "one .pgen set per chromosome"),
+        lenient=False,
+    ),
+    Case(
+        "pgs-scoring-file-on-another-build",
+        pgs_on_another_build,
+        ("PGS000018.txt", "GRCh37", "genotypes are on GRCh38"),
+        lenient=False,
+    ),
     Case(
         "truncated-bgzip-vcf",
         truncated_bgzip,

@@ -10,12 +10,18 @@ Where a record has no GT, the expected dosage comes from DS (summed over ALTs), 
 genotype likelihoods GL or PL (posterior under a flat prior). A missing call (./.) and a
 half-missing one (1/.) are missing: guessing the other allele would invent data.
 Dosages are stored as int8 in units of 1/DOSAGE_SCALE allele (0..2 -> 0..100); -1 = missing.
+
+Files as they are handed out: a VCF compressed with plain gzip (not BGZF), or one without a .tbi or
+.csi index, is read by streaming (htslib reads both; only random access needs BGZF and an index),
+with a note in the log. Common header slips (a FORMAT field declared with the wrong Number or not
+declared at all, a contig missing from the header) are read as the records say, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +29,8 @@ from tqdm.auto import tqdm
 
 from medweave.data.bad_input import BadInput
 from medweave.errors import MedweaveError
+
+log = logging.getLogger(__name__)
 
 DOSAGE_SCALE = 50  # int8 units per allele: 0.02-allele resolution, dosages up to 2.54
 MISSING = -1
@@ -37,6 +45,7 @@ class Dosages:
     samples: list[str]
     variant_ids: list[str]  # "chrom:pos:ref:alt[,alt]": stable across files and dbSNP builds
     dosages: np.ndarray  # int8 [samples, variants], units of 1/DOSAGE_SCALE; -1 = missing
+    notes: list[str] = field(default_factory=list)  # header slips tolerated, streaming without index
 
 
 def open_vcf(path: Path):
@@ -57,6 +66,45 @@ def read_samples(path: Path) -> list[str]:
         vcf.close()
 
 
+NUMBERS = {"GT": ("1",), "DS": ("A", "1"), "GL": ("G",), "PL": ("G",)}  # what the VCF spec declares
+
+
+def is_bgzf(path: Path) -> bool:
+    """BGZF = gzip members with a 'BC' extra field (what tabix needs); plain gzip lacks it."""
+    with open(path, "rb") as f:
+        head = f.read(18)
+    return len(head) >= 14 and head[:2] == b"\x1f\x8b" and bool(head[3] & 4) and head[12:14] == b"BC"
+
+
+def header_slips(vcf) -> list[str]:
+    """FORMAT fields medweave reads whose header line gives the wrong Number (read as records say)."""
+    slips = []
+    for name, expected in NUMBERS.items():
+        try:
+            number = str(vcf.get_header_type(name).get("Number", "")).strip('"')
+        except KeyError:  # not declared: fine unless records use it (counted while reading)
+            continue
+        if number not in expected:
+            slips.append(f"FORMAT {name} declared Number={number}; expected {' or '.join(expected)}")
+    return slips
+
+
+def read_notes(path: Path) -> list[str]:
+    """What validate and the log say about a file before reading it: index, compression, header."""
+    notes = []
+    path = Path(path)
+    if path.name.endswith(".gz") and not is_bgzf(path):
+        notes.append("plain gzip, not BGZF: read by streaming")
+    elif path.name.endswith((".vcf.gz", ".bcf")) and not _indexed(path):
+        notes.append("no .tbi/.csi index: read by streaming")
+    vcf = open_vcf(path)
+    try:
+        notes += header_slips(vcf)
+    finally:
+        vcf.close()
+    return notes
+
+
 def _indexed(path: Path) -> bool:
     return any(Path(f"{path}{ext}").exists() for ext in (".tbi", ".csi"))
 
@@ -75,7 +123,10 @@ def read_dosages(path: Path, field: str = "auto", bad: BadInput | None = None) -
     if not samples:
         vcf.close()
         raise MedweaveError(f"{path}: header lists no samples; expected a multi-sample VCF with genotypes")
-    total = vcf.num_records if _indexed(path) else None
+    notes = read_notes(path)
+    declared = {n for n in NUMBERS if _declared(vcf, n)}
+    contigs = set(vcf.seqnames)
+    total = vcf.num_records if _indexed(path) and is_bgzf(path) else None
     buf = np.empty((total or 1024, len(samples)), np.int8)  # [variants, samples]: one row per record
     ids: list[str] = []
     seen: set[str] = set()
@@ -85,6 +136,12 @@ def read_dosages(path: Path, field: str = "auto", bad: BadInput | None = None) -
     try:
         for n, record in enumerate(vcf, start=1):  # noqa: B007  (n counts records for the error below)
             key = f"{record.CHROM}:{record.POS}:{record.REF}:{','.join(record.ALT) or '.'}"
+            if record.CHROM not in contigs:
+                contigs.add(record.CHROM)
+                notes.append(f"contig {record.CHROM} not in the header")
+            for name in set(record.FORMAT) & set(NUMBERS) - declared:
+                declared.add(name)
+                notes.append(f"FORMAT {name} not declared in the header (read as numbers)")
             if key in seen:
                 dup += 1
                 bad.fault(path, f"record {n}", f"variant {key} listed twice; expected one record per site")
@@ -106,7 +163,37 @@ def read_dosages(path: Path, field: str = "auto", bad: BadInput | None = None) -
         vcf.close()
     if not ids:
         raise MedweaveError(f"{path}: no variant records; expected at least one")
-    return Dosages(samples, ids, np.ascontiguousarray(buf[: len(ids)].T))
+    for note in notes:
+        (log.info if "streaming" in note else log.warning)("%s: %s", Path(path).name, note)
+    return Dosages(samples, ids, np.ascontiguousarray(buf[: len(ids)].T), notes)
+
+
+def _declared(vcf, name: str) -> bool:
+    try:
+        vcf.get_header_type(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _numbers(values: np.ndarray) -> np.ndarray:
+    """FORMAT values as float [samples, k]; an undeclared field arrives as strings ("0.2,0.8", ".")."""
+    if values.dtype.kind not in "SUO":
+        return values
+    text = [
+        str(v.decode() if isinstance(v, bytes) else v)
+        for v in np.asarray(values).reshape(len(values), -1)[:, 0]
+    ]
+    parts = [t.split(",") for t in text]
+    width = max(len(p) for p in parts)
+    out = np.full((len(parts), width), np.nan)
+    for i, p in enumerate(parts):
+        for j, v in enumerate(p):
+            try:
+                out[i, j] = float(v)
+            except ValueError:
+                pass  # "." = missing
+    return out
 
 
 def _encode(dose: np.ndarray) -> np.ndarray:
@@ -124,7 +211,7 @@ def _record_dosage(record, field: str, path: Path, n: int, n_samples: int) -> np
             continue
         if name == "GT":
             return _from_gt(record.genotype.array())
-        values = record.format(name)
+        values = _numbers(record.format(name))
         if name == "DS":
             return _from_ds(values)
         likelihoods = values.astype(np.float64)
@@ -218,3 +305,38 @@ def read_many(paths: list[Path], field: str = "auto", bad: BadInput | None = Non
             first.setdefault(int(col), path)
     out[out == absent] = MISSING
     return Dosages(list(samples), list(sites), out)
+
+
+class DosageReader:
+    """A VCF/BCF as a GenotypeReader (readers/genotypes.py), for the pcs and pgs sources.
+
+    VCF has no random access by variant without an index walk, so the file is read whole into
+    int8 first (as the variants source does): fine for the VCFs tests and small studies use; at
+    genome-centre scale the genotypes come as PLINK or BGEN, which stream.
+    """
+
+    def __init__(self, path: Path, field: str = "auto"):
+        from medweave.data.readers.genotypes import VariantTable, normalise_chrom
+
+        self.path = Path(path)
+        read = read_dosages(self.path, field)
+        self.samples = read.samples
+        parts = [k.split(":") for k in read.variant_ids]
+        self.variants = VariantTable(
+            chrom=normalise_chrom([p[0] for p in parts]),
+            pos=np.array([int(p[1]) for p in parts], np.int64),
+            id=np.array(["."] * len(parts)),
+            ref=np.array([p[2].upper() for p in parts]),
+            alt=np.array([p[3].upper() for p in parts]),
+        )
+        self._dosages = read.dosages  # int8 [samples, variants]
+
+    def blocks(self, size: int, select: np.ndarray | None = None):
+        from medweave.data.readers.genotypes import selected_blocks
+
+        for index in selected_blocks(select, len(self.variants), size):
+            d = self._dosages[:, index].T.astype(np.float32)
+            yield index, np.where(d < 0, np.nan, d / DOSAGE_SCALE).astype(np.float32)
+
+    def close(self) -> None:
+        self._dosages = None

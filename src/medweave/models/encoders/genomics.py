@@ -1,4 +1,4 @@
-"""The genomics vector (dosages, expression, external embeddings) through a regularised MLP."""
+"""The genomics vector (dosages, PCs, polygenic scores, expression, embeddings) through a regularised MLP."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from torch import nn
 class GenomicsEncoder(nn.Module):
     """The genomics vector [B, F] -> [B, dim] through a narrow bottleneck.
 
-    F is the standardised alt-allele dosages of the variants that passed QC, then normalised
-    expression, then external embedding values: whichever of data.genomics.sources the cohort
-    was prepared with (data/genomics.py).
+    F is, in this order, whichever of data.genomics.sources the cohort was prepared with
+    (data/genomics/): standardised alt-allele dosages of the variants that passed QC, principal
+    components (unit variance on train), polygenic scores (z-scored on train), normalised
+    expression, external embedding values.
 
     Variants far outnumber genomes in most cohorts, so the first layer is a few linear scores
     (polygenic-score-like, additive in dosage) before any non-linearity.
@@ -21,7 +22,8 @@ class GenomicsEncoder(nn.Module):
             embeddings as data.genomics.sources configures them (given by the prepared cohort).
         dim: output embedding width.
         hidden: width of the linear bottleneck.
-        input_dropout: dropout on dosages; shrinks per-variant weights as ridge regression does.
+        input_dropout: dropout on the inputs; shrinks per-variant weights as ridge regression does
+            (for a few PCs and scores alone, a smaller value keeps more of their signal).
         dropout: dropout after the bottleneck.
     """
 

@@ -1,0 +1,174 @@
+"""The pcs source: principal components by an out-of-core randomized PCA over variant blocks.
+
+Halko, Martinsson & Tropp (2011), Algorithm 4.4 (randomized range finder with power iterations),
+on X = train genomes x variants, each variant standardised with its train mean and SD (a missing
+call is 0, the mean). X is never formed: every product streams the variant blocks once.
+
+    pass 1        Y = X Omega                      (Omega: variants x (k + oversample), Gaussian)
+    passes 2..q+1 Y = X (X^T Q),   Q = qr(Y)       (power iterations sharpen the spectrum)
+    last pass     B = Q^T X, and C = X_all B^T     (X_all: every labelled subject, train stats)
+    SVD           B = U_b S V^T;  loadings V = B^T U_b / S;  PCs of anyone = x V = C U_b / S
+
+So only train genomes fit the components and every subject is projected in the same last pass.
+Memory: one block plus Y, Q (subjects x 30) and B (30 x variants used). Variants: train MAF >=
+pca_min_maf, thinned evenly to pca_max_variants (a cheap stand-in for LD pruning). The loadings,
+means and SDs travel in the vocabulary (packed), so evaluation projects a new cohort the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import zlib
+
+import numpy as np
+
+from medweave.data.genomics.genotypes import Genotypes
+from medweave.errors import MedweaveError
+
+log = logging.getLogger(__name__)
+
+
+def pack(a: np.ndarray) -> str:
+    """float32 array -> compact text for the JSON vocabulary."""
+    return base64.b64encode(zlib.compress(np.ascontiguousarray(a, np.float32).tobytes(), 1)).decode()
+
+
+def unpack(text: str, shape=None) -> np.ndarray:
+    a = np.frombuffer(zlib.decompress(base64.b64decode(text)), np.float32)
+    return a.reshape(shape) if shape is not None else a
+
+
+def _standardise(block: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """[variants, subjects] dosages -> [subjects, variants] z-scores, missing = 0 (one copy)."""
+    z = block - mean[:, None]
+    z /= sd[:, None]
+    np.nan_to_num(z, copy=False, nan=0.0)
+    return z.T
+
+
+def _stats(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per variant of [variants, subjects]: calls, mean and SD over the called (float64 sums)."""
+    if not np.isnan(t).any():  # the common case (hard calls, imputed dosages): no masks
+        mean = t.mean(axis=1, dtype=np.float64)
+        sd = t.std(axis=1, dtype=np.float64)
+        return np.full(len(t), t.shape[1]), mean, sd
+    called = ~np.isnan(t)
+    n = called.sum(axis=1)
+    mean = np.where(n > 0, np.nansum(t, axis=1, dtype=np.float64) / np.maximum(n, 1), 0.0)
+    sd = np.sqrt(np.nansum((t - mean[:, None]) ** 2, axis=1, dtype=np.float64) / np.maximum(n, 1))
+    return n, mean, sd
+
+
+def fit_project(g: Genotypes, train: np.ndarray, opts, vocab: dict) -> np.ndarray:
+    """Fit the PCA on the train rows, put the model in ``vocab``, return float32 [subjects, pcs]."""
+    k, width = opts.pcs, opts.pcs + opts.pca_oversample
+    total = sum(len(r.variants) for r in g.readers)
+    stride = max(1, -(-total // opts.pca_max_variants))
+    rng = np.random.default_rng([opts.seed, 17])
+    train_rows = np.flatnonzero(train)
+    # Pass 1: per-variant train statistics, the variants kept, and Y = X Omega.
+    chosen, means, sds = [], [], []
+    y = np.zeros((len(train_rows), width), np.float64)
+    offset = 0
+    for i, r in enumerate(g.readers):
+        candidates = np.arange((-offset) % stride, len(r.variants), stride)
+        offset += len(r.variants)
+        keep_i, mean_i, sd_i = [], [], []
+        for index, block in g.blocks(i, candidates):
+            t = block[:, train_rows]
+            n, mean, sd = _stats(t)
+            maf = np.minimum(mean / 2.0, 1.0 - mean / 2.0)
+            ok = (n > 0) & (maf >= opts.pca_min_maf) & (sd > 1e-6) & (n >= opts.min_call_rate * len(t[0]))
+            if not ok.any():
+                continue
+            m, s = mean[ok].astype(np.float32), sd[ok].astype(np.float32)
+            x = _standardise(t[ok], m, s)
+            y += x @ rng.standard_normal((x.shape[1], width), dtype=np.float32)
+            keep_i.append(index[ok])
+            mean_i.append(m)
+            sd_i.append(s)
+        chosen.append(np.concatenate(keep_i) if keep_i else np.array([], np.int64))
+        means.append(np.concatenate(mean_i) if mean_i else np.array([], np.float32))
+        sds.append(np.concatenate(sd_i) if sd_i else np.array([], np.float32))
+    used = sum(len(c) for c in chosen)
+    if used < k or len(train_rows) < k:
+        raise MedweaveError(
+            f"{g.readers[0].path}: {used} variants pass pca_min_maf={opts.pca_min_maf} on "
+            f"{len(train_rows)} train genomes; data.genomics.pcs={k} needs at least as many of both"
+        )
+    # Power iterations: Y = X X^T Q.
+    for _ in range(opts.pca_power_iterations):
+        q = np.linalg.qr(y)[0].astype(np.float32)  # float32 products: BLAS at full speed, no upcast
+        y = np.zeros_like(y)
+        for x in _train_blocks(g, chosen, means, sds, train_rows):
+            y += x @ (x.T @ q)
+    q = np.linalg.qr(y)[0].astype(np.float32)
+    # Last pass: B = Q^T X on train, C = X_all B^T on every subject.
+    b_parts = []
+    c = np.zeros((g.n_subjects, width), np.float64)
+    for i in range(len(g.readers)):
+        at = 0
+        for _index, block in g.blocks(i, chosen[i]):
+            n = len(block)
+            x_all = _standardise(block, means[i][at : at + n], sds[i][at : at + n])  # a view of z.T
+            at += n
+            b = (x_all.T[:, train_rows] @ q).T  # gather rows of z (contiguous), not of its transpose
+            b_parts.append(b.astype(np.float64))
+            c += x_all @ b.T
+    b = np.concatenate(b_parts, axis=1)  # [width, variants used]: 30 x 200,000 at most
+    u_b, s, vt = np.linalg.svd(b, full_matrices=False)
+    u_b, s = u_b[:, :k], s[:k]
+    pcs = c @ u_b / s
+    scale = pcs[train_rows].std(axis=0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    loadings = (vt[:k].T).astype(np.float32)  # [variants used, k]
+    keys = [key for i, r in enumerate(g.readers) for key in r.variants.keys(chosen[i])]
+    vocab["pca"] = {
+        "k": k,
+        "variants": keys,
+        "mean": pack(np.concatenate(means)),
+        "sd": pack(np.concatenate(sds)),
+        "loadings": pack(loadings),
+        "scale": (scale).round(8).tolist(),
+        "explained_variance": (s**2 / max(len(train_rows) - 1, 1)).round(6).tolist(),
+    }
+    log.info(
+        "PCA on %d train genomes x %d variants (of %d): %d components, power iterations %d",
+        len(train_rows),
+        used,
+        total,
+        k,
+        opts.pca_power_iterations,
+    )
+    return (pcs / scale).astype(np.float32)
+
+
+def _train_blocks(g: Genotypes, chosen, means, sds, train_rows):
+    for i in range(len(g.readers)):
+        at = 0
+        for _index, block in g.blocks(i, chosen[i]):
+            n = len(block)
+            yield _standardise(block[:, train_rows], means[i][at : at + n], sds[i][at : at + n])
+            at += n
+
+
+def project(g: Genotypes, model: dict) -> np.ndarray:
+    """Every subject's PCs from a fitted model; a variant this cohort lacks contributes 0 (the mean)."""
+    k = model["k"]
+    mean, sd = unpack(model["mean"]), unpack(model["sd"])
+    loadings = unpack(model["loadings"], (len(mean), k))
+    out = np.zeros((g.n_subjects, k), np.float64)
+    found = 0
+    for i, (index, pos) in enumerate(g.locate(model["variants"])):
+        order = np.argsort(index)
+        index, pos = index[order], pos[order]
+        found += len(index)
+        at = 0
+        for _ix, block in g.blocks(i, index):
+            p = pos[at : at + len(block)]
+            at += len(block)
+            out += _standardise(block, mean[p], sd[p]) @ loadings[p]
+    if found < len(mean):
+        log.warning("PCA projection: %d of the model's %d variants are in this cohort", found, len(mean))
+    return (out / np.asarray(model["scale"])).astype(np.float32)
