@@ -166,7 +166,8 @@ def test_real_fhir_from_carebundle_imports_validates_trains(tmp_path, caplog):
     assert report.ok, [str(p) for p in report.problems]
     assert not (root / "labels").exists()
     assert 0.3 < report.counts["hba1c_high positive"] / report.counts["hba1c_high labels"] < 0.8
-    train_and_eval(root, tmp_path, task, "[ehr_codes]")
+    results = train_and_eval(root, tmp_path, task, "[ehr_codes]")
+    print(f"carebundle: hba1c_high, {report.counts} test AUROC {results['test/auroc']:.3f}")
 
 
 HBA1C_HIGH = """\
