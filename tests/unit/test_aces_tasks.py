@@ -376,7 +376,8 @@ def test_validate_labels_an_aces_task_without_a_labels_folder(tmp_path):
     assert not validate_cohort(root).ok  # a label-file task still needs labels/
     report = validate_cohort(root, aces_task=task, cache_dir=tmp_path / "cache")
     assert report.ok, [str(p) for p in report.problems]
-    assert report.counts["death_5y_after_k76 labels"] == 3 and report.counts["death_5y_after_k76 positive"] == 1
+    counts = report.counts
+    assert counts["death_5y_after_k76 labels"] == 3 and counts["death_5y_after_k76 positive"] == 1
     assert list((tmp_path / "cache/labels").glob("*/death_5y_after_k76.parquet"))  # what train reuses
     assert not (root / "labels").exists()
     nobody = write_task(tmp_path, task.read_text().replace("ICD10//K76", "ICD10//K67"))
