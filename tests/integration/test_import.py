@@ -67,22 +67,22 @@ def validate_ok(root: Path) -> None:
     assert report.ok, [str(p) for p in report.problems]
 
 
-def train_and_eval(root: Path, tmp_path: Path, task: str, modalities: str) -> dict:
-    """debug=smoke training on the imported cohort, then evaluation of its checkpoint."""
+def train_and_eval(root: Path, tmp_path: Path, task: str | Path, modalities: str) -> dict:
+    """debug=smoke training on the imported cohort, then evaluation of its checkpoint. ``task``: a
+    label file's name, or an ACES task file (``task=<file>``, one prediction time per subject kept)."""
     from medweave.cli.eval import evaluate
     from medweave.cli.train import train
+    from medweave.data.aces import task_overrides
     from tests.conftest import compose_run
 
+    if isinstance(task, Path):
+        chosen, task = [*task_overrides(task), "data.label_rows=first"], task.stem
+    else:
+        chosen = [f"task.name={task}"]
     run = tmp_path / f"run-{task}"
     cfg = compose_run(
         "train",
-        [
-            "debug=smoke",
-            f"data.root={root}",
-            f"data.modalities={modalities}",
-            f"task.name={task}",
-            "logger=csv",
-        ],
+        ["debug=smoke", f"data.root={root}", f"data.modalities={modalities}", *chosen, "logger=csv"],
         tmp_path / "logs",
         run,
     )
@@ -156,16 +156,31 @@ def test_real_fhir_from_carebundle_imports_validates_trains(tmp_path, caplog):
     assert len(ids) == 100 and set(ids.subject_id) == set(a.subject_id)
     assert not any(sid in r.getMessage() for r in caplog.records for sid in ids.source_id)
 
-    # Task: an HbA1c of 5.7 % or more (prediabetes or worse) at the visit, predicted the day before
-    # from what was known then (sex, age, the problem list).
-    prediction = pd.DataFrame({"subject_id": sorted(a.subject_id.unique())})
-    prediction["prediction_time"] = pd.Timestamp("2026-01-01")
-    labels = write_label(
-        root, "hba1c_high", prediction, lambda e: (e.code == "LOINC//4548-4") & (e.numeric_value >= 5.7)
-    )
-    assert 0.3 < labels.boolean_value.mean() < 0.8
-    validate_ok(root)
-    train_and_eval(root, tmp_path, "hba1c_high", "[ehr_codes]")
+    # Task, as an ACES file (no label file written): an HbA1c of 5.7 % or more (prediabetes or
+    # worse) at a measurement, predicted at it from what was known before (sex, age, problem list).
+    from medweave.data.validate import validate_cohort
+
+    task = tmp_path / "hba1c_high.yaml"
+    task.write_text(HBA1C_HIGH)
+    report = validate_cohort(root, aces_task=task, cache_dir=tmp_path / "logs/cache")
+    assert report.ok, [str(p) for p in report.problems]
+    assert not (root / "labels").exists()
+    assert 0.3 < report.counts["hba1c_high positive"] / report.counts["hba1c_high labels"] < 0.8
+    results = train_and_eval(root, tmp_path, task, "[ehr_codes]")
+    print(f"carebundle: hba1c_high, {report.counts} test AUROC {results['test/auroc']:.3f}")
+
+
+HBA1C_HIGH = """\
+description: HbA1c of 5.7 % or more (prediabetes or worse) at a measurement, predicted at it
+metadata: {name: hba1c_high, type: binary}
+predicates:
+  hba1c: {code: "LOINC//4548-4"}
+  high: {code: "LOINC//4548-4", value_min: 5.7, value_min_inclusive: true}
+trigger: hba1c
+windows:
+  input: {start: null, end: trigger, start_inclusive: true, end_inclusive: false, index_timestamp: end}
+  target: {start: trigger, end: start + 1d, start_inclusive: true, end_inclusive: true, label: high}
+"""
 
 
 def test_official_hl7_examples_import_leniently_and_validate(tmp_path, caplog):

@@ -364,3 +364,39 @@ def test_validate_checks_label_columns_against_the_task_type(tmp_path, tiny_coho
     assert str(wrong).startswith(
         "labels/hba1c_1y.parquet: row 0, field boolean_value: label is null; a binary"
     )
+
+
+def test_validate_labels_an_aces_task_without_a_labels_folder(tmp_path):
+    """task=<ACES file>: the labels are ACES's, computed into the cache train reads (no labels/
+    written by hand); a task that labels nobody, or label files named as well, is a problem."""
+    from medweave.data.validate import validate_cohort
+
+    root = k76_cohort(tmp_path / "cohort")
+    task = SHIPPED / "death_5y_after_k76.yaml"
+    assert not validate_cohort(root).ok  # a label-file task still needs labels/
+    report = validate_cohort(root, aces_task=task, cache_dir=tmp_path / "cache")
+    assert report.ok, [str(p) for p in report.problems]
+    counts = report.counts
+    assert counts["death_5y_after_k76 labels"] == 3 and counts["death_5y_after_k76 positive"] == 1
+    assert list((tmp_path / "cache/labels").glob("*/death_5y_after_k76.parquet"))  # what train reuses
+    assert not (root / "labels").exists()
+    nobody = write_task(tmp_path, task.read_text().replace("ICD10//K76", "ICD10//K67"))
+    [problem] = validate_cohort(root, aces_task=nobody).problems
+    assert problem.where == "labels" and "ACES found no subject" in problem.message
+    [problem] = validate_cohort(root, labels_dir="mine", aces_task=task).problems
+    assert "data.labels_dir=mine names label files too" in problem.message
+
+
+def test_validate_cli_takes_an_aces_task_file(tmp_path):
+    import subprocess
+    import sys
+
+    root = k76_cohort(tmp_path / "cohort")
+    task = SHIPPED / "death_5y_after_k76.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "medweave.cli.validate", f"data.root={root}", f"task={task}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 death_5y_after_k76 labels, 1 death_5y_after_k76 positive" in done.stdout
+    assert list((tmp_path / "logs/cache/labels").glob("*/death_5y_after_k76.parquet"))

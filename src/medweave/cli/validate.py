@@ -4,7 +4,7 @@
     medweave-validate data.root=<MEDS export> data.labels_dir=<labeller output>
     medweave-validate data.root=<cohort> task=cvd_survival       # its label file against its type
     medweave-validate data.root=<cohort> task.name=death_surv task.type=survival   # your own label
-    medweave-validate data.root=<cohort> task=my_task.yaml     # an ACES task file: its codes here
+    medweave-validate data.root=<cohort> task=my_task.yaml   # ACES task file: its own labels (no labels/)
 
 Exit status 0 when the cohort passes, 1 when anything is wrong, 2 for a bad command line.
 """
@@ -19,7 +19,14 @@ def validate(cfg) -> None:
 
     task = cfg.get("task")
     asked = {task.name: task.type} if task and task.get("name") and not task.get("aces") else {}
-    report = validate_cohort(cfg.data.root, cfg.data.get("labels_dir"), tasks=asked)
+    aces_file = task.get("aces") if task else None
+    report = validate_cohort(
+        cfg.data.root,
+        cfg.data.get("labels_dir"),
+        tasks=asked,
+        aces_task=aces_file,
+        cache_dir=cfg.data.get("cache_dir"),
+    )
     if task and task.get("aces"):
         from medweave.data import aces
 

@@ -93,12 +93,19 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
 
 
 def validate_cohort(
-    root: str | Path, labels_dir: str | None = None, tasks: dict[str, str] | None = None
+    root: str | Path,
+    labels_dir: str | None = None,
+    tasks: dict[str, str] | None = None,
+    aces_task: str | Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Report:
     """Every problem of the cohort at ``root``; ``labels_dir`` as data.labels_dir (None: labels/).
 
     ``tasks`` (name -> type, e.g. from ``task=cvd_survival``) must each have a label file whose
-    columns that type reads; tasks that dataset.json declares are checked against their type too."""
+    columns that type reads; tasks that dataset.json declares are checked against their type too.
+    ``aces_task`` (an ACES task file, ``task=<file.yaml>``) brings its own labels: ACES computes
+    them as medweave-train does (cached under ``cache_dir``, which train then reuses; None: a
+    temporary folder) and they are checked in place of labels/, which the cohort need not have."""
     root = Path(root).expanduser().resolve()
     col = _Collector(root)
     counts: dict[str, int] = {}
@@ -118,7 +125,11 @@ def validate_cohort(
 
     split_ids = _check_splits(root, col, counts)
     _check_events(root, col, counts, split_ids)
-    _check_labels(root, col, counts, split_ids, {**_task_types(meta), **(tasks or {})}, labels_dir, tasks)
+    if aces_task is not None:
+        _check_aces_labels(root, col, counts, split_ids, aces_task, labels_dir, cache_dir)
+    else:
+        types = {**_task_types(meta), **(tasks or {})}
+        _check_labels(root, col, counts, split_ids, types, labels_dir, tasks)
     if (root / c.IMAGING_DIR).exists():
         _check_imaging(root, col, counts, split_ids)
     if (root / "genomics").exists():
@@ -247,6 +258,44 @@ def _check_labels(
         if task in task_types and _has_type_columns(path, table, task_types[task], col):
             if task_types[task] == "survival":
                 _check_survival(path, table, col)
+
+
+def _check_aces_labels(root, col, counts, split_ids, task_file, labels_dir, cache_dir) -> None:
+    """The labels the ACES task file gives this cohort, checked as a label file of its type; a
+    cohort whose events failed is not labelled (ACES would only restate those faults)."""
+    import tempfile
+
+    from medweave.data import aces
+    from medweave.data.prepare import cohort_fingerprint
+    from medweave.errors import MedweaveError
+
+    try:
+        task = aces.read_task_file(task_file)
+    except MedweaveError as err:
+        col.add(str(task_file), "task file", str(err).replace(f"{Path(task_file).resolve()}: ", ""))
+        return
+    if labels_dir:
+        col.add(
+            str(task.path),
+            "task",
+            f"computes its labels; data.labels_dir={labels_dir} names label files too: keep one",
+        )
+        return
+    if col.problems:
+        return
+    with tempfile.TemporaryDirectory(prefix="medweave-validate-") as tmp:
+        try:
+            folder = aces.labels_dir(task.path, root, Path(cache_dir or tmp), cohort_fingerprint(root))
+        except MedweaveError as err:
+            col.add(str(task.path), "labels", str(err).replace(f"{task.path}: ", ""))
+            return
+        _check_labels(
+            root, col, counts, split_ids, {task.name: task.type}, str(folder), {task.name: task.type}
+        )
+        table = pq.read_table(folder / f"{task.name}.parquet", columns=["boolean_value"])
+    positive = int(pc.sum(table.column("boolean_value").fill_null(False)).as_py() or 0)
+    counts[f"{task.name} labels"] = table.num_rows
+    counts[f"{task.name} positive"] = positive
 
 
 def _has_type_columns(path, table, task_type: str, col) -> bool:
