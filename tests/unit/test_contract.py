@@ -28,3 +28,19 @@ def test_empty_and_duplicate_modalities_rejected():
 def test_missing_root_says_what_was_expected(tmp_path):
     with pytest.raises(MedweaveError, match="does not exist.*medweave-sandbox"):
         c.require_root(tmp_path / "nope")
+
+
+def test_a_launch_names_the_modalities_a_cohort_lacks(tmp_path):
+    """An import has events but no images or genotypes: the error says which and what to pass."""
+    from medweave.cli.train import check_config
+    from medweave.errors import MedweaveError
+    from tests.conftest import compose
+
+    (tmp_path / "data").mkdir()
+    cfg = compose("train", [f"data.root={tmp_path}"])
+    with pytest.raises(MedweaveError) as err:
+        check_config(cfg)
+    message = str(err.value)
+    assert "imaging/index.parquet (for image)" in message and "genomics/ (for genomics)" in message
+    assert "data.modalities=[ehr_codes,text]" in message
+    check_config(compose("train", [f"data.root={tmp_path}", "data.modalities=[ehr_codes,text]"]))

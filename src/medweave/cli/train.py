@@ -19,7 +19,7 @@ def check_config(cfg) -> None:
     """Every fault of the config at once, before anything heavy starts."""
     from omegaconf import OmegaConf
 
-    from medweave.data.contract import check_modalities, require_root
+    from medweave.data.contract import check_modalities, missing_modality_files, require_root
     from medweave.errors import MedweaveError
     from medweave.tasks.types import check_type
 
@@ -30,7 +30,16 @@ def check_config(cfg) -> None:
         )
     else:
         try:
-            require_root(cfg.data.root)
+            root = require_root(cfg.data.root)
+            served = {m for m, f in (cfg.data.get("embeddings") or {}).items() if f}  # medweave-embed caches
+            asked = [m for m in cfg.data.modalities if m not in served]
+            if missing := missing_modality_files(root, asked):
+                has = [m for m in cfg.data.modalities if m not in missing]
+                problems.append(
+                    f"data.modalities={list(cfg.data.modalities)}: the cohort has no "
+                    + ", ".join(f"{path} (for {m})" for m, path in missing.items())
+                    + f"; name the modalities it has: data.modalities=[{','.join(has)}]"
+                )
         except MedweaveError as err:
             problems.append(str(err))
     try:

@@ -170,6 +170,13 @@ def require_root(root: str | Path) -> Path:
     return path.resolve()
 
 
+def missing_modality_files(root: Path, modalities) -> dict[str, str]:
+    """Each asked-for modality whose folder or index the cohort lacks, with what is missing: by
+    path alone, so a launch fails in a second instead of after preparing the other modalities."""
+    needs = {IMAGE: IMAGING_INDEX, VOLUME: IMAGING_INDEX, GENOMICS: "genomics/"}
+    return {m: needs[m] for m in modalities if m in needs and not (root / needs[m]).exists()}
+
+
 def require_file(root: Path, relative: str, why: str) -> Path:
     path = root / relative
     if not path.exists():

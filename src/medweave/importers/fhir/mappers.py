@@ -87,13 +87,7 @@ class EventMapper:
 
     # -- the patient's own diagnoses, tests and treatments ----------------------------------
     def condition(self, m):
-        verification = (
-            m.verificationStatus.coding[0].code
-            if m.verificationStatus and m.verificationStatus.coding
-            else None
-        )
-        if verification in ("entered-in-error", "refuted"):
-            raise Ignore(f"verificationStatus {verification}")
+        _refuse_unverified(m)
         # The later of onset and recording: a diagnosis recorded after a prediction time but
         # back-dated to an earlier onset was not known then (no leakage through back-dating).
         when = latest(first(m.onsetDateTime, start(m.onsetPeriod)), first(m.recordedDate))
@@ -212,13 +206,7 @@ class EventMapper:
     # -- about the patient, not a diagnosis or treatment: qualified codes -------------------
     def allergy_intolerance(self, m):
         """ALLERGY//<substance code>, from when it was known (the later of onset and recording)."""
-        verification = (
-            m.verificationStatus.coding[0].code
-            if m.verificationStatus and m.verificationStatus.coding
-            else None
-        )
-        if verification in ("entered-in-error", "refuted"):
-            raise Ignore(f"verificationStatus {verification}")
+        _refuse_unverified(m)
         at = latest(first(m.onsetDateTime, start(m.onsetPeriod)), first(m.recordedDate))
         if at is None:
             raise Fault("AllergyIntolerance.onset[x]", "expected onsetDateTime, onsetPeriod or recordedDate")
@@ -449,3 +437,11 @@ def when(value) -> datetime:
         except ValueError:
             continue
     raise Fault("time", "expected a FHIR date or dateTime")
+
+
+def _refuse_unverified(m) -> None:
+    """A Condition or AllergyIntolerance entered in error or refuted is left out (counted)."""
+    coding = m.verificationStatus.coding if m.verificationStatus else None
+    verification = coding[0].code if coding else None
+    if verification in ("entered-in-error", "refuted"):
+        raise Ignore(f"verificationStatus {verification}")
