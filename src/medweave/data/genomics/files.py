@@ -97,29 +97,14 @@ def _check_chromosomes(folder: Path, files: list[Path], expected) -> list[Path]:
 def pgs_files(root: Path, opts: GenomicsOptions) -> list[Path]:
     """Scoring files: data.genomics.pgs_files (paths under the cohort), else genomics/pgs/*."""
     if opts.pgs_files:
-        paths = [root / p for p in opts.pgs_files]
-        for p, name in zip(paths, opts.pgs_files, strict=True):
-            if not p.resolve().is_relative_to(Path(root).resolve()):
-                raise MedweaveError(  # files inside the cohort are what the cache key hashes
-                    f"data.genomics.pgs_files: {name}: expected a path inside the cohort {root}"
-                )
-            if not p.is_file():
-                raise MedweaveError(f"data.genomics.pgs_files: {name}: no such file under {root}")
-        return paths
+        return [_file_in_cohort(root, name, f"data.genomics.pgs_files: {name}") for name in opts.pgs_files]
     folder = root / c.PGS_DIR
     return sorted(p for p in folder.iterdir() if p.is_file() and ".txt" in p.name) if folder.is_dir() else []
 
 
 def sample_map_file(root: Path, opts: GenomicsOptions) -> Path | None:
     if opts.sample_map:
-        path = root / opts.sample_map
-        if not path.resolve().is_relative_to(Path(root).resolve()):
-            raise MedweaveError(  # files inside the cohort are what the cache key hashes
-                f"data.genomics.sample_map={opts.sample_map}: expected a path inside the cohort {root}"
-            )
-        if not path.is_file():
-            raise MedweaveError(f"data.genomics.sample_map={opts.sample_map}: no such file under {root}")
-        return path
+        return _file_in_cohort(root, opts.sample_map, f"data.genomics.sample_map={opts.sample_map}")
     return next((root / p for p in c.SAMPLE_MAPS if (root / p).is_file()), None)
 
 
@@ -136,3 +121,14 @@ def available_sources(root: Path, opts: GenomicsOptions) -> list[str]:
         "embeddings": (root / c.EMBEDDINGS).is_file(),
     }
     return [s for s in SOURCES if have[s]]
+
+
+def _file_in_cohort(root: Path, relative: str, key: str) -> Path:
+    """A file the config names, which must sit inside the cohort: the files there are what the
+    cache key covers."""
+    path = root / relative
+    if not path.resolve().is_relative_to(Path(root).resolve()):
+        raise MedweaveError(f"{key}: expected a path inside the cohort {root}")
+    if not path.is_file():
+        raise MedweaveError(f"{key}: no such file under {root}")
+    return path
