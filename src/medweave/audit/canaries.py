@@ -136,26 +136,14 @@ def plan_canaries(
         times = [when_us - int(d * DAY_US) for d in days]
         sequences = [rng.choice(pools, size=codes, replace=False).tolist() for _ in range(candidates)]
 
-        def add(target, target_lab, subject, sequence):
-            for time, code in static_of.get(sid, []):
-                target["subject_id"].append(subject)
-                target["time"].append(time)
-                target["code"].append(code)
-            for time, code in zip(times, sequence, strict=True):
-                target["subject_id"].append(subject)
-                target["time"].append(time)
-                target["code"].append(code)
-            target_lab["subject_id"].append(subject)
-            target_lab["prediction_time"].append(when_us)
-            target_lab["boolean_value"].append(bool(label))
-
+        frame = (static_of.get(sid, []), times, when_us, bool(label))
         if i < n:
             for _ in range(copies):
-                add(planted_ev, planted_lab, next_id, sequences[0])
+                _add_subject(planted_ev, planted_lab, next_id, sequences[0], *frame)
                 planted_ids.append(next_id)
                 next_id += 1
         for j, sequence in enumerate(sequences):
-            add(ev, lab, next_id, sequence)
+            _add_subject(ev, lab, next_id, sequence, *frame)
             candidate_ids[i, j] = next_id
             next_id += 1
 
@@ -186,3 +174,14 @@ def plan_canaries(
         candidate_ids=candidate_ids,
         is_planted=np.arange(2 * n) < n,
     )
+
+
+def _add_subject(events: dict, labels: dict, subject: int, sequence, static, times, when_us, label) -> None:
+    """One canary or candidate: the donor's static events, the sequence at ``times``, the label."""
+    for time, code in [*static, *zip(times, sequence, strict=True)]:
+        events["subject_id"].append(subject)
+        events["time"].append(time)
+        events["code"].append(code)
+    labels["subject_id"].append(subject)
+    labels["prediction_time"].append(when_us)
+    labels["boolean_value"].append(label)

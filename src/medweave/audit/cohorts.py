@@ -61,10 +61,12 @@ def derive_cohort(
     task: str | None = None,
     events: pa.Table | None = None,
     labels: pa.Table | None = None,
+    only_added_labels: bool = False,
 ) -> Path:
     """Write the derived cohort at ``dst`` (replaced if it exists); return ``dst``. ``events`` and
     ``labels`` (MEDS columns; missing ones null) are the added subjects' rows, appended to the
-    source's events and to the ``task``'s label file."""
+    source's events and to the ``task``'s label file (or, ``only_added_labels``, in place of its
+    rows: a cohort of the added subjects alone)."""
     src, dst = Path(src).resolve(), Path(dst)
     if dst.exists():
         shutil.rmtree(dst)
@@ -80,7 +82,8 @@ def derive_cohort(
         pq.write_table(_conform(events, pq.read_schema(first)), tmp / c.EVENTS_DIR / EXTRA_EVENTS)
     if labels is not None:
         original = pq.read_table(label_file(src, task))
-        joined = pa.concat_tables([original, _conform(labels, original.schema)])
+        added = _conform(labels, original.schema)
+        joined = added if only_added_labels else pa.concat_tables([original, added])
         pq.write_table(joined, tmp / c.label_path(Path("."), task))
     tmp.rename(dst)
     return dst

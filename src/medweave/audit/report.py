@@ -56,11 +56,12 @@ def write_report(report: dict, folder: Path) -> Path:
         for i, (p, q) in enumerate(zip(k["exposure_planted"], k["exposure_control"], strict=True))
     )
     eps = "" if t["epsilon"] is None else f" Epsilon spent: {t['epsilon']:.3g}."
-    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>Privacy audit: {html.escape(report["task"])}</title>
+    task = html.escape(report["task"])
+    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>Privacy audit: {task}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 th{{background:#f3f3f3}}</style></head><body>
-<h1>Privacy audit: {html.escape(report["task"])}</h1>
+<h1>Privacy audit: {task}</h1>
 <p>Target model: {s["max_epochs"]} epochs at most, privacy: {html.escape(s["privacy"])}. Test AUROC
 {_ci(t["test_auroc"])}.{eps} Mean loss {t["mean_loss_members"]:.4f} on members,
 {t["mean_loss_non_members"]:.4f} on non-members.</p>
@@ -71,11 +72,13 @@ LiRA: {html.escape(s["lira"])}. An AUROC of 0.5 is chance. 95 % bootstrap CIs. W
 {s["non_members"]} non-members a false-positive rate below {s["fpr_resolution"]:.2g} allows no
 false positive at all: the TPR there is the share of members scored above every non-member.</p>
 <table><tr><th>attack</th>{head}</tr>{rows}</table>
-<figure><img src="roc.png" alt="ROC curves on log-log axes"><figcaption>ROC, log-log axes</figcaption></figure>
+<figure><img src="roc.png" alt="ROC curves on log-log axes">
+<figcaption>ROC, log-log axes</figcaption></figure>
 <h2>Canary exposure</h2>
 <p>Exposure in bits (Carlini et al. 2019): each canary ranked among {k["candidates"]} random code
-sequences on the model's loss; ceiling {k["ceiling_bits"]:.2f} bits; about 1 bit by chance. Planted canaries
-were trained on ({k["copies"]} cop{"y" if k["copies"] == 1 else "ies"} each, {k["codes"]} codes); controls were not.
+sequences on the model's loss; ceiling {k["ceiling_bits"]:.2f} bits; about 1 bit by chance.
+Planted canaries were trained on ({k["copies"]} cop{"y" if k["copies"] == 1 else "ies"} each,
+{k["codes"]} codes); controls were not.
 Mean: planted {k["mean_exposure_planted"]:.2f}, controls {k["mean_exposure_control"]:.2f}.</p>
 <table><tr><th>canary</th><th>planted</th><th>control</th></tr>{canaries}</table>
 </body></html>"""

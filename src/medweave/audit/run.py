@@ -22,12 +22,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from medweave.audit import attacks as A
 from medweave.audit.canaries import exposure, plan_canaries
 from medweave.audit.cohorts import derive_cohort, read_splits, splits_table
 from medweave.data import contract as c
 from medweave.errors import MedweaveError
+from medweave.evaluation.bootstrap import with_ci
+from medweave.evaluation.resampled import auroc
 
 log = logging.getLogger("medweave")
 
@@ -42,7 +45,8 @@ def check_audit_config(cfg) -> None:
         )
     if cfg.data.get("aces") or cfg.data.get("labels_dir"):
         problems.append(
-            "medweave-audit plants canaries into labels/<task>.parquet: ACES tasks and data.labels_dir are not supported"
+            "medweave-audit plants canaries into labels/<task>.parquet: "
+            "ACES tasks and data.labels_dir are not supported"
         )
     a = cfg.audit
     if a.shadow_models < 2:
@@ -91,91 +95,49 @@ def run_audit(cfg) -> dict:
 
 
 def _measure(cfg, root, work, splits, train_ids, held_ids, audited, is_member, loggers, rng) -> dict:
-    a = cfg.audit
-    k = a.canaries
+    """Train and score every model, then attack; the report's content (report.py writes it)."""
+    a, k = cfg.audit, cfg.audit.canaries
     plan = plan_canaries(
         root, cfg.task.name, train_ids, k.n, k.codes, k.candidates, k.copies, k.label,
         k.min_code_subjects, k.history_days, a.seed,
     )  # fmt: skip
-    import pyarrow as pa
-
     planted = splits_table(plan.planted_ids, [c.TRAIN_SPLIT] * len(plan.planted_ids))
     target_root = derive_cohort(
         root, work / "cohorts" / "target", pa.concat_tables([splits, planted]), cfg.task.name,
         plan.planted_events, plan.planted_labels,
     )  # fmt: skip
-    log.info(
-        "Target model: training on %d subjects and %d canary copies", len(train_ids), len(plan.planted_ids)
-    )
+    log.info("Target model: %d training subjects and %d canary copies", len(train_ids), len(plan.planted_ids))
     parent = next((lg.run_id for lg in loggers if hasattr(lg, "run_id")), None)
     target_ckpt = _train(cfg, target_root, work / "target", cfg.seed, parent)
-    target_run = _child_run_metrics(loggers, parent)
     score = _score(cfg, target_ckpt, target_root, [c.TRAIN_SPLIT, c.HELD_OUT_SPLIT], work)
     logit, target = _pick(score, audited)
-    phi = A.signed_logit_confidence(logit, target)
-    loss = A.binary_loss(logit, target)
-    held_logit, held_target = _pick(score, held_ids)
-
-    log.info("Canaries: ranking %d canaries among %d candidates each", len(plan.is_planted), k.candidates)
-    all_ids = np.concatenate([splits.column("subject_id").to_numpy(), plan.planted_ids])
-    all_splits = [*splits.column("split").to_pylist(), *[c.TRAIN_SPLIT] * len(plan.planted_ids)]
-    cand = plan.candidate_ids.ravel()
-    candidate_root = derive_cohort(
-        root, work / "cohorts" / "candidates",
-        splits_table(np.concatenate([all_ids, cand]), [*all_splits, *[c.HELD_OUT_SPLIT] * len(cand)]),
-        cfg.task.name,
-        pa.concat_tables([plan.planted_events, plan.candidate_events]),
-        pa.concat_tables([plan.planted_labels, plan.candidate_labels]),
-    )  # fmt: skip
-    cand_score = _score(cfg, target_ckpt, candidate_root, [c.HELD_OUT_SPLIT], work)
-    cand_logit, cand_target = _pick(cand_score, cand)
-    bits = exposure(A.binary_loss(cand_logit, cand_target).reshape(plan.candidate_ids.shape))
-
-    pool = np.concatenate([train_ids, held_ids])
-    phi_shadow = np.zeros((a.shadow_models, len(audited)))
-    in_shadow = np.zeros((a.shadow_models, len(audited)), bool)
-    for s in range(a.shadow_models):
-        half = rng.permutation(pool)[: len(pool) // 2]
-        inside = np.isin(splits.column("subject_id").to_numpy(), half)
-        names = np.asarray(splits.column("split").to_pylist(), dtype=object)
-        names = np.where(
-            names == c.TUNING_SPLIT, c.TUNING_SPLIT, np.where(inside, c.TRAIN_SPLIT, c.HELD_OUT_SPLIT)
-        )
-        shadow_root = derive_cohort(
-            root,
-            work / "cohorts" / f"shadow_{s}",
-            splits_table(splits.column("subject_id").to_numpy(), names),
-        )
-        log.info("Shadow model %d/%d: training on %d subjects", s + 1, a.shadow_models, len(half))
-        ckpt = _train(cfg, shadow_root, work / f"shadow_{s}", cfg.seed + 1 + s, None)
-        s_logit, s_target = _pick(
-            _score(cfg, ckpt, shadow_root, [c.TRAIN_SPLIT, c.HELD_OUT_SPLIT], work), audited
-        )
-        phi_shadow[s] = A.signed_logit_confidence(s_logit, s_target)
-        in_shadow[s] = np.isin(audited, half)
+    phi, loss = A.signed_logit_confidence(logit, target), A.binary_loss(logit, target)
+    bits = _canary_exposure(cfg, root, work, target_ckpt, plan)
+    phi_shadow, in_shadow = _shadow_signals(
+        cfg, root, work, splits, np.concatenate([train_ids, held_ids]), audited, rng
+    )
 
     scores = {
         "loss": A.loss_attack(loss),
         "lira_online": A.lira_online(phi, phi_shadow, in_shadow),
         "lira_offline": A.lira_offline(phi, phi_shadow, in_shadow),
     }
-    fprs = list(a.fpr)
-    attacks = {name: A.attack_figures(is_member, s, fprs, a.bootstrap, a.seed) for name, s in scores.items()}
-    from medweave.evaluation.bootstrap import with_ci
-    from medweave.evaluation.resampled import auroc
-
+    attacks = {
+        name: A.attack_figures(is_member, s, list(a.fpr), a.bootstrap, a.seed) for name, s in scores.items()
+    }
+    held_logit, held_target = _pick(score, held_ids)
     test = with_ci(
         lambda rows: {"auroc": float(auroc(held_target[rows], held_logit[rows], np.ones((1, len(rows))))[0])},
         len(held_ids), a.bootstrap, a.seed,
     )["auroc"]  # fmt: skip
-    epsilon = {key: v for key, v in target_run.items() if "epsilon" in key}
+    epsilon = [v for key, v in _child_run_metrics(loggers, parent).items() if "epsilon" in key]
     return {
         "task": cfg.task.name,
         "setting": {
             "members": int(is_member.sum()),
             "non_members": int((~is_member).sum()),
             "shadow_models": int(a.shadow_models),
-            "shadow_pool": int(len(pool)),
+            "shadow_pool": int(len(train_ids) + len(held_ids)),
             "lira": "online with global variances (and offline, one-sided)",
             "fpr_resolution": 1.0 / int((~is_member).sum()),
             "max_epochs": int(cfg.trainer.max_epochs),
@@ -183,7 +145,8 @@ def _measure(cfg, root, work, splits, train_ids, held_ids, audited, is_member, l
         },
         "target": {
             "test_auroc": test,
-            "epsilon": next(iter(epsilon.values()), None),
+            "test_subjects": int(len(held_ids)),
+            "epsilon": epsilon[0] if epsilon else None,
             "mean_loss_members": float(loss[is_member].mean()),
             "mean_loss_non_members": float(loss[~is_member].mean()),
         },
@@ -200,6 +163,49 @@ def _measure(cfg, root, work, splits, train_ids, held_ids, audited, is_member, l
         },
         "roc": {name: _roc_for_plot(is_member, s) for name, s in scores.items()},
     }
+
+
+def _canary_exposure(cfg, root, work, ckpt, plan) -> np.ndarray:
+    """Exposure of every canary (planted, then controls) under the model in ``ckpt``. The
+    candidates are scored in a cohort of their own, as held_out subjects, beside the planted
+    copies as train (the model's vocabularies come from its checkpoint: nothing is fitted)."""
+    log.info(
+        "Canaries: ranking %d canaries among %d candidates each",
+        len(plan.is_planted),
+        plan.candidate_ids.shape[1],
+    )
+    cand = plan.candidate_ids.ravel()
+    splits = splits_table(
+        np.concatenate([plan.planted_ids, cand]),
+        [c.TRAIN_SPLIT] * len(plan.planted_ids) + [c.HELD_OUT_SPLIT] * len(cand),
+    )
+    events = pa.concat_tables([plan.planted_events, plan.candidate_events])
+    labels = pa.concat_tables([plan.planted_labels, plan.candidate_labels])
+    folder = work / "cohorts" / "candidates"
+    candidates = derive_cohort(root, folder, splits, cfg.task.name, events, labels, only_added_labels=True)
+    logit, target = _pick(_score(cfg, ckpt, candidates, [c.HELD_OUT_SPLIT], work), cand)
+    return exposure(A.binary_loss(logit, target).reshape(plan.candidate_ids.shape))
+
+
+def _shadow_signals(cfg, root, work, splits, pool, audited, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(phi [K, n], IN [K, n]) of the audited subjects under K shadow models, each trained on a
+    random half of ``pool`` (the rest of the pool held out, the tuning split unchanged)."""
+    k = cfg.audit.shadow_models
+    phi, inside = np.zeros((k, len(audited))), np.zeros((k, len(audited)), bool)
+    ids = splits.column("subject_id").to_numpy()
+    tuning = np.asarray(splits.column("split").to_pylist()) == c.TUNING_SPLIT
+    for s in range(k):
+        half = rng.permutation(pool)[: len(pool) // 2]
+        names = np.where(
+            tuning, c.TUNING_SPLIT, np.where(np.isin(ids, half), c.TRAIN_SPLIT, c.HELD_OUT_SPLIT)
+        )
+        shadow_root = derive_cohort(root, work / "cohorts" / f"shadow_{s}", splits_table(ids, names))
+        log.info("Shadow model %d/%d: training on %d subjects", s + 1, k, len(half))
+        ckpt = _train(cfg, shadow_root, work / f"shadow_{s}", cfg.seed + 1 + s, None)
+        score = _score(cfg, ckpt, shadow_root, [c.TRAIN_SPLIT, c.HELD_OUT_SPLIT], work)
+        phi[s] = A.signed_logit_confidence(*_pick(score, audited))
+        inside[s] = np.isin(audited, half)
+    return phi, inside
 
 
 def _privacy_setting(cfg) -> str:
