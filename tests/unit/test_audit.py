@@ -135,3 +135,48 @@ def test_canaries_are_deterministic_and_use_vocabulary_codes(tiny_cohort):
     assert one.planted_labels.column("boolean_value").to_pylist() == [True] * 4
     with pytest.raises(MedweaveError, match="codes"):
         plan_canaries(tiny_cohort, "cvd_onset_1y", train_ids, seed=4, **(args | {"codes": 10_000}))
+
+
+def load_tradeoff():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "privacy_tradeoff.py"
+    spec = importlib.util.spec_from_file_location("privacy_tradeoff", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tradeoff_runs_dp_rows_only_where_the_privacy_group_exists(tmp_path, capsys):
+    bench = load_tradeoff()
+    (tmp_path / "train.yaml").write_text("defaults:\n  - _self_\n  - data: cohort\n")
+    assert [label for label, _, _ in bench.settings([1, 4], tmp_path)] == ["no DP"]
+    assert "DP rows skipped" in capsys.readouterr().err
+    (tmp_path / "privacy").mkdir()
+    (tmp_path / "privacy" / "dp.yaml").write_text("target_epsilon: 8\n")
+    rows = bench.settings([1, 4], tmp_path)
+    assert [r[0] for r in rows] == ["no DP", "DP, epsilon 1", "DP, epsilon 4"]
+    assert rows[2][2] == ["+privacy=dp", "privacy.target_epsilon=4"]
+    (tmp_path / "train.yaml").write_text("defaults:\n  - _self_\n  - privacy: null\n")
+    assert bench.settings([16], tmp_path)[1][2] == ["privacy=dp", "privacy.target_epsilon=16"]
+
+
+def test_tradeoff_table_has_a_row_per_setting():
+    bench = load_tradeoff()
+    ci = {"value": 0.6, "ci_low": 0.55, "ci_high": 0.65}
+    report = {
+        "attacks": {
+            name: {"auroc": ci, "tpr_at_fpr_1pct": ci} for name in ("loss", "lira_online", "lira_offline")
+        },
+        "target": {"test_auroc": ci, "epsilon": None},
+        "canaries": {"mean_exposure_planted": 3.2, "mean_exposure_control": 1.1, "ceiling_bits": 7.64},
+        "setting": {"members": 150, "shadow_models": 4},
+    }
+    rows = [
+        bench.row_of("no DP", None, report, 1.0),
+        bench.row_of("DP, epsilon 4", 4.0, report | {"target": {"test_auroc": ci, "epsilon": 3.97}}, 2.0),
+    ]
+    lines = bench.table(rows).splitlines()
+    assert len(lines) == 4 and "| no DP | ∞ | 0.600 (0.550-0.650)" in lines[2]
+    assert lines[3].startswith("| DP, epsilon 4 | 3.97 |") and "3.20 / 1.10 (of 7.64)" in lines[3]

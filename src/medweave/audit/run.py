@@ -51,6 +51,8 @@ def check_audit_config(cfg) -> None:
     a = cfg.audit
     if a.shadow_models < 2:
         problems.append(f"audit.shadow_models={a.shadow_models}: LiRA needs at least 2")
+    if a.checkpoint not in ("best", "last"):
+        problems.append(f"audit.checkpoint={a.checkpoint}: expected best or last")
     if any(not 0 < f < 1 for f in a.fpr):
         problems.append(f"audit.fpr={list(a.fpr)}: expected false-positive rates between 0 and 1")
     if problems:
@@ -141,6 +143,7 @@ def _measure(cfg, root, work, splits, train_ids, held_ids, audited, is_member, l
             "lira": "online with global variances (and offline, one-sided)",
             "fpr_resolution": 1.0 / int((~is_member).sum()),
             "max_epochs": int(cfg.trainer.max_epochs),
+            "checkpoint": str(a.checkpoint),
             "privacy": _privacy_setting(cfg),
         },
         "target": {
@@ -257,13 +260,18 @@ def _train(cfg, root: Path, out: Path, seed: int, parent_run_id: str | None) -> 
             sub.logger = {}
         sub.pop("audit", None)
     train(sub)
-    return _tested_checkpoint(out / "checkpoints")
+    return _audited_checkpoint(out / "checkpoints", cfg.audit.checkpoint)
 
 
-def _tested_checkpoint(folder: Path) -> Path:
-    """The best checkpoint by the task's monitor (what medweave-train tests), else last.ckpt."""
+def _audited_checkpoint(folder: Path, which: str) -> Path:
+    """``best``: the checkpoint best by the task's monitor (what medweave-train tests and logs as
+    the run's model), else last.ckpt; ``last``: the weights after the last epoch."""
     import torch
 
+    if which not in ("best", "last"):
+        raise MedweaveError(f"audit.checkpoint={which}: expected best or last")
+    if which == "last" and (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
     best = sorted(folder.glob("epoch_*.ckpt"))
     if len(best) == 1:
         return best[0]
