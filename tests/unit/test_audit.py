@@ -180,3 +180,11 @@ def test_tradeoff_table_has_a_row_per_setting():
     lines = bench.table(rows).splitlines()
     assert len(lines) == 4 and "| no DP | ∞ | 0.600 (0.550-0.650)" in lines[2]
     assert lines[3].startswith("| DP, epsilon 4 | 3.97 |") and "3.20 / 1.10 (of 7.64)" in lines[3]
+
+
+def test_audit_config_takes_every_train_override():
+    from tests.conftest import compose
+
+    cfg = compose("audit", ["experiment=quickstart", "data.root=/x", "audit.shadow_models=3"])
+    assert cfg.task_name == "audit" and cfg.audit.shadow_models == 3 and cfg.audit.checkpoint == "best"
+    assert cfg.model.fusion._target_.endswith("AttentionFusion") and cfg.trainer.max_epochs == 12
