@@ -101,15 +101,17 @@ def row_of(label: str, target_eps: float | None, report: dict, seconds: float) -
 def table(rows: list[dict]) -> str:
     """A markdown table of the rows (95 % bootstrap CIs in brackets)."""
     head = (
-        "| setting | epsilon | test AUROC | loss-attack AUROC | LiRA AUROC | LiRA TPR @ 1 % FPR "
-        "| canary exposure (planted / control, bits) |\n|---|---|---|---|---|---|---|\n"
+        "| setting | epsilon | test AUROC | loss-attack AUROC | LiRA AUROC | LiRA offline AUROC "
+        "| LiRA TPR @ 1 % FPR | canary exposure (planted / control, bits) |\n"
+        "|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
         eps = r["epsilon_spent"] if r["epsilon_spent"] is not None else r["target_epsilon"]
         lines.append(
             f"| {r['setting']} | {'∞' if eps is None else f'{eps:.3g}'} | {_ci(r['test_auroc'])} "
-            f"| {_ci(r['loss_attack_auroc'])} | {_ci(r['lira_auroc'])} | {_ci(r['lira_tpr_at_fpr_1pct'])} "
+            f"| {_ci(r['loss_attack_auroc'])} | {_ci(r['lira_auroc'])} | {_ci(r['lira_offline_auroc'])} "
+            f"| {_ci(r['lira_tpr_at_fpr_1pct'])} "
             f"| {r['canary_exposure_planted']:.2f} / {r['canary_exposure_control']:.2f} "
             f"(of {r['canary_ceiling_bits']:.2f}) |"
         )

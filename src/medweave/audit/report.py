@@ -39,8 +39,13 @@ def _ci(entry: dict) -> str:
 
 
 def write_report(report: dict, folder: Path) -> Path:
-    """audit.json, roc.png and report.html in ``folder``; returns the HTML path."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """audit.json, roc.png and report.html in ``folder``, all or nothing (written beside it,
+    then renamed); returns the HTML path."""
+    import shutil
+
+    final, folder = folder, folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     _roc_figure(report, folder / "roc.png")
     s, t, k = report["setting"], report["target"], report["canaries"]
     keys = [key for key in next(iter(report["attacks"].values()))]
@@ -83,6 +88,7 @@ Mean: planted {k["mean_exposure_planted"]:.2f}, controls {k["mean_exposure_contr
 <table><tr><th>canary</th><th>planted</th><th>control</th></tr>{canaries}</table>
 </body></html>"""
     (folder / "audit.json").write_text(json.dumps(report, indent=2))
-    path = folder / "report.html"
-    path.write_text(page)
-    return path
+    (folder / "report.html").write_text(page)
+    shutil.rmtree(final, ignore_errors=True)
+    folder.rename(final)
+    return final / "report.html"
