@@ -33,6 +33,8 @@ def test_audit_writes_its_report_and_metrics_and_no_subject_id(tiny_cohort, tmp_
     value = audit(cfg)
     report = json.loads((run_dir / "audit" / "audit.json").read_text())
     assert value == report["attacks"]["lira_online"]["auroc"]["value"]
+    assert report["target"]["epochs_logged"] == 1  # read back from the target's nested MLflow run
+    assert report["target"]["epsilon"] is None and report["setting"]["privacy"] == "none"
     held = pq.read_table(tiny_cohort / "metadata/subject_splits.parquet").to_pandas()
     side = int((held.split == "held_out").sum())
     assert report["setting"]["members"] == report["setting"]["non_members"] == side

@@ -188,3 +188,8 @@ def test_audit_config_takes_every_train_override():
     cfg = compose("audit", ["experiment=quickstart", "data.root=/x", "audit.shadow_models=3"])
     assert cfg.task_name == "audit" and cfg.audit.shadow_models == 3 and cfg.audit.checkpoint == "best"
     assert cfg.model.fusion._target_.endswith("AttentionFusion") and cfg.trainer.max_epochs == 12
+
+
+def test_canaries_need_the_task_label_file(tmp_path):
+    with pytest.raises(MedweaveError, match="labels/"):
+        plan_canaries(tmp_path, "cvd_onset_1y", np.array([1]), 1, 1, 2, 1, True, 1, 10, 0)

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from medweave.audit.cohorts import label_file
 from medweave.data import contract as c
 from medweave.errors import MedweaveError
 
@@ -98,6 +99,7 @@ def plan_canaries(
             f"audit.canaries: n={n}, codes={codes}, candidates={candidates}, copies={copies}; "
             "expected n >= 1, codes >= 1, candidates >= 2, copies >= 1"
         )
+    labels_path = label_file(root, task)
     pool = code_pool(root, train_ids, min_code_subjects)
     if len(pool) < codes:
         raise MedweaveError(
@@ -105,7 +107,7 @@ def plan_canaries(
             f"{min_code_subjects} training subjects; lower audit.canaries.codes or min_code_subjects"
         )
     rng = np.random.default_rng([seed, 7])
-    labels = pq.read_table(c.label_path(root, task), columns=["subject_id", "prediction_time"])
+    labels = pq.read_table(labels_path, columns=["subject_id", "prediction_time"])
     labels = labels.filter(pc.is_in(labels.column("subject_id"), pa.array(np.asarray(train_ids, np.int64))))
     donors = rng.choice(len(labels), size=2 * n, replace=len(labels) < 2 * n)
     events = pq.read_table(root / c.EVENTS_DIR, columns=["subject_id", "time", "code"])

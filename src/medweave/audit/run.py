@@ -132,7 +132,8 @@ def _measure(cfg, root, work, splits, train_ids, held_ids, audited, is_member, l
         lambda rows: {"auroc": float(auroc(held_target[rows], held_logit[rows], np.ones((1, len(rows))))[0])},
         len(held_ids), a.bootstrap, a.seed,
     )["auroc"]  # fmt: skip
-    epsilon = [v for key, v in _child_run_metrics(loggers, parent).items() if "epsilon" in key]
+    logged = _child_run_metrics(loggers, parent)
+    epsilon = [v for key, v in logged.items() if "epsilon" in key]
     return {
         "task": cfg.task.name,
         "setting": {
@@ -149,7 +150,8 @@ def _measure(cfg, root, work, splits, train_ids, held_ids, audited, is_member, l
         "target": {
             "test_auroc": test,
             "test_subjects": int(len(held_ids)),
-            "epsilon": epsilon[0] if epsilon else None,
+            "epsilon": epsilon[0] if epsilon else None,  # as training logged it (DP)
+            "epochs_logged": int(logged["epoch"]) + 1 if "epoch" in logged else None,
             "mean_loss_members": float(loss[is_member].mean()),
             "mean_loss_non_members": float(loss[~is_member].mean()),
         },
@@ -213,7 +215,7 @@ def _shadow_signals(cfg, root, work, splits, pool, audited, rng) -> tuple[np.nda
 
 def _privacy_setting(cfg) -> str:
     privacy = cfg.get("privacy")
-    if not privacy:
+    if not privacy or privacy.get("enabled") is False:
         return "none"
     eps = privacy.get("target_epsilon")
     return f"dp (target_epsilon={eps})" if eps is not None else str(privacy.get("_target_", "set"))
