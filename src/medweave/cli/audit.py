@@ -15,11 +15,19 @@ from __future__ import annotations
 
 
 def audit(cfg) -> float:
-    from medweave.audit.run import run_audit
+    from medweave.audit.run import check_audit_config, run_audit
     from medweave.cli.hydra_main import one_log_stream
     from medweave.cli.train import check_config
+    from medweave.errors import MedweaveError
 
-    check_config(cfg)
+    problems = []
+    for check in (check_config, check_audit_config):  # every fault of the config at once
+        try:
+            check(cfg)
+        except MedweaveError as err:
+            problems.append(str(err))
+    if problems:
+        raise MedweaveError("; ".join(problems))
     one_log_stream()
     report = run_audit(cfg)
     return report["attacks"]["lira_online"]["auroc"]["value"]
