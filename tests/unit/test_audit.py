@@ -193,3 +193,8 @@ def test_audit_config_takes_every_train_override():
 def test_canaries_need_the_task_label_file(tmp_path):
     with pytest.raises(MedweaveError, match="labels/"):
         plan_canaries(tmp_path, "cvd_onset_1y", np.array([1]), 1, 1, 2, 1, True, 1, 10, 0)
+
+
+def test_chance_exposure_is_about_log2_e():
+    rng = np.random.default_rng(1)
+    assert abs(exposure(rng.random((4000, 200))).mean() - np.log2(np.e)) < 0.05

@@ -9,8 +9,9 @@ events, the same label). The rank is by the model's loss on the planted label (1
 
     exposure = log2(candidates) - log2(rank)
 
-so a canary the model has not memorised sits near log2(2) = 1 bit on average and a memorised one
-near the ceiling log2(candidates). The controls measure that baseline on the same model.
+so a canary the model has not memorised (its rank uniform) averages about log2(e) = 1.44 bits,
+and a memorised one sits near the ceiling log2(candidates). The controls measure that baseline
+on the same model.
 
 Everything is drawn from ``seed``: the same cohort and settings give the same canaries.
 """

@@ -81,7 +81,7 @@ false positive at all: the TPR there is the share of members scored above every 
 <figcaption>ROC, log-log axes</figcaption></figure>
 <h2>Canary exposure</h2>
 <p>Exposure in bits (Carlini et al. 2019): each canary ranked among {k["candidates"]} random code
-sequences on the model's loss; ceiling {k["ceiling_bits"]:.2f} bits; about 1 bit by chance.
+sequences on the model's loss; ceiling {k["ceiling_bits"]:.2f} bits; about 1.4 bits (log2 e) by chance.
 Planted canaries were trained on ({k["copies"]} cop{"y" if k["copies"] == 1 else "ies"} each,
 {k["codes"]} codes); controls were not.
 Mean: planted {k["mean_exposure_planted"]:.2f}, controls {k["mean_exposure_control"]:.2f}.</p>
