@@ -51,6 +51,7 @@ class Item:
     reason: str = ""
     checks: list[str] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)  # what a reviewer should know it holds
     optional: bool = False
     sha256: str = ""
     bytes: int = 0
@@ -329,7 +330,7 @@ def export_model(file: Path, rel: str, writer: Writer, include: bool, min_cell: 
         return
     extras = ckpt["medweave"]
     data = (extras.get("config") or {}).get("data") or {}
-    least = data.get("vocab_min_subjects")
+    least = data.get("vocab_min_subjects", _default(data.get("_target_"), "vocab_min_subjects"))
     if not isinstance(least, int) or least < min_cell:
         writer.refuse(
             rel,
@@ -339,7 +340,9 @@ def export_model(file: Path, rel: str, writer: Writer, include: bool, min_cell: 
         )
         return
     config, _ = scrub_config(extras.get("config") or {})
-    vocab, _ = scrub_config(extras.get("vocab") or {})
+    vocab = dict(extras.get("vocab") or {})  # codes and words as they are: the model needs them
+    if isinstance(vocab.get("tokenizer"), dict) and "path" in vocab["tokenizer"]:
+        vocab["tokenizer"] = {**vocab["tokenizer"], "path": SCRUBBED}  # a pretrained tokenizer's folder
     problems = scan.text_problems(json.dumps(vocab, default=str), writer.cohort)
     problems += scan.text_problems(json.dumps(config, default=str), writer.cohort)
     problems += [p for p in scan.json_problems(vocab, writer.cohort) if "names a subject" in p]
@@ -353,11 +356,6 @@ def export_model(file: Path, rel: str, writer: Writer, include: bool, min_cell: 
         "global_step": ckpt.get("global_step"),
     }
     torch.save(stripped, writer.target(path))
-    fitted = [
-        k
-        for k in ("code_stats", "target_mean", "target_sd", "classes", "variant_mean", "variant_sd")
-        if k in vocab
-    ]
     writer.add(
         path,
         [
@@ -365,8 +363,43 @@ def export_model(file: Path, rel: str, writer: Writer, include: bool, min_cell: 
             f"vocabulary entries and value statistics each from >= {least} train subjects",
             "no dates or subject IDs in its config and vocabularies",
         ],
-        [f"holds fitted statistics of the training split: {', '.join(fitted) or 'none'}"],
     )
+    writer.items[-1].flags = model_flags(vocab, least)
+
+
+def model_flags(vocab: dict, least: int) -> list[str]:
+    """What a checkpoint learnt from the training split beyond its weights, for the reviewer."""
+    flags = []
+    if "codes" in vocab:
+        flags.append(f"{len(vocab['codes'])} codes, each seen in >= {least} train subjects")
+    if "code_stats" in vocab:
+        flags.append(f"mean and SD of the values of {len(vocab['code_stats'])} codes over the train subjects")
+    if isinstance(vocab.get("tokenizer"), dict) and "json" in vocab["tokenizer"]:
+        flags.append(f"a word tokenizer fitted on train notes (words of >= {least} subjects)")
+    if "variant_mean" in vocab:
+        flags.append(
+            f"per-variant dosage mean and SD over the train split ({len(vocab['variant_mean'])} variants): "
+            "a rare variant's mean gives its carrier count, which can be below min_cell"
+        )
+    if "target_mean" in vocab:
+        flags.append("mean and SD of the regression target over the train split")
+    if "classes" in vocab:
+        flags.append(f"the {len(vocab['classes'])} class names seen in train")
+    return flags
+
+
+def _default(target: str | None, argument: str):
+    """The constructor default of ``argument`` of the class a config's _target_ names (what a run
+    that did not set it used), or None."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        parameter = inspect.signature(get_class(target)).parameters.get(argument)
+    except Exception:  # no target, or a class this installation lacks
+        return None
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
 def _export_other(file: Path, path: str, writer: Writer) -> None:
@@ -482,7 +515,7 @@ def export_run(
 
 def _entry(item: Item) -> dict:
     keep = {
-        "exported": ("path", "sha256", "bytes", "checks", "changes"),
+        "exported": ("path", "sha256", "bytes", "checks", "changes", "flags"),
         "refused": ("path", "reason", "optional"),
     }
     return {k: v for k, v in asdict(item).items() if k in keep.get(item.status, ("path", "reason"))}
