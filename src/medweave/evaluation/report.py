@@ -167,15 +167,16 @@ def kaplan_meier_curves(preds: Predictions, groups: int = 3) -> list[dict]:
 
 
 def kaplan_meier_figure(curves: list[dict], path: Path, note: str = "") -> str:
-    """Step curves from their (time, survival) steps, starting at S(0) = 1."""
+    """Step curves from their (time, survival) steps, starting at S(0) = 1; ``note`` (how a curve
+    was coarsened, medweave-export) titles the legend."""
     plt, fig, ax = _figure()
     for curve in curves:
         t, s = [0.0, *curve["time"]], [1.0, *curve["survival"]]
         ax.step(t, s, where="post", label=f"{curve['label']} (n={curve['n']})")
     ax.set(xlabel="days since prediction time", ylabel="event-free", title="Kaplan-Meier by predicted risk")
+    legend = ax.legend(loc="lower left", title=note or None, fontsize=8)
     if note:
-        ax.set_title(note, fontsize=7, loc="right", pad=16)
-    ax.legend(loc="lower left")
+        legend.get_title().set_fontsize(7)
     return _save(plt, fig, path)
 
 

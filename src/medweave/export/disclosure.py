@@ -255,7 +255,8 @@ def merge_calibration_bins(bins: list[dict], min_cell: int) -> list[dict]:
 def coarsen_kaplan_meier(curve: dict, min_cell: int) -> dict | None:
     """A Kaplan-Meier curve whose every step pools at least ``min_cell`` events, at a time rounded
     up to ``KM_TIME_UNIT_DAYS``, ending before fewer than ``min_cell`` are at risk; S(t) at each
-    step is the exact estimate at the last pooled event. None when no step is left."""
+    step is the exact estimate at the last pooled event. The curve ends at its last step: held flat
+    beyond it, it would claim no events where up to min_cell - 1 were. None when no step is left."""
     steps, pool = [], 0
     for t, at_risk, events, s in zip(
         curve["time"], curve["at_risk"], curve["events"], curve["survival"], strict=True
