@@ -198,6 +198,8 @@ def test_bad_input_is_one_clear_error(trained, tmp_path):
     with pytest.raises(MedweaveError, match="not an earlier export"):
         export_run(str(tmp_path / "run"), tmp_path / "mine")
     assert (tmp_path / "mine/thesis.tex").read_text() == "x"
+    with pytest.raises(MedweaveError, match="inside the run folder"):
+        export_run(str(tmp_path / "run"), tmp_path / "run" / "release")
     with pytest.raises(MedweaveError, match="no such run in the MLflow store"):
         export_run(
             "0" * 32, tmp_path / "out", tracking_uri=f"sqlite:///{trained['logs'] / 'mlflow' / 'mlflow.db'}"

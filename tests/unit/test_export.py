@@ -67,6 +67,7 @@ def test_cells_already_hidden_by_the_evaluation_are_protected_from_the_total():
     groups = {"sex": {"female": cell(60, 20), "male": cell(38, 19), "unknown": {"n": "<20", "events": None}}}
     got = D.control_summary(summary(groups), 5).summary["groups"]["sex"]
     assert got["male"]["n"] == "suppressed"  # 100 - 60 - 38 = 2 would be the unknown cell
+    assert got["unknown"]["n"] == "<20"  # as the evaluation said: not "<5", which it may not be
 
 
 def test_a_split_too_small_is_refused_whole():

@@ -37,7 +37,9 @@ def _exact(n) -> bool:
 
 def cell_fails(n, events, min_cell: int) -> str | None:
     """Why a cell of ``n`` persons with ``events`` cannot be shown as it is; None when it can."""
-    if not _exact(n) or n < min_cell:
+    if not _exact(n):
+        return f"its size is not in the summary ({n})"
+    if n < min_cell:
         return f"fewer than {min_cell} persons"
     if events is not None and (events < min_cell or n - events < min_cell):
         return f"fewer than {min_cell} persons with or without the event"
@@ -183,12 +185,17 @@ def suppress(entries: dict, total_n: int, total_events, min_cell: int, group: st
         what = "suppressed" if target is hidden else "events and metrics suppressed"
         changes.append(f"{group} '{smallest}': {what} (secondary: the total would reveal a small cell)")
     for label in hidden:
-        small = not _exact(entries[label]["n"]) or entries[label]["n"] < min_cell
-        entries[label] = {
-            "n": f"<{min_cell}" if small else "suppressed",
-            "events": None,
-            "note": f"fewer than {min_cell} persons: not reported" if small else "suppressed (secondary)",
-        }
+        n = entries[label]["n"]
+        if not _exact(n):  # hidden by the evaluation already ("<20"): kept as it said
+            entries[label] = {"n": n, "events": None, "note": f"fewer than {n[1:]} persons: not reported"}
+        elif n < min_cell:
+            entries[label] = {
+                "n": f"<{min_cell}",
+                "events": None,
+                "note": f"fewer than {min_cell} persons: not reported",
+            }
+        else:
+            entries[label] = {"n": "suppressed", "events": None, "note": "suppressed (secondary)"}
     for label in no_events - hidden:
         entry = entries[label]
         entry.pop("metrics", None)

@@ -478,6 +478,8 @@ def export_run(
     if min_cell < 2:
         raise MedweaveError(f"export.min_cell={min_cell}: expected at least 2 persons per cell")
     out = Path(out).expanduser()
+    if Path(run).expanduser().is_dir() and out.resolve().is_relative_to(Path(run).expanduser().resolve()):
+        raise MedweaveError(f"out='{out}' is inside the run folder; choose a folder outside it")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
         raise MedweaveError(
             f"out='{out}' exists and is not an earlier export (no manifest.json); choose a new folder"
