@@ -165,7 +165,8 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
 
     truth = {k: np.concatenate([s["truth"][k] for s in shards]) for k in shards[0]["truth"]}
     truth["subject_id"] = subject_ids
-    assemble.write_events(root, [s["events"] for s in shards], subject_ids)
+    workers = cfg.workers or len(os.sched_getaffinity(0))
+    assemble.write_events(root, [s["events"] for s in shards], subject_ids, workers)
     if not cfg.registry_history:  # an EHR-only cohort has no genomes (nor notes, nor images)
         _write_genomes(root, cfg, panel, shards)
     if expression is not None:
@@ -304,8 +305,11 @@ def _shard(job) -> dict:
 def _registry_shard(cfg, panel, root: Path, start: int, ids: np.ndarray) -> dict:
     """An EHR-only shard from registry.py: its events part, and the rest in the shape _shard returns."""
     result = registry.draw_shard(cfg, panel, start, ids)
-    path = root / "parts" / f"events-{start:010d}.parquet"
-    pq.write_table(result.pop("events"), path)
+    path = root / "parts" / f"events-{start:010d}.arrow"  # Arrow IPC: written and read back fast
+    table = result.pop("events")
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
     return result | {"events": path, "images": [], "genome_ids": np.zeros(0, np.int64), "genotypes": None}
 
 
