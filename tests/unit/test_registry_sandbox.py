@@ -48,7 +48,8 @@ def test_events_per_person_median_in_the_hundreds_with_a_heavy_tail():
 
 
 def test_history_stays_inside_the_record(registry_cohort):
-    """Every history event in [1977 or birth, cutoff), and never after loss to follow-up."""
+    """Every history event in [1977 or birth, cutoff), never after loss to follow-up; prescriptions
+    from 1995 and labs from 2000 on."""
     ev = _events(registry_cohort)
     birth = ev.filter(pl.col("code") == "MEDS_BIRTH").select("subject_id", birth="time")
     lost = ev.filter(pl.col("code") == ehr.LOST).select("subject_id", lost="time")
@@ -61,6 +62,9 @@ def test_history_stays_inside_the_record(registry_cohort):
     assert history.filter(pl.col("time").dt.year() == 1977).height > 0  # reaches back to 1977
     assert lost.height > 0 and history.filter(pl.col("lost").is_not_null()).height > 0
     assert history.filter(pl.col("time").is_null()).height == 0
+    for system, since in (("ATC//", 1995), ("NPU//", 2000)):  # the registries' own start years
+        kind = history.filter(pl.col("code").str.starts_with(system))
+        assert kind.height > 1000 and kind["time"].min().year == since
     # sorted by subject, then time (statics first) in the file
     order = ev.with_row_index().sort(["subject_id", "time"], nulls_last=False, maintain_order=True)
     assert order["index"].to_list() == list(range(ev.height))

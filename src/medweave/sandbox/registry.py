@@ -86,6 +86,9 @@ CHRONIC_DESCRIPTIONS = {
     "ATC//N05AH03": "Olanzapine",
 }
 CHRONIC_RX_PER_YEAR, CHRONIC_LABS_PER_YEAR = 4.0, 2.0
+# As Danish registries: hospital diagnoses from registry_start (1977), prescriptions redeemed
+# from 1995 (the National Prescription Registry), laboratory results from 2000.
+PRESCRIPTIONS_FROM, LABS_FROM = "1995-01-01", "2000-01-01"
 CALIBRATION_PEOPLE = 20_000
 # The standard lab panel and how ehr.draw_events draws its values: (code, mean, per unit of m, sd).
 STANDARD_LABS = [
@@ -228,9 +231,14 @@ def _age_integral(people: People, start: np.ndarray, end: np.ndarray) -> np.ndar
     return np.maximum(np.exp(AGE_SLOPE * a1) - np.exp(AGE_SLOPE * a0), 0.0) / AGE_SLOPE
 
 
-def _chronic_years(people: People, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per condition, when its events start and for how many years they run within the record."""
+def _chronic_years(
+    people: People, start: np.ndarray, end: np.ndarray, since: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per condition, when its events start (onset, the record's start or ``since``, whichever is
+    latest) and for how many years they run within the record."""
     first = np.maximum(people.chronic_onset, start[:, None])
+    if since is not None:
+        first = np.maximum(first, _seconds(since))
     years = np.maximum(end[:, None] - first, 0) / SECOND_PER_YEAR
     return first, years
 
@@ -245,12 +253,18 @@ def _chronic_rates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def expected_events(people: People, cfg) -> np.ndarray:
     """Each person's expected number of history events before the calibration constant."""
     start, end, _ = people.record(cfg)
-    per_contact = 1 + RX_SHARE + LAB_SHARE * (len(STANDARD_LABS) + EXTRA_LABS)
-    background = _contact_scale(people) * _age_integral(people, start, end) * per_contact
-    _, years = _chronic_years(people, start, end)
+    rx_start = np.maximum(start, _seconds(PRESCRIPTIONS_FROM))
+    lab_start = np.maximum(start, _seconds(LABS_FROM))
+    background = _contact_scale(people) * (
+        _age_integral(people, start, end)
+        + RX_SHARE * _age_integral(people, rx_start, end)
+        + LAB_SHARE * (len(STANDARD_LABS) + EXTRA_LABS) * _age_integral(people, lab_start, end)
+    )
     dx, rx, lab = _chronic_rates()
     chronic_scale = np.exp(0.5 * people.frailty - 0.125)
-    chronic = (years * (dx * chronic_scale[:, None] + rx + lab)).sum(1)
+    chronic = (_chronic_years(people, start, end)[1] * dx * chronic_scale[:, None]).sum(1)
+    chronic += (_chronic_years(people, start, end, PRESCRIPTIONS_FROM)[1] * rx).sum(1)
+    chronic += (_chronic_years(people, start, end, LABS_FROM)[1] * lab).sum(1)
     return background + chronic
 
 
@@ -394,9 +408,9 @@ def _draw_history(rng, cfg, vocab: Vocabulary, k: float, people: People, start, 
     t = people.birth[who] + (age * SECOND_PER_YEAR).astype(np.int64)
     t = np.clip(t, start[who], end[who] - 1)
     events.add(who, t, _zipf(rng, vocab, "ICD10", len(who)))
-    rx = rng.random(len(who)) < RX_SHARE
+    rx = (rng.random(len(who)) < RX_SHARE) & (t >= _seconds(PRESCRIPTIONS_FROM))
     events.add(who[rx], t[rx], _zipf(rng, vocab, "ATC", int(rx.sum())))
-    panel = rng.random(len(who)) < LAB_SHARE
+    panel = (rng.random(len(who)) < LAB_SHARE) & (t >= _seconds(LABS_FROM))
     pw, pt = who[panel], t[panel]
     for code, base, per_m, sd in STANDARD_LABS:
         value = base + per_m * people.metabolic[pw] + rng.normal(0.0, sd, len(pw))
@@ -414,18 +428,19 @@ def _draw_history(rng, cfg, vocab: Vocabulary, k: float, people: People, start, 
     events.add(ew, et, lab, vocab.lab_mean[lab] * np.exp(vocab.lab_log_sd[lab] * z))
 
     # Chronic conditions: repeated diagnoses, prescriptions and labs from onset to the record's end.
-    first, years = _chronic_years(people, start, end)
     dx_rate, rx_rate, lab_rate = _chronic_rates()
-    chronic_scale = np.exp(0.5 * people.frailty - 0.125)[:, None]
-    for j, (code, *_, drug, lab_code) in enumerate(CHRONIC):
-        for rate, event_code in (
-            (dx_rate[j] * chronic_scale[:, 0], code),
-            (rx_rate[j], drug),
-            (lab_rate[j], lab_code),
-        ):
+    chronic_scale = np.exp(0.5 * people.frailty - 0.125)
+    kinds = (
+        (dx_rate[None, :] * chronic_scale[:, None], _chronic_years(people, start, end), 0),
+        (rx_rate[None, :], _chronic_years(people, start, end, PRESCRIPTIONS_FROM), 6),
+        (lab_rate[None, :], _chronic_years(people, start, end, LABS_FROM), 7),
+    )
+    for j, condition in enumerate(CHRONIC):
+        for rate, (first, years), column in kinds:
+            event_code = condition[column]
             if event_code is None:
                 continue
-            count = rng.poisson(k * rate * years[:, j])
+            count = rng.poisson(k * np.broadcast_to(rate, years.shape)[:, j] * years[:, j])
             who = np.repeat(everyone, count)
             t = _uniform_times(rng, who, first[who, j], end[who])
             value = None
