@@ -159,6 +159,8 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
     splits = _assign_splits(cfg, id_rng)
     (root / "parts").mkdir(parents=True)
 
+    if cfg.registry_history:
+        registry.rate_scale(cfg)  # calibrated once, here: forked workers inherit the cached constant
     starts = range(0, cfg.n_subjects, cfg.shard_size)
     jobs = [(cfg, panel, expression, root, s, subject_ids[s : s + cfg.shard_size]) for s in starts]
     shards = [result for _, result in sorted(_run_shards(jobs, cfg), key=lambda r: r[0])]

@@ -89,7 +89,7 @@ CHRONIC_RX_PER_YEAR, CHRONIC_LABS_PER_YEAR = 4.0, 2.0
 # As Danish registries: hospital diagnoses from registry_start (1977), prescriptions redeemed
 # from 1995 (the National Prescription Registry), laboratory results from 2000.
 PRESCRIPTIONS_FROM, LABS_FROM = "1995-01-01", "2000-01-01"
-CALIBRATION_PEOPLE = 20_000
+CALIBRATION_PEOPLE = 200_000  # its mean's standard error is about 0.3 % of the mean
 # The standard lab panel and how ehr.draw_events draws its values: (code, mean, per unit of m, sd).
 STANDARD_LABS = [
     (ehr.HBA1C, 38.0, 6.0, 4.0),
