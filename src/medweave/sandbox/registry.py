@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -89,6 +90,7 @@ CHRONIC_RX_PER_YEAR, CHRONIC_LABS_PER_YEAR = 4.0, 2.0
 # As Danish registries: hospital diagnoses from registry_start (1977), prescriptions redeemed
 # from 1995 (the National Prescription Registry), laboratory results from 2000.
 PRESCRIPTIONS_FROM, LABS_FROM = "1995-01-01", "2000-01-01"
+REFERENCE_SEED = 505  # the calibration population is the same for every cohort
 CALIBRATION_PEOPLE = 200_000  # its mean's standard error is about 0.3 % of the mean
 # The standard lab panel and how ehr.draw_events draws its values: (code, mean, per unit of m, sd).
 STANDARD_LABS = [
@@ -269,25 +271,17 @@ def expected_events(people: People, cfg) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _calibration(seed: int, events_per_person: float, registry_start: str, follow_up_end: str, loss: float):
-    class _Cfg:  # the only fields People.record reads
-        pass
-
-    cfg = _Cfg()
-    cfg.registry_start, cfg.follow_up_end = registry_start, follow_up_end
-    people = draw_people(np.random.default_rng([seed, 505]), CALIBRATION_PEOPLE, loss)
-    return events_per_person / float(expected_events(people, cfg).mean())
+def _reference_mean(registry_start: str, follow_up_end: str, loss_per_year: float) -> float:
+    """Mean expected history events of a fixed reference population, before scaling."""
+    window = SimpleNamespace(registry_start=registry_start, follow_up_end=follow_up_end)
+    people = draw_people(np.random.default_rng(REFERENCE_SEED), CALIBRATION_PEOPLE, loss_per_year)
+    return float(expected_events(people, window).mean())
 
 
 def rate_scale(cfg) -> float:
     """The one constant that makes the mean events per person ``events_per_person``."""
-    return _calibration(
-        cfg.seed,
-        float(cfg.events_per_person),
-        cfg.registry_start,
-        cfg.follow_up_end,
-        float(cfg.loss_per_year),
-    )
+    reference = _reference_mean(cfg.registry_start, cfg.follow_up_end, float(cfg.loss_per_year))
+    return float(cfg.events_per_person) / reference
 
 
 def draw_genetic_scores(panel, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
