@@ -28,10 +28,14 @@ SEEN_BY = {
 }
 
 
-def _expected_sigmoid(mean: np.ndarray, sd: float, nodes: int = 40) -> np.ndarray:
-    """E[sigmoid(mean + sd * Z)], Z ~ N(0, 1)."""
+def _expected_sigmoid(mean: np.ndarray, sd: float, nodes: int = 40, rows: int = 65_536) -> np.ndarray:
+    """E[sigmoid(mean + sd * Z)], Z ~ N(0, 1), ``rows`` subjects at a time (a [rows, nodes] array
+    each: a million-subject cohort's oracle would otherwise hold a gigabyte of temporaries)."""
     x, w = np.polynomial.hermite_e.hermegauss(nodes)
-    return (sigmoid(mean[:, None] + sd * x[None, :]) * w).sum(1) / w.sum()
+    out = np.empty(len(mean))
+    for r in range(0, len(mean), rows):
+        out[r : r + rows] = (sigmoid(mean[r : r + rows, None] + sd * x[None, :]) * w).sum(1) / w.sum()
+    return out
 
 
 def _given(truth: dict[str, np.ndarray], disease: Disease, seen: tuple[str, ...]) -> np.ndarray:
