@@ -116,10 +116,11 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="leave the cohorts here (as n<subjects>) instead of deleting them"
     )
-    parser.add_argument("--plot", type=Path, default=RESULTS / "registry_sandbox_events_per_person.png")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON lines, the plot")
     args = parser.parse_args()
     machine = f"{platform.machine()} CPU, {len(os.sched_getaffinity(0))} cores"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
+    args.results.mkdir(parents=True, exist_ok=True)
     for n in args.subjects:
         work = Path(tempfile.mkdtemp(prefix="registry-sandbox-"))
         out = (args.keep or work) / f"n{n}"
@@ -130,7 +131,7 @@ def main() -> None:
             size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
             meta = json.loads((out / "metadata/dataset.json").read_text())["medweave"]
             if n == max(args.subjects):
-                plot(counts, n, args.plot)
+                plot(counts, n, args.results / "registry_sandbox_events_per_person.png")
         finally:
             shutil.rmtree(work, ignore_errors=True)
         total = int(counts.sum())
@@ -148,7 +149,7 @@ def main() -> None:
             "us_per_event": round(result["wall_s"] / total * 1e6, 3),
             "cohort_gb": round(size / 1e9, 2),
             "oracle_auroc_held_out": {
-                task: o["auroc"]["held_out"] for task, o in meta["oracle"].items() if "auroc" in o
+                task: o["auroc"].get("held_out") for task, o in meta["oracle"].items() if "auroc" in o
             },
             "command": " ".join(["medweave-sandbox", *command[3:]]),
             "machine": machine,
@@ -156,8 +157,7 @@ def main() -> None:
         }
         line = json.dumps(result)
         print(line, flush=True)
-        RESULTS.mkdir(exist_ok=True)
-        with open(RESULTS / f"{stamp}-registry_sandbox.jsonl", "a") as f:
+        with open(args.results / f"{stamp}-registry_sandbox.jsonl", "a") as f:
             f.write(line + "\n")
 
 
