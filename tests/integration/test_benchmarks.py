@@ -55,6 +55,21 @@ def test_sandbox_scale_runs_and_reports(tmp_path):
     assert result["peak_memory_gb"] > 0 and result["wall_s"] > 0
 
 
+def test_registry_sandbox_runs_and_reports(tmp_path):
+    script = str(ROOT / "benchmarks/registry_sandbox.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--subjects", "60", "--events-per-person", "50", "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["subjects"] == 60 and result["events"] > 60 * 10
+    assert result["events_per_person"]["median"] <= result["events_per_person"]["max"]
+    assert result["peak_pss_gb"] > 0 and (tmp_path / "registry_sandbox_events_per_person.png").stat().st_size
+
+
 def test_ddp_weak_scaling_runs_and_reports():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/ddp_weak_scaling.py"), "--smoke", "--subjects", "120"]
