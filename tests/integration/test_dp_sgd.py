@@ -61,7 +61,9 @@ def test_smoke_dp_run_logs_epsilon_every_epoch_and_spends_its_target(unbroken):
 
 
 @pytest.mark.slow
-def test_preempted_dp_run_resumes_to_the_epsilon_and_weights_of_an_unbroken_one(tiny_cohort, unbroken, tmp_path):
+def test_preempted_dp_run_resumes_to_the_epsilon_and_weights_of_an_unbroken_one(
+    tiny_cohort, unbroken, tmp_path
+):
     from medweave.cli.train import train
     from medweave.training.preemption import Preempted
 
@@ -99,7 +101,7 @@ def test_unreachable_target_and_unsupported_fusion_are_refused(tiny_cohort, tmp_
     from medweave.cli.train import train
     from medweave.errors import MedweaveError
 
-    with pytest.raises(MedweaveError, match=r"privacy.target_epsilon=0.01 is out of reach: 6 steps at sample rate"):
+    with pytest.raises(MedweaveError, match=r"target_epsilon=0.01 is out of reach: 6 steps at sample rate"):
         train(dp_config(tiny_cohort, tmp_path / "a", "privacy.target_epsilon=0.01"))
     with pytest.raises(MedweaveError, match=r"fusion \(LowRankTensorFusion\).*model/fusion=attention"):
         train(dp_config(tiny_cohort, tmp_path / "b", "model/fusion=low_rank"))
@@ -124,10 +126,17 @@ def test_dp_under_ddp_on_two_cpu_ranks(tiny_cohort, tmp_path):
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=f"{repo}{os.pathsep}{env.get('PYTHONPATH', '')}")
     proc = subprocess.run(
         [
-            sys.executable, "-m", "medweave.cli.train",
-            "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
-            "debug=smoke", f"data.root={tiny_cohort}", f"paths.log_dir={tmp_path / 'logs'}",
-            f"+callbacks.agree._target_={__name__}.RanksAgree", *DP,
+            sys.executable,
+            "-m",
+            "medweave.cli.train",
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            "debug=smoke",
+            f"data.root={tiny_cohort}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            f"+callbacks.agree._target_={__name__}.RanksAgree",
+            *DP,
         ],  # fmt: skip
         cwd=tmp_path,
         env=env,
@@ -138,5 +147,7 @@ def test_dp_under_ddp_on_two_cpu_ranks(tiny_cohort, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     history = epsilon_history(tmp_path)
     assert len(history) == 2 and TARGET - 0.05 <= history[-1][1] <= TARGET
-    # Two ranks x batch 16: the global sample rate doubles, and with it the noise for the same target.
-    assert "sample rate 0.3902 (82 subjects)" in proc.stderr
+    [last] = (tmp_path / "logs" / "debug" / "runs").glob("*/checkpoints/last.ckpt")
+    saved, state = privacy_state(last)
+    assert state["sample_rate"] == 2 * 16 / 82  # the global rate: two ranks x batch 16 of 82 subjects
+    assert sum(steps for *_, steps in state["accountant"]["history"]) == saved["global_step"] == 6
