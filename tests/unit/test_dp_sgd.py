@@ -142,3 +142,30 @@ def test_per_subject_gradients_of_the_attention_fusion_match_autograd():
         for i in range(4):
             torch.testing.assert_close(p.grad_sample[i], expected[i][name], msg=name, atol=1e-3, rtol=1e-3)
     hooks.remove_hooks()
+
+
+def test_trainer_settings_dp_sgd_cannot_honour_are_all_reported_at_once():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from medweave.models.heads.survival import CoxHead
+    from medweave.training.dp_sgd import DifferentialPrivacy
+
+    trainer = SimpleNamespace(
+        strategy=SingleDeviceStrategy("cpu"),
+        accumulate_grad_batches=2,
+        gradient_clip_val=1.0,
+        datamodule=SimpleNamespace(sampling="shuffle"),
+    )
+    module = nn.Module()
+    module.head = CoxHead(4)
+    with pytest.raises(MedweaveError) as err:
+        DifferentialPrivacy(noise_seed=0)._check_trainer(trainer, module)
+    for expected in (
+        "accumulate_grad_batches",
+        "gradient_clip_val=null",
+        "data.sampling",
+        "Cox partial likelihood",
+    ):
+        assert expected in str(err.value)

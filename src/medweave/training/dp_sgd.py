@@ -187,6 +187,11 @@ class DifferentialPrivacy(L.Callback):
         datamodule = trainer.datamodule
         if getattr(datamodule, "sampling", None) != "poisson":
             problems.append("data.sampling must be poisson (the accountant assumes Poisson batches)")
+        if type(getattr(pl_module, "head", None)).__name__ == "CoxHead":
+            problems.append(
+                "the Cox partial likelihood couples the subjects of a batch (no per-subject gradient to "
+                "clip): use a discrete-time survival task (task=cvd_survival_discrete)"
+            )
         if any(getattr(m, "_compiled_call_impl", None) for m in pl_module.modules()):
             problems.append("model.compile.enabled must be false (per-subject gradient hooks)")
         if problems:
