@@ -45,7 +45,7 @@ def unbroken(tiny_cohort, tmp_path_factory):
     return root
 
 
-def test_smoke_dp_run_logs_epsilon_every_epoch_and_spends_its_target(unbroken):
+def test_smoke_dp_run_logs_epsilon_every_epoch_and_spends_its_target(tiny_cohort, unbroken):
     history = epsilon_history(unbroken)
     assert len(history) == 2  # debug=smoke: two epochs
     assert 0 < history[0][1] < history[1][1] <= TARGET
@@ -54,10 +54,19 @@ def test_smoke_dp_run_logs_epsilon_every_epoch_and_spends_its_target(unbroken):
     assert sum(steps for *_, steps in state["accountant"]["history"]) == saved["global_step"] == 6
     assert state["epsilon"] == pytest.approx(history[-1][1])
     assert state["delta"] == 1e-5
-    # GroupNorm, not BatchNorm, and nn.MultiheadAttention's keys: medweave-eval loads it as it is.
+    # GroupNorm, not BatchNorm, and nn.MultiheadAttention's keys: medweave-eval's plain model loads it.
     keys = saved["state_dict"].keys()
     assert not any("running_mean" in k for k in keys)
     assert "fusion.transformer.layers.0.self_attn.in_proj_weight" in keys
+    from medweave.cli.eval import restore_for_inference
+    from tests.conftest import compose_run
+
+    last = unbroken / "run" / "checkpoints" / "last.ckpt"
+    cfg = compose_run(
+        "eval", [f"ckpt_path={last}", f"data.root={tiny_cohort}"], unbroken / "logs", unbroken / "eval"
+    )
+    _, _, model = restore_for_inference(cfg)  # loads the weights strictly
+    assert not any(type(m).__name__ == "DPAttention" for m in model.modules())
 
 
 @pytest.mark.slow
