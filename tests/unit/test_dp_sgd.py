@@ -169,3 +169,26 @@ def test_trainer_settings_dp_sgd_cannot_honour_are_all_reported_at_once():
         "Cox partial likelihood",
     ):
         assert expected in str(err.value)
+
+
+def test_an_empty_poisson_draw_serves_a_placeholder_that_adds_a_zero_gradient():
+    from types import SimpleNamespace
+
+    from medweave.data.datamodule import SplitDataset
+    from medweave.training.dp_modules import prepare_model
+    from tests.unit.test_module import batch, module
+
+    cohort = SimpleNamespace(rows=lambda split: np.arange(10, 15), batch=lambda rows: {"rows": rows})
+    dataset = SplitDataset(cohort, "train")
+    assert dataset[[]] == {"rows": np.array([10]), "placeholder": True}  # one stand-in subject
+    assert "placeholder" not in dataset[[1, 2]]
+
+    model = module().train()
+    hooks = prepare_model(model)
+    placeholder = {k: v[:1] for k, v in batch().items()} | {"placeholder": True}
+    loss = model._step(placeholder, "train")
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(not p.grad_sample.any() for p in model.parameters() if p.requires_grad)
+    assert model.losses["train_loss"].update_count == 0  # not counted in the epoch's figures
+    hooks.remove_hooks()
