@@ -9,7 +9,12 @@ is preempted and resumed against one that is not.
    one after the other. Time per epoch: the median gap between the per-epoch log lines after the
    first epoch (training and validation). Test AUROC: trainer.test's test/auroc over the held-out
    split, from the run's MLflow store; epsilon spent: the last privacy/epsilon.
-2. Exact resume under DDP (``trainer=ddp trainer.devices=2 trainer.accelerator=cpu``): the same DP
+2. Step cost, in this process: the quickstart model built plain and built for DP (GroupNorm,
+   per-subject gradient hooks, Opacus's DPOptimizer around the same AdamW), each stepping on the
+   same fixed batch of ``data.batch_size`` training subjects (forward, loss, backward, optimizer;
+   no data loading), the two taking turns step by step so that a noisy machine slows both alike.
+   Median of ``--steps`` steps after two warm-up steps each.
+3. Exact resume under DDP (``trainer=ddp trainer.devices=2 trainer.accelerator=cpu``): the same DP
    quickstart, once unbroken and once sent SIGUSR1 (as Slurm does before preempting) as soon as its
    first epoch's checkpoint exists, then launched again with the same command. Compares the final
    checkpoints (weights, accountant, noise generator) and the privacy/epsilon history.
@@ -108,6 +113,60 @@ def cost(cohort: Path, work: Path, epochs: int, epsilon: float, env: dict) -> di
     return out
 
 
+def step_cost(cohort: Path, work: Path, steps: int) -> dict:
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from opacus.optimizers import DPOptimizer
+
+    from medweave.cli.hydra_main import config_dir
+    from medweave.models.build import build_model
+    from medweave.training.dp_modules import prepare_model
+
+    base = [
+        "experiment=quickstart",
+        f"data.root={cohort}",
+        f"paths.log_dir={work}",
+        f"data.cache_dir={work.parent.parent / 'cache'}",
+    ]
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        plain_cfg = compose("train", overrides=base)
+        dp_cfg = compose("train", overrides=[*base, "privacy=dp"])
+    datamodule = instantiate(plain_cfg.data)
+    inputs, heads = datamodule.encoder_inputs(), datamodule.head_inputs()
+    torch.manual_seed(0)
+    plain = build_model(plain_cfg.model, datamodule.modalities, inputs, head_inputs=heads).train()
+    private = build_model(dp_cfg.model, datamodule.modalities, inputs, head_inputs=heads).train()
+    prepare_model(private)
+    optimizers = {
+        "plain": plain.optimizer_factory(params=plain.parameters()),
+        "dp": DPOptimizer(
+            private.optimizer_factory(params=private.parameters()),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=plain_cfg.data.batch_size,
+        ),
+    }
+    models = {"plain": plain, "dp": private}
+    batch = datamodule.cohort.batch(datamodule.cohort.rows("train")[: plain_cfg.data.batch_size])
+    times = {"plain": [], "dp": []}
+    for i in range(steps + 2):
+        for name in ("plain", "dp") if i % 2 == 0 else ("dp", "plain"):
+            start = time.perf_counter()
+            optimizers[name].zero_grad()
+            models[name].head.loss(models[name](batch), batch).backward()
+            optimizers[name].step()
+            if i >= 2:
+                times[name].append(time.perf_counter() - start)
+    plain_s, dp_s = statistics.median(times["plain"]), statistics.median(times["dp"])
+    return {
+        "batch": plain_cfg.data.batch_size,
+        "step_s_plain": round(plain_s, 4),
+        "step_s_dp": round(dp_s, 4),
+        "step_time_ratio_dp_over_plain": round(dp_s / plain_s, 2),
+    }
+
+
 def ddp_resume(cohort: Path, work: Path, epochs: int, epsilon: float, env: dict) -> dict:
     import torch
 
@@ -155,7 +214,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--ddp-epochs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="step-cost steps per variant")
     parser.add_argument("--skip-ddp", action="store_true")
+    parser.add_argument("--only-steps", action="store_true", help="only the step cost (part 2)")
     parser.add_argument("--work", type=Path, default=ROOT / "logs" / "bench_dp_sgd")
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -177,9 +238,11 @@ def main() -> None:
         "subjects": args.subjects,
         "epochs": args.epochs,
         "target_epsilon": args.epsilon,
-        **cost(cohort, work / "cost", args.epochs, args.epsilon, env),
     }
-    if not args.skip_ddp:
+    if not args.only_steps:
+        result.update(cost(cohort, work / "cost", args.epochs, args.epsilon, env))
+    result["step_cost"] = step_cost(cohort, work / "steps", args.steps)
+    if not args.skip_ddp and not args.only_steps:
         result["ddp_resume"] = ddp_resume(cohort, work / "ddp", args.ddp_epochs, args.epsilon, env)
     print(json.dumps(result))
 
