@@ -45,6 +45,8 @@ def test_trainer_configs_compose(trainer):
 def test_eval_and_sandbox_configs_compose():
     assert compose("eval", ["ckpt_path=a", "data.root=b"]).split == "held_out"
     assert compose("sandbox", ["out=x"]).n_subjects == 2000
+    export = compose("export", ["run=a", "out=b"]).export
+    assert export.min_cell == 5 and export.include_model is False
 
 
 def test_logger_and_callbacks_instantiate(tmp_path):

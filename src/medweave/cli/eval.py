@@ -121,7 +121,9 @@ def evaluate(cfg) -> dict[str, float]:
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     bar = progress_bar(cfg.trainer.get("enable_progress_bar", True))
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[bar] if bar else [])
+    trainer = instantiate(cfg.trainer, _partial_=True)(
+        logger=loggers or False, callbacks=[bar] if bar else []
+    )
     log_run_config(loggers, cfg, Path(cfg.paths.output_dir), {"eval.trained_epoch": ckpt.get("epoch")})
     loader = datamodule.split_dataloader(cfg.split)
     run = trainer.test if cfg.split == "held_out" else trainer.validate

@@ -58,6 +58,14 @@ def check_config(cfg) -> None:
         raise MedweaveError("; ".join(problems))
 
 
+def whole_checkpoint(method) -> dict:
+    """weights_only=False for Lightning's own checkpoint loading: ours hold the config and the
+    vocabulary. Releases before 2.6 take no such argument and load whole checkpoints anyway."""
+    import inspect
+
+    return {"weights_only": False} if "weights_only" in inspect.signature(method).parameters else {}
+
+
 def train(cfg) -> float | None:
     check_config(cfg)  # before the heavy imports: a typo costs a second, not ten
 
@@ -111,8 +119,10 @@ def _fit_and_test(cfg, callbacks: list, preemption) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(output_dir, cfg.get("ckpt_path"))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=trainer_plugins()
+    # Objects go in after instantiation: given to instantiate, Hydra would wrap these lists in a
+    # ListConfig, which Lightning releases before 2.5 do not take for a list.
+    trainer = instantiate(cfg.trainer, _partial_=True)(
+        logger=loggers or False, callbacks=callbacks, plugins=trainer_plugins()
     )
 
     counts = {
@@ -136,7 +146,7 @@ def _fit_and_test(cfg, callbacks: list, preemption) -> float | None:
     # Ranks share the model's initial weights (seeded above) but not their random draws
     # (dropout, modality dropout); a resumed run restores each rank's state instead.
     L.seed_everything(cfg.seed + trainer.global_rank, workers=True, verbose=False)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **whole_checkpoint(trainer.fit))
     if preemption:
         preemption.stop_if_requested(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -152,7 +162,13 @@ def _fit_and_test(cfg, callbacks: list, preemption) -> float | None:
                 float("nan") if score is None else float(score),
             )
         # verbose=False: no table of the test batches' metrics; the report's cover the whole split.
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
+        trainer.test(
+            model,
+            datamodule=datamodule,
+            ckpt_path=best or None,
+            verbose=False,
+            **whole_checkpoint(trainer.test),
+        )
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if preemption:
             preemption.stop_if_requested(trainer)

@@ -1,5 +1,9 @@
 """The evaluation report: PNG figures and one HTML page that shows them with the metric and
-subgroup tables. Aggregates only: no subject ID, birth date or note text reaches it."""
+subgroup tables. Aggregates only: no subject ID, birth date or note text reaches it.
+
+Each figure function returns ``(figures, records)``: caption -> file, and file -> the counts the
+figure was drawn from (``summary["figures"]``), so that medweave-export can check a figure's
+cells without the predictions (and redraw a Kaplan-Meier curve coarsened, docs/output-control.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medweave.evaluation import metrics as M
 from medweave.evaluation.summary import Predictions
 
 LOADED_SCRIPT = """<script>
@@ -39,10 +42,31 @@ def _save(plt, fig, path: Path) -> str:
     return path.name
 
 
-def binary_figures(preds: Predictions, folder: Path) -> dict[str, str]:
+def calibration_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> list[dict]:
+    """Quantile bins of predicted risk: n, mean prediction and observed rate of each non-empty bin."""
+    edges = np.quantile(p, np.linspace(0, 1, n_bins + 1))
+    which = np.clip(np.searchsorted(edges[1:-1], p, side="right"), 0, n_bins - 1)
+    return [
+        {"n": int(sel.sum()), "predicted": float(p[sel].mean()), "observed": float(y[sel].mean())}
+        for sel in (which == k for k in range(n_bins))
+        if sel.any()
+    ]
+
+
+def calibration_figure(bins: list[dict], path: Path) -> str:
+    plt, fig, ax = _figure()
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
+    ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], "o-", label="model (bins of risk)")
+    ax.set(xlabel="mean predicted risk", ylabel="observed rate", title="Calibration")
+    ax.legend(loc="upper left")
+    return _save(plt, fig, path)
+
+
+def binary_figures(preds: Predictions, folder: Path) -> tuple[dict[str, str], dict[str, dict]]:
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     y, p = preds.target.astype(int), preds.score
+    classes = {"positives": int(y.sum()), "negatives": int(len(y) - y.sum())}
     out = {}
     plt, fig, ax = _figure()
     fpr, tpr, _ = roc_curve(y, p)
@@ -58,72 +82,121 @@ def binary_figures(preds: Predictions, folder: Path) -> dict[str, str]:
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall")
     ax.legend(loc="upper right")
     out["Precision-recall curve"] = _save(plt, fig, folder / "pr.png")
-    plt, fig, ax = _figure()
-    predicted, observed = M.calibration_curve(y, p)
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
-    ax.plot(predicted, observed, "o-", label="model (deciles of risk)")
-    ax.set(xlabel="mean predicted risk", ylabel="observed rate", title="Calibration")
-    ax.legend(loc="upper left")
-    out["Calibration curve"] = _save(plt, fig, folder / "calibration.png")
-    return out
+    bins = calibration_bins(y, p)
+    out["Calibration curve"] = calibration_figure(bins, folder / "calibration.png")
+    records = {
+        "roc.png": {"kind": "roc", **classes},
+        "pr.png": {"kind": "precision_recall", **classes},
+        "calibration.png": {"kind": "calibration", "bins": bins},
+    }
+    return out, records
 
 
-def multi_roc_figure(preds: Predictions, folder: Path, names: list[str]) -> dict[str, str]:
+def multi_roc_figure(
+    preds: Predictions, folder: Path, names: list[str]
+) -> tuple[dict[str, str], dict[str, dict]]:
     """One-vs-rest ROC per class (multiclass) or per label (multilabel)."""
     from sklearn.metrics import roc_curve
 
     plt, fig, ax = _figure()
     target = preds.target
+    drawn = {}
     for k, name in enumerate(names):
         y = (target == k) if target.ndim == 1 else target[:, k]
         if 0 < y.sum() < len(y):
             fpr, tpr, _ = roc_curve(y.astype(int), preds.score[:, k])
             ax.plot(fpr, tpr, label=name)
+            drawn[str(name)] = {"positives": int(y.sum()), "negatives": int(len(y) - y.sum())}
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, one against the rest")
     ax.legend(loc="lower right")
-    return {"ROC curves": _save(plt, fig, folder / "roc.png")}
+    return {"ROC curves": _save(plt, fig, folder / "roc.png")}, {
+        "roc.png": {"kind": "roc_per_class", "classes": drawn}
+    }
 
 
-def regression_figure(preds: Predictions, folder: Path) -> dict[str, str]:
+HEXBIN_MIN_COUNT = 5  # cells with fewer subjects are left blank: no individual point is drawn
+
+
+def regression_figure(preds: Predictions, folder: Path) -> tuple[dict[str, str], dict[str, dict]]:
     plt, fig, ax = _figure()
     low, high = np.percentile(np.concatenate([preds.target, preds.score]), [0.5, 99.5])
-    # binned counts, cells with fewer than 5 subjects left blank: no individual point is drawn
     cells = ax.hexbin(
-        preds.target, preds.score, gridsize=25, mincnt=5, cmap="Blues", extent=(low, high, low, high)
+        preds.target,
+        preds.score,
+        gridsize=25,
+        mincnt=HEXBIN_MIN_COUNT,
+        cmap="Blues",
+        extent=(low, high, low, high),
     )
     fig.colorbar(cells, ax=ax, label="subjects")
     ax.plot([low, high], [low, high], "--", color="grey", label="identity")
     ax.set(xlabel="observed", ylabel="predicted", title="Predicted against observed")
     ax.legend(loc="upper left")
-    return {"Predicted against observed": _save(plt, fig, folder / "predicted_vs_observed.png")}
+    file = _save(plt, fig, folder / "predicted_vs_observed.png")
+    record = {"kind": "hexbin", "subjects": len(preds.target), "min_count": HEXBIN_MIN_COUNT}
+    return {"Predicted against observed": file}, {file: record}
 
 
-def survival_figures(preds: Predictions, folder: Path, groups: int = 3) -> dict[str, str]:
-    """Kaplan-Meier curves of the subjects in each third of predicted risk."""
-    from sksurv.nonparametric import kaplan_meier_estimator
-
-    plt, fig, ax = _figure()
+def kaplan_meier_curves(preds: Predictions, groups: int = 3) -> list[dict]:
+    """Kaplan-Meier curves of the subjects in each third of predicted risk, as counts: per group
+    its size and, at each event time, those at risk, the events and S(t) just after."""
     edges = np.quantile(preds.score, np.linspace(0, 1, groups + 1))
     which = np.clip(np.searchsorted(edges, preds.score, side="right") - 1, 0, groups - 1)
     names = ["lowest", "middle", "highest"] if groups == 3 else [f"group {k + 1}" for k in range(groups)]
+    curves = []
     for k in range(groups):
         sel = which == k
-        if sel.sum() and preds.target[sel].any():
-            t, s = kaplan_meier_estimator(preds.target[sel].astype(bool), preds.time[sel])
-            ax.step(t, s, where="post", label=f"{names[k]} third of risk (n={sel.sum()})")
+        time, event = preds.time[sel], preds.target[sel].astype(bool)
+        if not event.any():
+            continue
+        steps = np.unique(time[event])
+        at_risk = (time[None, :] >= steps[:, None]).sum(1)
+        events = ((time[None, :] == steps[:, None]) & event[None, :]).sum(1)
+        curves.append(
+            {
+                "label": f"{names[k]} third of risk",
+                "n": int(sel.sum()),
+                "time": steps.round(2).tolist(),
+                "at_risk": at_risk.astype(int).tolist(),
+                "events": events.astype(int).tolist(),
+                "survival": np.cumprod(1.0 - events / at_risk).round(6).tolist(),
+            }
+        )
+    return curves
+
+
+def kaplan_meier_figure(curves: list[dict], path: Path, note: str = "") -> str:
+    """Step curves from their (time, survival) steps, starting at S(0) = 1; ``note`` (how a curve
+    was coarsened, medweave-export) titles the legend."""
+    plt, fig, ax = _figure()
+    for curve in curves:
+        t, s = [0.0, *curve["time"]], [1.0, *curve["survival"]]
+        ax.step(t, s, where="post", label=f"{curve['label']} (n={curve['n']})")
     ax.set(xlabel="days since prediction time", ylabel="event-free", title="Kaplan-Meier by predicted risk")
-    ax.legend(loc="lower left")
-    return {"Kaplan-Meier curves by predicted risk group": _save(plt, fig, folder / "kaplan_meier.png")}
+    legend = ax.legend(loc="lower left", title=note or None, fontsize=8)
+    if note:
+        legend.get_title().set_fontsize(7)
+    return _save(plt, fig, path)
 
 
-def attribution_figure(summary: dict, folder: Path) -> dict[str, str]:
+def survival_figures(preds: Predictions, folder: Path, groups: int = 3) -> tuple[dict[str, str], dict]:
+    curves = kaplan_meier_curves(preds, groups)
+    file = kaplan_meier_figure(curves, folder / "kaplan_meier.png")
+    record = {"kind": "kaplan_meier", "curves": curves}
+    return {"Kaplan-Meier curves by predicted risk group": file}, {file: record}
+
+
+def attribution_figure(summary: dict, folder: Path) -> tuple[dict[str, str], dict[str, dict]]:
     attribution = summary["attribution"]
     names = list(attribution["mean_abs"])
     plt, fig, ax = _figure()
     ax.barh(names, [attribution["mean_abs"][n] for n in names], color="#4477aa")
     ax.set(xlabel="mean |Shapley value|", title=f"Modality attribution ({attribution['subjects']} subjects)")
-    return {"Modality attribution": _save(plt, fig, folder / "attribution.png")}
+    file = _save(plt, fig, folder / "attribution.png")
+    return {"Modality attribution": file}, {
+        file: {"kind": "attribution", "subjects": attribution["subjects"]}
+    }
 
 
 def _fmt(entry: dict) -> str:
@@ -161,11 +234,11 @@ def _metric_table(metrics: dict) -> str:
 def _group_table(title: str, entries: dict, metric_names: list[str], min_size: int) -> str:
     rows = []
     for value, entry in entries.items():
-        cells = (
-            "".join(f"<td>{_fmt(entry['metrics'][m])}</td>" for m in metric_names)
-            if "metrics" in entry
-            else f"<td colspan={len(metric_names)}>fewer than {min_size} subjects: not reported</td>"
-        )
+        if "metrics" in entry:
+            cells = "".join(f"<td>{_fmt(entry['metrics'][m])}</td>" for m in metric_names)
+        else:
+            note = entry.get("note") or f"fewer than {min_size} subjects: not reported"
+            cells = f"<td colspan={len(metric_names)}>{html.escape(note)}</td>"
         rows.append(
             f"<tr><td>{html.escape(value)}</td><td>{entry['n']}</td><td>{entry['events']}</td>{cells}</tr>"
         )

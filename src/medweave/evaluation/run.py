@@ -118,16 +118,20 @@ def evaluate_split(model, datamodule, split: str, task: str, settings, folder: P
     if oracle:
         summary["oracle"] = oracle
     if kind == "binary":
-        figures = report.binary_figures(preds, folder)
+        figures, records = report.binary_figures(preds, folder)
     elif kind == "survival":
-        figures = report.survival_figures(preds, folder)
+        figures, records = report.survival_figures(preds, folder)
     elif kind == "regression":
-        figures = report.regression_figure(preds, folder)
+        figures, records = report.regression_figure(preds, folder)
     else:
         names = model.head.classes if kind == "multiclass" else model.head.labels
-        figures = report.multi_roc_figure(preds, folder, names)
+        figures, records = report.multi_roc_figure(preds, folder, names)
     if attribution is not None:
-        figures |= report.attribution_figure(summary, folder)
+        more, more_records = report.attribution_figure(summary, folder)
+        figures, records = figures | more, records | more_records
+    for caption, file in figures.items():
+        records[file]["caption"] = caption
+    summary["figures"] = records  # what each figure was drawn from, for medweave-export
     path = report.write_report(folder, summary, figures, title=f"{task}: {split} split")
     log.info("Evaluation report: %s", path)
     return summary
