@@ -192,3 +192,13 @@ def test_an_empty_poisson_draw_serves_a_placeholder_that_adds_a_zero_gradient():
     assert all(not p.grad_sample.any() for p in model.parameters() if p.requires_grad)
     assert model.losses["train_loss"].update_count == 0  # not counted in the epoch's figures
     hooks.remove_hooks()
+
+
+def test_attention_fusion_checkpoints_from_before_modality_tokens_still_load():
+    from medweave.models.fusion.attention import AttentionFusion
+
+    new = AttentionFusion(["a", "b"], dim=8, n_heads=2).state_dict()
+    old = {k.replace("tokens.", ""): v for k, v in new.items()}  # summary, modality_embedding on the fusion
+    again = AttentionFusion(["a", "b"], dim=8, n_heads=2)
+    again.load_state_dict(old)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in new.items())
