@@ -5,6 +5,7 @@ medweave-train experiment=quickstart data.root=data/sandbox data.modalities=[ima
 medweave-train experiment=quickstart data.root=data/sandbox model/fusion=concat
 medweave-train debug=smoke data.root=data/sandbox        # seconds, what the tests run
 medweave-train ... trainer=ddp trainer.devices=2         # DDP on one node
+medweave-train ... privacy=dp privacy.target_epsilon=4   # DP-SGD with an (epsilon, delta) guarantee
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def train(cfg) -> float | None:
     # prepared must not kill the job) to the end of testing and evaluation.
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks = [c for c in callbacks if c is not None]  # a factory may decline (progress with no bar)
+    if cfg.get("privacy"):  # privacy=dp: DP-SGD (training/dp_sgd.py)
+        callbacks.append(instantiate(cfg.privacy))
     preemption = next((c for c in callbacks if isinstance(c, Preemption)), None)
     with preemption.listening() if preemption else nullcontext():
         return _fit_and_test(cfg, callbacks, preemption)

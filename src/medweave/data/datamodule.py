@@ -18,6 +18,8 @@ A batch is a dict (the one batch contract of medweave)::
                     (multilabel)
     times           float [B]  survival tasks only: days from prediction_time to event or censoring
     subject_id      int64 [B]  for writing predictions only; never logged
+    placeholder     True only in a Poisson-sampled training batch that drew no subject on this
+                    rank: one subject stands in and must add nothing (training/dp_sgd.py)
 
 Only the modalities in ``modalities`` appear.
 """
@@ -36,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from medweave.data import contract as c
 from medweave.data import genomics
 from medweave.data.prepare import PrepareConfig, prepare
-from medweave.data.sampler import SubjectSampler
+from medweave.data.sampler import PoissonSubjectSampler, SubjectSampler
 from medweave.errors import MedweaveError
 
 
@@ -150,6 +152,13 @@ class SplitDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> dict:
         return self.cohort.batch(self.rows[np.asarray(indices)])
 
+    def __getitem__(self, indices: list[int]) -> dict:
+        """A whole batch (a batch sampler's list, DataLoader(batch_size=None)); an empty draw
+        comes back as one placeholder subject that training must weigh zero."""
+        if len(indices) == 0:
+            return {**self.cohort.batch(self.rows[:1]), "placeholder": True}
+        return self.__getitems__(indices)
+
 
 def _plain(options) -> dict:
     """Hydra hands nested options over as DictConfig; the cache key wants plain JSON values."""
@@ -187,6 +196,9 @@ class CohortDataModule(L.LightningDataModule):
             vocabulary (rarer ones map to unknown; vocabularies travel inside checkpoints).
         vocab: fitted vocabularies from a checkpoint (evaluation); None fits them on train.
         seed: fixes the order of training subjects in every epoch (SubjectSampler).
+        sampling: how training batches are drawn: ``shuffle`` (each epoch a permutation, fixed
+            batches) or ``poisson`` (each subject joins each step's batch with probability
+            batch_size x ranks / subjects, as DP-SGD's accountant assumes; privacy=dp sets it).
         lenient: skip bad rows and files with a warning (counts per kind) instead of stopping.
         labels_dir: folder of the label files (``<task>.parquet`` or a ``<task>/`` folder of
             shards), relative to the cohort or absolute; None: ``labels/`` in the cohort.
@@ -234,8 +246,12 @@ class CohortDataModule(L.LightningDataModule):
         genomics: dict | None = None,
         embeddings: dict | None = None,
         aces: str | None = None,
+        sampling: str = "shuffle",
     ):
         super().__init__()
+        if sampling not in ("shuffle", "poisson"):
+            raise MedweaveError(f"data.sampling={sampling}: expected shuffle or poisson")
+        self.sampling = sampling
         if batch_size < 1:
             raise MedweaveError(f"data.batch_size={batch_size}: expected a positive integer")
         self.root = c.require_root(root)
@@ -331,6 +347,8 @@ class CohortDataModule(L.LightningDataModule):
             # FSDP gathers parameters in every forward: ranks must run as many batches as each
             # other, so evaluation shards are padded too (a few subjects count twice in metrics).
             pad = pad or isinstance(self.trainer.strategy, FSDPStrategy)
+        if train and self.sampling == "poisson":
+            return self._poisson_loader(dataset, world, rank)
         sampler = SubjectSampler(len(dataset), world, rank, shuffle=train, seed=self.seed, pad=pad)
         if train and self._resume:
             sampler.resume(self._resume["epoch"], self._resume["batches"] * self.batch_size)
@@ -345,6 +363,29 @@ class CohortDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             # Worker seeds from a generator of their own: the global RNG stream (dropout) stays
             # the same whether or not a run was resumed.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def _poisson_loader(self, dataset: SplitDataset, world: int, rank: int) -> DataLoader:
+        """Poisson batches of expected size batch_size per rank (PoissonSubjectSampler)."""
+        rate = self.batch_size * world / max(len(dataset), 1)
+        if rate > 1:
+            raise MedweaveError(
+                f"data.sampling=poisson: data.batch_size={self.batch_size} x {world} ranks is more than "
+                f"the {len(dataset)} training subjects; lower data.batch_size"
+            )
+        sampler = PoissonSubjectSampler(len(dataset), rate, world, rank, seed=self.seed)
+        if self._resume:
+            sampler.resume(self._resume["epoch"], self._resume["batches"])
+            self._resume = None
+        return DataLoader(
+            dataset,
+            batch_size=None,  # the sampler yields whole batches
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=_already_collated,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),
         )
 

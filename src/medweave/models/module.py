@@ -75,6 +75,10 @@ class MultimodalModule(L.LightningModule):
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         outputs = self(batch)
         loss = self.head.loss(outputs, batch)
+        if batch.get("placeholder"):
+            # A Poisson draw with no subject on this rank (data/sampler.py): the step still runs on
+            # every rank, the stand-in subject adds a zero gradient and is not counted.
+            return loss * 0.0
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(*self.head.metric_args(self.head.score(outputs.detach()), batch))
         size = len(batch["targets"])

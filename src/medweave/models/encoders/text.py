@@ -3,6 +3,8 @@ pretrained one from a local folder (never a hub download)."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -54,10 +56,17 @@ class TextEncoder(nn.Module):
         if freeze:
             self.transformer.requires_grad_(False)
         self.project = nn.Linear(self.transformer.config.hidden_size, dim)
+        # Positions given per subject ([B, T], not the model's shared [1, T]): the same numbers, but
+        # DP-SGD's per-subject gradients need the position embedding's input to have a batch axis.
+        self._pass_positions = "position_ids" in inspect.signature(self.transformer.forward).parameters
 
     def forward(self, inputs: dict) -> torch.Tensor:
         mask = inputs["attention_mask"]
-        states = self.transformer(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
+        ids = inputs["input_ids"]
+        extra = {}
+        if self._pass_positions:
+            extra["position_ids"] = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        states = self.transformer(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
         keep = mask.unsqueeze(-1).to(states.dtype)
         pooled = (states * keep).sum(1) / keep.sum(1).clamp(min=1)
         return self.project(pooled)
