@@ -71,6 +71,8 @@ def plan_units(root: Path) -> list[list[Path]]:
     unit (with a note: MEDS writes each subject's events into one shard).
     """
     files = meds.event_files(root)
+    if len(files) == 1:
+        return [files]
     parent = list(range(len(files)))
 
     def find(i: int) -> int:
@@ -164,13 +166,7 @@ def build_unit(root: Path, files: list[Path], labelled: Labelled, max_events: in
             del table
             codes_sel = pc.invert(pc.starts_with(kept.code, c.NOTE_PREFIX)).to_numpy(zero_copy_only=False)
             rows, value, days = kept.row[codes_sel], kept.value[codes_sel], kept.days[codes_sel]
-            names, code = np.unique(
-                np.asarray(
-                    kept.code.filter(pa.array(codes_sel)).to_numpy(zero_copy_only=False), dtype=object
-                ),
-                return_inverse=True,
-            )
-            code = code.astype(np.int32).reshape(-1)
+            names, code = _sorted_dictionary(kept.code.filter(pa.array(codes_sel)))
             counts = partial_counts(code, rows, value, labelled.train, len(names))
             keep = _last_k(rows, max_events)
             rows, code, value, days = rows[keep], code[keep], value[keep], days[keep]
@@ -181,7 +177,7 @@ def build_unit(root: Path, files: list[Path], labelled: Labelled, max_events: in
             _save(tmp, "value", value.astype(np.float32))
             _save(tmp, "days", days.astype(np.float32))
             _save(tmp, "counts", counts)
-            (tmp / "codes.json").write_text(json.dumps([str(n) for n in names]))
+            (tmp / "codes.json").write_text(json.dumps(names))
             info.update(later=kept.later, born_later=len(kept.born_later), events=int(len(rows)))
         info["skipped"] = bad.summary()
         (tmp / DONE).write_text(json.dumps(info, sort_keys=True))
@@ -193,6 +189,17 @@ def build_unit(root: Path, files: list[Path], labelled: Labelled, max_events: in
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info
+
+
+def _sorted_dictionary(codes) -> tuple[list[str], np.ndarray]:
+    """The distinct codes in sorted order and each event's index among them (int32)."""
+    encoded = pc.dictionary_encode(codes)
+    encoded = encoded.combine_chunks() if isinstance(encoded, pa.ChunkedArray) else encoded
+    names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    order = np.argsort(names, kind="stable")
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return names[order].tolist(), rank[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
 def _save(folder: Path, name: str, array: np.ndarray) -> None:
