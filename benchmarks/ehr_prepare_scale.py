@@ -243,7 +243,8 @@ def child_loader(spec: str) -> None:
         cfg.model, datamodule.modalities, datamodule.encoder_inputs(), head_inputs=datamodule.head_inputs()
     ).train()
     optimizer = instantiate(cfg.model.optimizer)(params=model.parameters())
-    batches = [first, *(b for _, b in zip(range(s["steps"] + 2), iter(datamodule.train_dataloader())))]
+    more = iter(datamodule.train_dataloader())
+    batches = [first, *(next(more) for _ in range(s["steps"] + 2))]
     times = []
     for batch in batches:
         t = time.perf_counter()
@@ -282,24 +283,19 @@ def run_cohort(root: Path, args, work: Path) -> dict:
     result["subjects"] = pq.read_metadata(root / "metadata/subject_splits.parquet").num_rows
     py = [sys.executable, str(HERE), "--child"]
     cache = work / f"{root.name}-cache"
+    common = [args.task, str(args.workers), str(args.max_events)]
     if "medweave" in args.engines:
-        run = monitored(
-            [*py, "medweave", str(root), str(cache), args.task, str(args.workers), str(args.max_events)]
-        )
+        run = monitored([*py, "medweave", str(root), str(cache), *common])
         result["medweave"] = {k: v for k, v in run.items() if k != "stdout"}
     if "polars" in args.engines:
         out = work / f"{root.name}-polars"
         out.mkdir()
-        run = monitored(
-            [*py, "polars", str(root), str(out), args.task, str(args.workers), str(args.max_events)]
-        )
+        run = monitored([*py, "polars", str(root), str(out), *common])
         result["polars"] = {k: v for k, v in run.items() if k != "stdout"}
         shutil.rmtree(out)
     if "meds-transforms" in args.engines:
-        binary = args.meds_transforms or shutil.which(
-            "MEDS_transform-pipeline",
-            path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        )
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        binary = args.meds_transforms or shutil.which("MEDS_transform-pipeline", path=path)
         if not binary:
             result["meds_transforms"] = "MEDS_transform-pipeline not found (pip install meds-transforms)"
         else:
