@@ -185,7 +185,10 @@ def meds_transforms(root: Path, out: Path, workers: int, binary: str) -> dict:
 
     (out.parent / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
     (out.parent / "runner.yaml").write_text(yaml.safe_dump(runner))
-    return monitored([binary, str(out.parent / "pipeline.yaml"), str(out.parent / "runner.yaml")])
+    env = {**os.environ, "PATH": f"{Path(binary).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # polling_time: how long a worker sleeps while another writes the shard map (default 300 s)
+    stage_runner = ["--stage_runner_fp", str(out.parent / "runner.yaml"), "--overrides", "polling_time=1"]
+    return monitored([binary, str(out.parent / "pipeline.yaml"), *stage_runner], env=env)
 
 
 # ------------------------------------------------------------------------------------ (d)

@@ -127,3 +127,27 @@ def test_batches_hold_each_subjects_last_events_before_prediction(sharded, tmp_p
         index = {code: k + 2 for k, code in enumerate(vocab["codes"])}
         got = batch["codes"][i][batch["codes"][i] > 0].tolist()
         assert got == [index.get(code, 1) for code in expected]
+
+
+@pytest.mark.slow  # composes the train config (Hydra) three times
+def test_slurm_array_parts_make_the_same_cache_as_one_run(sharded, tmp_path, monkeypatch, smoke_cfg):
+    """Array tasks each prepare their share (medweave-prepare under SLURM_ARRAY_*), the job after
+    them reduces: the same cache files as one local run."""
+    from medweave.cli.prepare import prepare as prepare_cli
+
+    overrides = (
+        f"data.root={sharded}",
+        "data.modalities=[ehr_codes]",
+        f"paths.cache_dir={tmp_path / 'array'}",
+    )
+    cfg = smoke_cfg(*overrides)
+    for task in (1, 2):  # --array=1-2: SLURM_ARRAY_TASK_MIN is 1
+        for name, value in {"COUNT": "2", "ID": str(task), "MIN": "1"}.items():
+            monkeypatch.setenv(f"SLURM_ARRAY_TASK_{name}", value)
+        prepare_cli(cfg)
+        assert not list((tmp_path / "array").glob("*/manifest.json"))  # shards only
+    assert len(list((tmp_path / "array" / "ehr").glob(f"*/{DONE}"))) == N_SHARDS
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "1")  # the reduce job
+    prepare_cli(cfg)
+    prepare_cli(smoke_cfg(*overrides[:2], f"paths.cache_dir={tmp_path}/local"))
+    assert ehr_files(tmp_path / "array") == ehr_files(tmp_path / "local")

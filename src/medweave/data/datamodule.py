@@ -295,6 +295,15 @@ class CohortDataModule(L.LightningDataModule):
             served = {m: open_cache(f, m, folder, self.root) for m, f in self.embeddings.items()}
             self.cohort = PreparedCohort(folder, list(self.prepare_config.modalities), served)
 
+    def prepare_part(self, part: tuple[int, int]) -> int:
+        """Prepare only part (k, n) of the EHR cache shards (a Slurm array task's share; the
+        cache itself is written by a later setup()). Returns the number of shard units."""
+        from medweave.data.prepare import prepare_ehr_part
+
+        if self.aces and not self.prepare_config.labels_dir:
+            self._label_with_aces()
+        return prepare_ehr_part(self.root, self.cache_dir, self.prepare_config, part, self.prepare_workers)
+
     def _label_with_aces(self) -> None:
         """Labels from the ACES task file, then read like any MEDS label file (data/aces.py)."""
         import dataclasses

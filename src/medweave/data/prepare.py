@@ -121,18 +121,45 @@ def prepare(
     return out
 
 
-def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None, workers: int = 1) -> None:
-    bad = BadInput(cfg.lenient)  # strict: the first fault raises; lenient: rows left out, counted
+def prepare_ehr_part(
+    root: Path, cache_dir: Path, cfg: PrepareConfig, part: tuple[int, int], workers: int = 1
+):
+    """Only the EHR cache shards of ``part`` (k, n): every n-th unit of shards from the k-th.
+
+    For Slurm arrays: each array task prepares its part; the run after them (``prepare``) finds
+    every shard done and only reduces the vocabulary and writes the index. Returns the number of
+    units in the cohort.
+    """
+    root = Path(root)
+    _, _, subject_ids, pred_time, split = _read_labelled(root, cfg, BadInput(cfg.lenient))
+    labelled = ehr.Labelled(subject_ids, pred_time, split == c.SPLITS.index(c.TRAIN_SPLIT))
+    store = Path(cache_dir).expanduser().resolve() / ehr.STORE
+    store.mkdir(parents=True, exist_ok=True)
+    units = ehr.plan_units(root)
+    ehr.run_units(root, units, labelled, cfg.max_events, cfg.lenient, store, workers, part)
+    return len(units)
+
+
+def _read_labelled(root: Path, cfg: PrepareConfig, bad: BadInput):
+    """(labels, order, subject_ids, pred_time, split): labels with a split; the rest sorted by subject."""
     label_tasks = list(cfg.label_tasks or (cfg.task,))
     values = c.LABEL_VALUES[cfg.task_type]
-    options = _label_options(cfg, bad)
-    labels = meds.read_labels(root, label_tasks[0], values, task_type=cfg.task_type, **options)
+    labels = meds.read_labels(
+        root, label_tasks[0], values, task_type=cfg.task_type, **_label_options(cfg, bad)
+    )
     labels, split_of = _labelled_with_split(root, labels, meds.read_splits(root, bad), bad)
     subject_ids = labels.column("subject_id").to_numpy()
     order = np.argsort(subject_ids)
     subject_ids = subject_ids[order]
     pred_time = meds.microseconds(labels.column("prediction_time"))[order]
-    split = np.array([c.SPLITS.index(split_of[s]) for s in subject_ids], np.int8)
+    split = np.array([c.SPLITS.index(split_of[s]) for s in subject_ids.tolist()], np.int8)
+    return labels, order, subject_ids, pred_time, split
+
+
+def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None, workers: int = 1) -> None:
+    bad = BadInput(cfg.lenient)  # strict: the first fault raises; lenient: rows left out, counted
+    label_tasks = list(cfg.label_tasks or (cfg.task,))
+    labels, order, subject_ids, pred_time, split = _read_labelled(root, cfg, bad)
     train = split == c.SPLITS.index(c.TRAIN_SPLIT)
     if vocab is None and not train.any():  # vocabularies are fitted on train
         raise MedweaveError(f"{root / c.SUBJECT_SPLITS}: no labelled subject is in the train split")
