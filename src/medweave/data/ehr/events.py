@@ -55,8 +55,7 @@ def before_prediction(table: pa.Table, subject_ids: np.ndarray, pred_time: np.nd
     later = known & ~static_all & (time >= pred_time[row])
     keep = known & (static_all | (time < pred_time[row]))  # no temporal leakage
     birth = pc.equal(table.column("code"), c.BIRTH_CODE).to_numpy(zero_copy_only=False)
-    idx = np.flatnonzero(keep)
-    idx = idx[np.lexsort((time[idx], row[idx]))]
+    idx = _by_subject_then_time(np.flatnonzero(keep), row, time, static_all)
     static = static_all[idx]
     days = np.where(static, np.nan, (pred_time[row[idx]] - time[idx]) / 8.64e10)
     take = pa.array(idx)
@@ -69,6 +68,17 @@ def before_prediction(table: pa.Table, subject_ids: np.ndarray, pred_time: np.nd
         later=int(later.sum()),
         born_later=np.unique(row[later & birth]),
     )
+
+
+def _by_subject_then_time(idx: np.ndarray, row: np.ndarray, time: np.ndarray, static: np.ndarray):
+    """``idx`` ordered by (row, time), ties in table order, static events last: as a stable
+    lexsort, but one stable sort by (row, static) suffices where each subject's timed events are
+    already in time order (MEDS shards are sorted so), which costs a fraction of it."""
+    order = idx[np.argsort(row[idx] * 2 + static[idx], kind="stable")]
+    r, t = row[order], time[order]
+    if not ((r[1:] == r[:-1]) & (t[1:] < t[:-1])).any():
+        return order
+    return idx[np.lexsort((time[idx], row[idx]))]
 
 
 def report(later: int, born_later: int) -> None:
@@ -84,9 +94,11 @@ def report(later: int, born_later: int) -> None:
         log.info("left out %d event(s) at or after prediction_time (no leakage)", later)
 
 
-def read_unit(files: list[Path], with_text: bool, bad: BadInput, subject_ids: np.ndarray) -> pa.Table | None:
-    """The labelled subjects' events of one unit of work (shards that share no subject with
-    any other shard), in file order; None if lenient mode skipped every file."""
+def read_unit(
+    files: list[Path], with_text: bool, bad: BadInput, subject_ids: np.ndarray | None = None
+) -> pa.Table | None:
+    """The events of one unit of work (shards that share no subject with any other shard), in
+    file order, of ``subject_ids`` only if given; None if lenient mode skipped every file."""
     tables = [meds.read_event_shard(f, with_text, bad, subject_ids) for f in files]
     tables = [t for t in tables if t is not None]
     return pa.concat_tables(tables) if tables else None

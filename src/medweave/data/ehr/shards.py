@@ -83,10 +83,13 @@ def plan_units(root: Path) -> list[list[Path]]:
 
     ids_per_file = []
     for path in files:
+        ids = np.array([], np.int64)  # unreadable or mistyped: reported when the unit is read
         try:
-            ids = np.unique(pq.read_table(path, columns=["subject_id"]).column("subject_id").to_numpy())
+            column = pq.read_table(path, columns=["subject_id"]).column("subject_id")
+            if pa.types.is_integer(column.type):
+                ids = np.unique(column.cast(pa.int64()).to_numpy())
         except (pa.ArrowException, OSError, KeyError):
-            ids = np.array([], np.int64)  # unreadable: reported when the unit is read
+            pass
         ids_per_file.append(ids)
     if len(files) > 1:
         all_ids = np.concatenate(ids_per_file)
@@ -132,8 +135,9 @@ def _distinct_pairs(codes: np.ndarray, rows: np.ndarray, n_codes: int) -> np.nda
     """How many distinct rows (subjects) have each code."""
     if not len(codes):
         return np.zeros(n_codes, np.int64)
-    pairs = np.unique(rows.astype(np.int64) * n_codes + codes)
-    return np.bincount(pairs % n_codes, minlength=n_codes)
+    pairs = np.sort(rows.astype(np.int64) * n_codes + codes)  # a sort: np.unique hashes, slower here
+    first = np.r_[True, pairs[1:] != pairs[:-1]]
+    return np.bincount(pairs[first] % n_codes, minlength=n_codes)
 
 
 def partial_counts(code: np.ndarray, rows: np.ndarray, value: np.ndarray, train: np.ndarray, n: int):
@@ -156,7 +160,7 @@ def partial_counts(code: np.ndarray, rows: np.ndarray, value: np.ndarray, train:
 def build_unit(root: Path, files: list[Path], labelled: Labelled, max_events: int, lenient: bool, out: Path):
     """Write the cache shard of one unit to ``out`` (atomically); returns its info."""
     bad = BadInput(lenient)
-    table = read_unit(files, False, bad, labelled.subject_ids)
+    table = read_unit(files, False, bad)  # unlabelled subjects' rows: dropped by before_prediction
     info = {"files": [f.relative_to(root).as_posix() for f in files], "read": table is not None}
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
@@ -170,7 +174,8 @@ def build_unit(root: Path, files: list[Path], labelled: Labelled, max_events: in
             counts = partial_counts(code, rows, value, labelled.train, len(names))
             keep = _last_k(rows, max_events)
             rows, code, value, days = rows[keep], code[keep], value[keep], days[keep]
-            subject_rows, starts = np.unique(rows, return_index=True)
+            starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else rows[:0]
+            subject_rows = rows[starts]
             _save(tmp, "subject_row", subject_rows.astype(np.int64))  # rows of the labelled subjects
             _save(tmp, "offsets", np.r_[starts, len(rows)].astype(np.int64))
             _save(tmp, "code", code)
