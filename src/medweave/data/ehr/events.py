@@ -41,20 +41,22 @@ class KeptEvents:
     born_later: np.ndarray
 
 
-def before_prediction(table: pa.Table, subject_ids: np.ndarray, pred_time: np.ndarray) -> KeptEvents:
+def before_prediction(
+    table: pa.Table, subject_ids: np.ndarray, pred_time: np.ndarray, is_birth: np.ndarray | None = None
+) -> KeptEvents:
     """The events of ``table`` that may reach the model (see the module docstring).
 
     Static events (null time, e.g. sex) are kept, placed last, with days = NaN. MEDS allows events
     at prediction_time; medweave leaves them out too. Ties in time keep the table's row order.
+    ``is_birth`` marks the birth events where ``code`` holds indices rather than names.
     """
-    sid = table.column("subject_id").to_numpy()
-    row = np.clip(np.searchsorted(subject_ids, sid), 0, max(len(subject_ids) - 1, 0))
-    known = subject_ids[row] == sid if len(subject_ids) else np.zeros(len(sid), bool)
+    row, known = _rows_of(table.column("subject_id").to_numpy(), subject_ids)
     static_all = table.column("time").is_null().to_numpy(zero_copy_only=False)
     time = table.column("time").cast(pa.int64()).fill_null(NO_TIME).to_numpy()
     later = known & ~static_all & (time >= pred_time[row])
     keep = known & (static_all | (time < pred_time[row]))  # no temporal leakage
-    birth = pc.equal(table.column("code"), c.BIRTH_CODE).to_numpy(zero_copy_only=False)
+    if is_birth is None:
+        is_birth = pc.equal(table.column("code"), c.BIRTH_CODE).to_numpy(zero_copy_only=False)
     idx = _by_subject_then_time(np.flatnonzero(keep), row, time, static_all)
     static = static_all[idx]
     days = np.where(static, np.nan, (pred_time[row[idx]] - time[idx]) / 8.64e10)
@@ -66,8 +68,19 @@ def before_prediction(table: pa.Table, subject_ids: np.ndarray, pred_time: np.nd
         days=days.astype(np.float32),
         text=table.column("text_value").take(take) if "text_value" in table.column_names else None,
         later=int(later.sum()),
-        born_later=np.unique(row[later & birth]),
+        born_later=np.unique(row[later & is_birth]),
     )
+
+
+def _rows_of(sid: np.ndarray, subject_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each event's row among the sorted ``subject_ids``, and whether it is one of them. Looked
+    up once per run of equal ids (a shard lists each subject's events together)."""
+    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]]) if len(sid) else np.zeros(0, np.int64)
+    run_ids = sid[starts]
+    run_row = np.clip(np.searchsorted(subject_ids, run_ids), 0, max(len(subject_ids) - 1, 0))
+    run_known = subject_ids[run_row] == run_ids if len(subject_ids) else np.zeros(len(starts), bool)
+    lengths = np.diff(np.r_[starts, len(sid)])
+    return np.repeat(run_row, lengths), np.repeat(run_known, lengths)
 
 
 def _by_subject_then_time(idx: np.ndarray, row: np.ndarray, time: np.ndarray, static: np.ndarray):

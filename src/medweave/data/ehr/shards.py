@@ -166,11 +166,22 @@ def build_unit(root: Path, files: list[Path], labelled: Labelled, max_events: in
     tmp.mkdir(parents=True)
     try:
         if table is not None:
-            kept = before_prediction(table, labelled.subject_ids, labelled.pred_time)
-            del table
-            codes_sel = pc.invert(pc.starts_with(kept.code, c.NOTE_PREFIX)).to_numpy(zero_copy_only=False)
+            # Codes as indices into the shard's sorted code names from here on: moving int32
+            # indices costs a fraction of moving strings.
+            all_names, all_code = _sorted_dictionary(table.column("code"))
+            is_birth = all_code == (all_names.index(c.BIRTH_CODE) if c.BIRTH_CODE in all_names else -1)
+            table = table.set_column(table.column_names.index("code"), "code", pa.array(all_code))
+            kept = before_prediction(table, labelled.subject_ids, labelled.pred_time, is_birth)
+            del table, all_code, is_birth
+            kept_code = kept.code.to_numpy()
+            is_note = np.array([n.startswith(c.NOTE_PREFIX) for n in all_names], bool)
+            codes_sel = ~is_note[kept_code] if len(all_names) else np.zeros(0, bool)
             rows, value, days = kept.row[codes_sel], kept.value[codes_sel], kept.days[codes_sel]
-            names, code = _sorted_dictionary(kept.code.filter(pa.array(codes_sel)))
+            used = np.flatnonzero(np.bincount(kept_code[codes_sel], minlength=len(all_names)))
+            names = [all_names[i] for i in used]  # the shard's codes before prediction time
+            new_index = np.zeros(len(all_names), np.int32)
+            new_index[used] = np.arange(len(used), dtype=np.int32)
+            code = new_index[kept_code[codes_sel]]
             counts = partial_counts(code, rows, value, labelled.train, len(names))
             keep = _last_k(rows, max_events)
             rows, code, value, days = rows[keep], code[keep], value[keep], days[keep]
