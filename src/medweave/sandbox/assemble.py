@@ -8,6 +8,8 @@ shards' genotype parts, so no step holds the whole cohort in memory.
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -55,26 +57,58 @@ class FixedRowGroupWriter:
         self.writer.close()
 
 
-def write_events(root: Path, parts: list[Path], subject_ids: np.ndarray) -> None:
-    """data/<k>.parquet holds subjects [k * 50,000, (k + 1) * 50,000) in subject order."""
-    writer, current = None, None
-    for part in parts:  # in subject order, so blocks only ever increase
-        table = pq.read_table(part)
+def write_events(root: Path, parts: list[Path], subject_ids: np.ndarray, workers: int = 1) -> None:
+    """data/<k>.parquet holds subjects [k * 50,000, (k + 1) * 50,000) in subject order.
+
+    Each file is written from the parts that hold its subjects (``workers`` files at a time, in
+    forked processes), so the bytes depend only on the rows, never on the order files finish in.
+    """
+    blocks = [_part_blocks(part, subject_ids) for part in parts]
+    files = sorted({k for b in blocks for k in b})
+    jobs = [(root, k, [p for p, b in zip(parts, blocks, strict=True) if k in b], subject_ids) for k in files]
+    bar = tqdm(total=len(jobs), desc="writing events", unit="file", leave=False)
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            _write_events_file(job)
+            bar.update()
+    else:
+        # fork, as the shards: the children need only pyarrow and numpy
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+            for _ in pool.map(_write_events_file, jobs):
+                bar.update()
+    bar.close()
+    for part in parts:
+        part.unlink()
+
+
+def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A shard's part file: parquet, or Arrow IPC (``.arrow``, what the registry shards write)."""
+    if path.suffix == ".arrow":
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+        return table.select(columns) if columns else table
+    return pq.read_table(path, columns=columns)
+
+
+def _part_blocks(part: Path, subject_ids: np.ndarray) -> set[int]:
+    ids = read_part(part, ["subject_id"]).column("subject_id").to_numpy()
+    if not len(ids):
+        return set()
+    first, last = np.searchsorted(subject_ids, [ids[0], ids[-1]]) // SUBJECTS_PER_EVENTS_FILE
+    return set(range(int(first), int(last) + 1))
+
+
+def _write_events_file(job) -> None:
+    root, k, parts, subject_ids = job
+    writer = FixedRowGroupWriter(root / c.EVENTS_DIR / f"{k}.parquet", c.EVENTS_SCHEMA)
+    for part in parts:  # in subject order
+        table = read_part(part)
         block = (
             np.searchsorted(subject_ids, table.column("subject_id").to_numpy()) // SUBJECTS_PER_EVENTS_FILE
         )
-        for k in np.unique(block):
-            if k != current:
-                if writer is not None:
-                    writer.close()
-                writer, current = (
-                    FixedRowGroupWriter(root / c.EVENTS_DIR / f"{k}.parquet", c.EVENTS_SCHEMA),
-                    k,
-                )
-            writer.write(table.filter(pa.array(block == k)))
-        part.unlink()
-    if writer is not None:
-        writer.close()
+        writer.write(table.filter(pa.array(block == k)))
+    writer.close()
 
 
 def write_table_parts(path: Path, parts: list[Path], schema: pa.Schema) -> None:

@@ -29,7 +29,7 @@ from medweave import __version__
 from medweave.data import contract as c
 from medweave.errors import MedweaveError
 from medweave.folders import replace_folder
-from medweave.sandbox import assemble, ehr, genomics, notes
+from medweave.sandbox import assemble, ehr, genomics, notes, registry
 from medweave.sandbox.latent import Disease, default_diseases
 from medweave.sandbox.oracle import oracle_report
 from medweave.sandbox.subject import OPTIONAL_MODALITIES, draw_subject
@@ -62,6 +62,10 @@ class SandboxConfig:
     diseases: dict[str, Disease] = field(default_factory=default_diseases)
     shard_size: int = 1000  # subjects per unit of work: bounds memory, never changes the output
     workers: int = 0  # processes; 0 uses every core this process may run on
+    # EHR only, life-long registry history drawn vectorised (registry.py): no notes, images, genomes
+    registry_history: bool = False
+    registry_start: str = "1977-01-01"  # history from this date, or birth if later, to the record's end
+    events_per_person: float = 300.0  # mean history events per person (heavy-tailed; median lower)
 
     def check(self) -> None:
         problems = []
@@ -86,6 +90,23 @@ class SandboxConfig:
             problems.append(f"split_fractions {self.split_fractions} must sum to 1")
         if self.shard_size < 1 or self.workers < 0:
             problems.append(f"shard_size={self.shard_size}, workers={self.workers}: expected >= 1 and >= 0")
+        if self.registry_history:
+            if self.volumes or self.expression_genes:
+                problems.append(
+                    "registry_history=true writes an EHR-only cohort: "
+                    "set volumes=false and expression_genes=0"
+                )
+            if not self.events_per_person > 0:
+                problems.append(f"events_per_person={self.events_per_person}: expected > 0")
+            try:
+                if (
+                    not np.datetime64("1900-01-01")
+                    <= np.datetime64(self.registry_start)
+                    < np.datetime64("2021-01-01")
+                ):
+                    problems.append(f"registry_start={self.registry_start}: expected a date before 2021")
+            except ValueError:
+                problems.append(f"registry_start={self.registry_start}: expected a date like 1977-01-01")
         if not self.diseases:
             problems.append("diseases is empty: the cohort needs at least one outcome")
         for name, disease in self.diseases.items():
@@ -138,34 +159,27 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
     splits = _assign_splits(cfg, id_rng)
     (root / "parts").mkdir(parents=True)
 
+    if cfg.registry_history:
+        registry.rate_scale(cfg)  # calibrated once, here: forked workers inherit the cached constant
     starts = range(0, cfg.n_subjects, cfg.shard_size)
     jobs = [(cfg, panel, expression, root, s, subject_ids[s : s + cfg.shard_size]) for s in starts]
     shards = [result for _, result in sorted(_run_shards(jobs, cfg), key=lambda r: r[0])]
 
     truth = {k: np.concatenate([s["truth"][k] for s in shards]) for k in shards[0]["truth"]}
     truth["subject_id"] = subject_ids
-    assemble.write_events(root, [s["events"] for s in shards], subject_ids)
-    genome_ids = [int(x) for s in shards for x in s["genome_ids"]]
-    genotype_parts = [s["genotypes"] for s in shards]
-    if cfg.genomics_format == "vcf":
-        assemble.write_vcf(root / c.VARIANTS_VCF, panel, genome_ids, genotype_parts)
-    else:
-        chroms = cfg.genome_chromosomes
-        assemble.write_plink(
-            root / c.VARIANTS_DIR, panel, genome_ids, genotype_parts, cfg.genomics_format, chroms
-        )
-        for score in panel.effects:
-            assemble.write_pgs_file(
-                root / c.PGS_DIR / f"PGS_sandbox_{score}.txt", panel, score, chroms, cfg.seed
-            )
+    workers = cfg.workers or len(os.sched_getaffinity(0))
+    assemble.write_events(root, [s["events"] for s in shards], subject_ids, workers)
+    if not cfg.registry_history:  # an EHR-only cohort has no genomes (nor notes, nor images)
+        _write_genomes(root, cfg, panel, shards)
     if expression is not None:
         schema = _expression_schema(expression.genes)
         assemble.write_table_parts(root / c.EXPRESSION, [s["expression"] for s in shards], schema)
     shutil.rmtree(root / "parts")
 
     _write_splits(root, subject_ids, splits)
-    _write_codes(root)
-    _write_imaging_index(root, [row for s in shards for row in s["images"]])
+    _write_codes(root, cfg)
+    if not cfg.registry_history:
+        _write_imaging_index(root, [row for s in shards for row in s["images"]])
     times = np.concatenate([s["prediction_time"] for s in shards])
     oracle = {}
     for name, disease in cfg.diseases.items():
@@ -203,6 +217,20 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
     _write_dataset_metadata(root, cfg, oracle)
 
 
+def _write_genomes(root: Path, cfg: SandboxConfig, panel, shards: list[dict]) -> None:
+    genome_ids = [int(x) for s in shards for x in s["genome_ids"]]
+    genotype_parts = [s["genotypes"] for s in shards]
+    if cfg.genomics_format == "vcf":
+        assemble.write_vcf(root / c.VARIANTS_VCF, panel, genome_ids, genotype_parts)
+        return
+    chroms = cfg.genome_chromosomes
+    assemble.write_plink(
+        root / c.VARIANTS_DIR, panel, genome_ids, genotype_parts, cfg.genomics_format, chroms
+    )
+    for score in panel.effects:
+        assemble.write_pgs_file(root / c.PGS_DIR / f"PGS_sandbox_{score}.txt", panel, score, chroms, cfg.seed)
+
+
 def _run_shards(jobs: list, cfg: SandboxConfig):
     """Yield (start, result) as shards finish, in worker processes when there is more than one."""
     workers = cfg.workers or len(os.sched_getaffinity(0))
@@ -229,6 +257,8 @@ def _run_shards(jobs: list, cfg: SandboxConfig):
 def _shard(job) -> dict:
     """Draw a shard's subjects; write their events, genotype and expression parts and images."""
     cfg, panel, expression, root, start, ids = job
+    if cfg.registry_history:
+        return _registry_shard(cfg, panel, root, start, ids)
     events, truth, images, genotypes, genome_ids, expr, times, extra = [], [], [], [], [], [], [], []
     outcomes: dict[str, list] = {name: [] for name in cfg.diseases}
     for offset, sid in enumerate(ids):
@@ -272,6 +302,17 @@ def _shard(job) -> dict:
         )
         pq.write_table(pa.table(table, schema=_expression_schema(expression.genes)), result["expression"])
     return result
+
+
+def _registry_shard(cfg, panel, root: Path, start: int, ids: np.ndarray) -> dict:
+    """An EHR-only shard from registry.py: its events part, and the rest in the shape _shard returns."""
+    result = registry.draw_shard(cfg, panel, start, ids)
+    path = root / "parts" / f"events-{start:010d}.arrow"  # Arrow IPC: written and read back fast
+    table = result.pop("events")
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
+    return result | {"events": path, "images": [], "genome_ids": np.zeros(0, np.int64), "genotypes": None}
 
 
 def _expression_schema(genes: list[str]) -> pa.Schema:
@@ -344,12 +385,15 @@ def _write_splits(root: Path, subject_ids: np.ndarray, splits: np.ndarray) -> No
     pq.write_table(table, root / c.SUBJECT_SPLITS)
 
 
-def _write_codes(root: Path) -> None:
+def _write_codes(root: Path, cfg: SandboxConfig) -> None:
     codes = sorted(ehr.CODES) + [t for t in notes.NOTE_TYPES]
     desc = {
         **{k: v[0] for k, v in ehr.CODES.items()},
         **{t: f"Clinical note ({t[6:]})" for t in notes.NOTE_TYPES},
     }
+    if cfg.registry_history:
+        vocab = registry.cohort_vocabulary(cfg)
+        codes, desc = sorted(vocab.codes.tolist()), vocab.descriptions
     parents = {k: v[1] for k, v in ehr.CODES.items()}
     table = pa.table(
         {
@@ -405,8 +449,20 @@ def _write_dataset_metadata(root: Path, cfg: SandboxConfig, oracle: dict) -> Non
             "n_variants": cfg.n_variants,
             "genomics_format": cfg.genomics_format,
             "genome_build": "GRCh38",  # what the PGS files and the PLINK sets declare
-            "modalities": [m for m in c.MODALITIES if m != c.VOLUME or cfg.volumes],
+            "modalities": [c.EHR_CODES]
+            if cfg.registry_history
+            else [m for m in c.MODALITIES if m != c.VOLUME or cfg.volumes],
             "extras": {"ct_volumes": cfg.volumes, "expression_genes": cfg.expression_genes},
+            **(
+                {
+                    "registry_history": {
+                        "start": cfg.registry_start,
+                        "events_per_person": cfg.events_per_person,
+                    }
+                }
+                if cfg.registry_history
+                else {}
+            ),
             "tasks": tasks,
             "missing": cfg.missing,
             "missing_health_effect": cfg.missing_health_effect,
