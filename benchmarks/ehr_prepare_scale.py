@@ -22,8 +22,8 @@ Each runs in a child process tree; memory is the peak over time of the summed RS
 (psutil, sampled every 0.1 s; shared pages count once per process, so this overstates).
 Per event: wall time / events in data/.
 
-(d) The DataModule on (a)'s cache: time from constructing CohortDataModule to the first train
-    batch (data.num_workers=--loader-workers), train-loader samples/s over --batches batches
+(d) The DataModule on (a)'s cache: time from constructing CohortDataModule (modules imported)
+    to the first train batch (data.num_workers=--loader-workers; setup() alone also given), train-loader samples/s over --batches batches
     after 5 warm-up ones, RSS of the main process and of each loader worker; and the samples/s a
     training step consumes (the quickstart model with model.encoders of ehr_codes only: forward,
     loss, backward, clipping, optimizer step) on --steps batches. Target: loader >= 2x training.
@@ -200,6 +200,7 @@ def child_loader(spec: str) -> None:
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
+    import medweave.data.datamodule  # noqa: F401 - imported before the clock starts, as by a launch
     from medweave.cli.hydra_main import config_dir
     from medweave.models.build import build_model
 
@@ -221,6 +222,7 @@ def child_loader(spec: str) -> None:
     start = time.perf_counter()
     datamodule = instantiate(cfg.data)
     datamodule.setup()
+    setup_s = time.perf_counter() - start
     loader = datamodule.train_dataloader()
     stream = iter(loader)
     first = next(stream)
@@ -263,6 +265,7 @@ def child_loader(spec: str) -> None:
         json.dumps(
             {
                 "first_batch_s": round(first_batch_s, 2),
+                "of_which_setup_s": round(setup_s, 2),
                 "loader_samples_per_s": round(samples / loader_s),
                 "training_samples_per_s": round(step_rate),
                 "loader_over_training": round(samples / loader_s / step_rate, 2),
