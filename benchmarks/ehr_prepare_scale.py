@@ -23,10 +23,11 @@ Each runs in a child process tree; memory is the peak over time of the summed RS
 Per event: wall time / events in data/.
 
 (d) The DataModule on (a)'s cache: time from constructing CohortDataModule (modules imported)
-    to the first train batch (data.num_workers=--loader-workers; setup() alone also given), train-loader samples/s over --batches batches
-    after 5 warm-up ones, RSS of the main process and of each loader worker; and the samples/s a
-    training step consumes (the quickstart model with model.encoders of ehr_codes only: forward,
-    loss, backward, clipping, optimizer step) on --steps batches. Target: loader >= 2x training.
+    to the first train batch (data.num_workers=--loader-workers; setup() alone also given),
+    train-loader samples/s over --batches batches after 5 warm-up ones, RSS of the main process
+    and of each loader worker; and the samples/s a training step consumes (the quickstart model,
+    data.modalities=[ehr_codes]: forward, loss, backward, clipping, optimizer step; torch's
+    default threads) on --steps batches. Target: loader >= 2x training.
 
 Prints one JSON line per cohort; --out appends them to a file.
 """
