@@ -294,11 +294,13 @@ def run_cohort(root: Path, args, work: Path) -> dict:
     if "medweave" in args.engines:
         run = monitored([*py, "medweave", str(root), str(cache), *common])
         result["medweave"] = {k: v for k, v in run.items() if k != "stdout"}
+        print(json.dumps({"medweave": result["medweave"]}), file=sys.stderr, flush=True)
     if "polars" in args.engines:
         out = work / f"{root.name}-polars"
         out.mkdir()
         run = monitored([*py, "polars", str(root), str(out), *common])
         result["polars"] = {k: v for k, v in run.items() if k != "stdout"}
+        print(json.dumps({"polars": result["polars"]}), file=sys.stderr, flush=True)
         shutil.rmtree(out)
     if "meds-transforms" in args.engines:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -308,8 +310,12 @@ def run_cohort(root: Path, args, work: Path) -> dict:
         else:
             out = work / f"{root.name}-mt" / "out"
             out.parent.mkdir()
-            run = meds_transforms(root, out, args.workers, binary)
-            result["meds_transforms"] = {k: v for k, v in run.items() if k != "stdout"}
+            try:
+                run = meds_transforms(root, out, args.workers, binary)
+                result["meds_transforms"] = {k: v for k, v in run.items() if k != "stdout"}
+            except RuntimeError as err:  # recorded: the other engines' figures still count
+                result["meds_transforms"] = f"failed: {str(err)[-500:]}"
+            print(json.dumps({"meds_transforms": result["meds_transforms"]}), file=sys.stderr, flush=True)
             shutil.rmtree(out.parent)
     for engine in ("medweave", "polars", "meds_transforms"):
         if isinstance(result.get(engine), dict):
