@@ -226,10 +226,11 @@ def ddp_shared_cache(root: Path, work: Path, args) -> dict:
     if not last:
         sys.exit(f"no sample found {args.ranks} ranks mapping {cache_dir}: make --ddp-steps larger")
 
-    folders = [p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    folders = [p for p in cache_dir.iterdir() if (p / "manifest.json").is_file()]
     leftovers = [p.name for p in cache_dir.iterdir() if p.is_dir() and p.name.startswith(".")]
-    size = sum(f.stat().st_size for d in folders for f in d.rglob("*") if f.is_file())
-    mapped = sum(f.stat().st_size for d in folders for f in d.glob("*.npy"))
+    shared = [d for d in (cache_dir / "ehr",) if d.is_dir()]  # EHR cache shards (data/ehr/), shared by tasks
+    size = sum(f.stat().st_size for d in folders + shared for f in d.rglob("*") if f.is_file())
+    mapped = sum(f.stat().st_size for d in folders + shared for f in d.rglob("*.npy"))
     pss_sum = sum(r["pss"] for r in last.values())
     return {
         "ranks": args.ranks,

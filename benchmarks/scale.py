@@ -147,7 +147,6 @@ def main() -> None:
         print(json.dumps(run_child(json.loads(args.child))))
         return
 
-    import numpy as np
     import torch
     from hydra.utils import instantiate
 
@@ -196,7 +195,7 @@ def main() -> None:
             prepare_s = time.perf_counter() - start
             folder = datamodule.cohort.folder
             train = datamodule.cohort.rows("train")
-            events = np.load(folder / "ehr_codes.npy", mmap_mode="r")[train]
+            events = datamodule.cohort.ehr.batch(train)["codes"]
             spec = {
                 "root": str(root),
                 "work": str(work),

@@ -34,7 +34,11 @@ def _half_written(work):
     left = [p for p in work.rglob("*") if ".tmp" in p.name or p.name.endswith((".part", ".partial"))]
     cache = work / "cache"
     if cache.exists():
-        left += [p for p in cache.iterdir() if p.is_dir()]  # a cache folder exists only when complete
+        for p in cache.iterdir():
+            if p.name == "ehr":  # EHR cache shards, each kept only when complete (a rerun reuses them)
+                left += [shard for shard in p.iterdir() if not (shard / "info.json").is_file()]
+            elif p.is_dir():
+                left.append(p)  # a cache folder exists only when complete
     out = work / "out"
     if out.exists():
         left.append(out)  # an import that failed writes no cohort at all

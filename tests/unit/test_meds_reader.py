@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from medweave.data import contract as c
 from medweave.data.bad_input import BadInput
+from medweave.data.ehr import EhrCache
 from medweave.data.prepare import PrepareConfig, prepare
 from medweave.data.readers import meds
 from medweave.data.validate import validate_cohort
@@ -89,7 +91,9 @@ def cfg(**kw) -> PrepareConfig:
 
 def prepared(root, tmp_path, **kw):
     out = prepare(root, tmp_path / "cache", cfg(**kw))
-    return np.load(out / "subjects.npz"), np.load(out / "ehr_codes.npy"), out
+    vocab = json.loads((out / "vocab.json").read_text())
+    cache = EhrCache(out, vocab)
+    return np.load(out / "subjects.npz"), cache.batch(np.arange(len(cache.index)), width=256)["codes"], out
 
 
 def test_sharded_sub_folders_extra_columns_and_no_metadata(export, tmp_path):

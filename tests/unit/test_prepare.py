@@ -8,10 +8,25 @@ import pyarrow.parquet as pq
 import pytest
 
 from medweave.data import contract as c
+from medweave.data.ehr import EhrCache
 from medweave.data.prepare import PrepareConfig, prepare
 from medweave.errors import MedweaveError
 
 ALL = ("ehr_codes", "text", "image", "genomics")
+
+
+def ehr_arrays(folder, max_events=64) -> dict:
+    """The EHR cache as dense [N, max_events] arrays (codes, values, days)."""
+    vocab = json.loads((folder / "vocab.json").read_text())
+    cache = EhrCache(folder, vocab)
+    return cache.batch(np.arange(len(cache.index)), width=max_events)
+
+
+def load(folder, name):
+    """A cache array by its name, the EHR ones from the shards."""
+    if name.startswith("ehr_"):
+        return ehr_arrays(folder)[name.removeprefix("ehr_")]
+    return np.load(folder / f"{name}.npy")
 
 
 def cfg(**kw):
@@ -28,7 +43,7 @@ def test_only_events_before_prediction_time(prepared):
     vocab = json.loads((prepared / "vocab.json").read_text())
     # In the sandbox the outcome diagnosis happens only after prediction_time.
     assert "ICD10//I21" not in vocab["codes"]
-    codes, days = np.load(prepared / "ehr_codes.npy"), np.load(prepared / "ehr_days.npy")
+    codes, days = load(prepared, "ehr_codes"), load(prepared, "ehr_days")
     static = np.isnan(days)
     sex = [vocab["codes"].index(f"SEX//{s}") + 2 for s in "FM"]
     assert np.isin(codes[static], sex).all() and static.sum() == len(codes)  # one sex event each
@@ -61,8 +76,8 @@ def test_nanosecond_timestamps_are_read_as_times(tiny_cohort, prepared, tmp_path
     labels = pq.read_table(path)
     pq.write_table(labels.set_column(1, "prediction_time", labels.column(1).cast(pa.timestamp("ns"))), path)
     again = prepare(copy, tmp_path / "cache", cfg())
-    for name in ("ehr_codes.npy", "text_ids.npy"):
-        np.testing.assert_array_equal(np.load(again / name), np.load(prepared / name))
+    for name in ("ehr_codes", "text_ids"):
+        np.testing.assert_array_equal(load(again, name), load(prepared, name))
 
 
 def test_held_out_only_cohort_with_checkpoint_vocab(tiny_cohort, prepared, tmp_path):
@@ -169,5 +184,5 @@ def test_given_vocab_maps_the_same_way(tiny_cohort, prepared, tmp_path):
     vocab = json.loads((prepared / "vocab.json").read_text())
     again = prepare(tiny_cohort, tmp_path, cfg(), vocab=vocab)
     assert json.loads((again / "vocab.json").read_text()) == vocab
-    for name in ("ehr_codes.npy", "text_ids.npy", "genomics.npy"):
-        np.testing.assert_array_equal(np.load(again / name), np.load(prepared / name))
+    for name in ("ehr_codes", "ehr_values", "ehr_days", "text_ids", "genomics"):
+        np.testing.assert_array_equal(load(again, name), load(prepared, name))

@@ -1,4 +1,4 @@
-"""CohortDataModule: the prepared cache, memory-mapped, served as batches.
+"""CohortDataModule: the prepared cache, memory-mapped (EHR: per shard, data/ehr/cache.py), served as batches.
 
 A batch is a dict (the one batch contract of medweave)::
 
@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medweave.data import contract as c
 from medweave.data import genomics
+from medweave.data.ehr import EhrCache
 from medweave.data.prepare import PrepareConfig, prepare
 from medweave.data.sampler import PoissonSubjectSampler, SubjectSampler
 from medweave.errors import MedweaveError
@@ -60,9 +61,10 @@ class PreparedCohort:
         self.embeddings = embeddings or {}
         self.present.update({m: e.present for m, e in self.embeddings.items()})
         self._arrays: dict | None = None
+        self.ehr = EhrCache(self.folder, self.vocab) if c.EHR_CODES in modalities else None
 
     FILES = {
-        c.EHR_CODES: ("ehr_codes", "ehr_values", "ehr_days"),
+        c.EHR_CODES: (),  # per-shard files, read by EhrCache
         c.TEXT: ("text_ids",),
         c.IMAGE: ("image",),
         c.VOLUME: ("volume",),
@@ -113,12 +115,11 @@ class PreparedCohort:
         for m in self.modalities:
             out[f"{m}_mask"] = torch.from_numpy(self.present[m][rows])
         if c.EHR_CODES in self.modalities:
-            codes = a["ehr_codes"][rows]
-            width = max(int((codes > 0).sum(1).max()), 1)
+            events = self.ehr.batch(rows)
             out[c.EHR_CODES] = {
-                "codes": torch.from_numpy(codes[:, :width].astype(np.int64)),
-                "values": torch.from_numpy(np.array(a["ehr_values"][rows, :width])),
-                "days": torch.from_numpy(np.array(a["ehr_days"][rows, :width])),
+                "codes": torch.from_numpy(events["codes"].astype(np.int64)),
+                "values": torch.from_numpy(events["values"]),
+                "days": torch.from_numpy(events["days"]),
             }
         if c.TEXT in self.modalities:
             ids = a["text_ids"][rows].astype(np.int64)
@@ -213,6 +214,8 @@ class CohortDataModule(L.LightningDataModule):
             The cache must have been made from this cohort, task and subjects (checked).
         aces: an ACES task config file (task=<file>): its labels are computed over the cohort's
             events and cached under ``cache_dir/labels/`` (data/aces.py); None reads label files.
+        prepare_workers: processes that prepare the EHR shards (the cache is the same whatever
+            their number; data/ehr/shards.py).
 
     Its state in a checkpoint is where training stood in the epoch, so that a resumed run
     continues with the next batch rather than starting the epoch again.
@@ -247,6 +250,7 @@ class CohortDataModule(L.LightningDataModule):
         embeddings: dict | None = None,
         aces: str | None = None,
         sampling: str = "shuffle",
+        prepare_workers: int = 1,
     ):
         super().__init__()
         if sampling not in ("shuffle", "poisson"):
@@ -286,6 +290,7 @@ class CohortDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.vocab, self.seed = vocab, seed
+        self.prepare_workers = prepare_workers
         self.aces = aces  # an ACES task file: its labels are computed (and cached) in setup()
         self.cohort: PreparedCohort | None = None
         self._resume: dict | None = None
@@ -300,9 +305,20 @@ class CohortDataModule(L.LightningDataModule):
 
             if self.aces:
                 self._label_with_aces()
-            folder = prepare(self.root, self.cache_dir, self.prepare_config, self.vocab)
+            folder = prepare(
+                self.root, self.cache_dir, self.prepare_config, self.vocab, workers=self.prepare_workers
+            )
             served = {m: open_cache(f, m, folder, self.root) for m, f in self.embeddings.items()}
             self.cohort = PreparedCohort(folder, list(self.prepare_config.modalities), served)
+
+    def prepare_part(self, part: tuple[int, int]) -> int:
+        """Prepare only part (k, n) of the EHR cache shards (a Slurm array task's share; the
+        cache itself is written by a later setup()). Returns the number of shard units."""
+        from medweave.data.prepare import prepare_ehr_part
+
+        if self.aces and not self.prepare_config.labels_dir:
+            self._label_with_aces()
+        return prepare_ehr_part(self.root, self.cache_dir, self.prepare_config, part, self.prepare_workers)
 
     def _label_with_aces(self) -> None:
         """Labels from the ACES task file, then read like any MEDS label file (data/aces.py)."""

@@ -1,5 +1,9 @@
 """Read the cohort once into a per-modality cache that training memory-maps.
 
+This module only orchestrates: each modality's preparation lives in its own room (data/ehr/,
+data/genomics/, images.py, volumes.py, text.py); EHR events are prepared shard by shard in
+bounded memory and in parallel (``workers``), into cache shards shared across tasks.
+
 The cache folder's name is a hash of the cohort's file contents, the preparation settings and the
 vocabulary, so it is reused while all three are unchanged and rebuilt when any changes. It is
 built in a temporary sibling and renamed into place, so a crash leaves no half-written cache and
@@ -23,22 +27,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from filelock import FileLock
-from tqdm.auto import tqdm
 
 from medweave import __version__
 from medweave.data import contract as c
+from medweave.data import ehr
 from medweave.data.bad_input import BadInput
+from medweave.data.ehr import PAD, UNK  # noqa: F401 - the ids, where they were before data/ehr/
 from medweave.data.fingerprint import cohort_fingerprint
 from medweave.data.genomics import prepare_genomics
 from medweave.data.images import prepare_images
 from medweave.data.readers import meds
+from medweave.data.text import prepare_text
 from medweave.data.volumes import prepare_volumes
 from medweave.errors import MedweaveError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 3  # bump when preparation changes what it writes
-PAD, UNK = 0, 1  # EHR code ids; real codes start at 2
+CACHE_FORMAT = 4  # bump when preparation changes what it writes
 MANIFEST = "manifest.json"
 
 
@@ -74,8 +79,13 @@ def _outside_labels_fingerprint(root: Path, cfg: PrepareConfig, cache_dir: Path)
     return cohort_fingerprint(base, cfg.fingerprint, cache_dir)
 
 
-def prepare(root: Path, cache_dir: Path, cfg: PrepareConfig, vocab: dict | None = None) -> Path:
-    """Return the prepared cache folder for this cohort, building it if needed."""
+def prepare(
+    root: Path, cache_dir: Path, cfg: PrepareConfig, vocab: dict | None = None, workers: int = 1
+) -> Path:
+    """Return the prepared cache folder for this cohort, building it if needed.
+
+    ``workers`` processes prepare the EHR shards; the result is the same whatever their number.
+    """
     fingerprint = cohort_fingerprint(root, cfg.fingerprint, cache_dir)
     key_src = json.dumps(
         {
@@ -100,7 +110,7 @@ def prepare(root: Path, cache_dir: Path, cfg: PrepareConfig, vocab: dict | None 
         tmp = out.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
         tmp.mkdir()
         try:
-            _build(root, tmp, cfg, vocab)
+            _build(root, tmp, cfg, vocab, workers)
             # The cohort's fingerprint names where the rows came from (embedding caches check it).
             manifest = {"format": CACHE_FORMAT, "config": asdict(cfg), "cohort": fingerprint}
             (tmp / MANIFEST).write_text(json.dumps(manifest))
@@ -111,18 +121,45 @@ def prepare(root: Path, cache_dir: Path, cfg: PrepareConfig, vocab: dict | None 
     return out
 
 
-def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> None:
-    bad = BadInput(cfg.lenient)  # strict: the first fault raises; lenient: rows left out, counted
+def prepare_ehr_part(
+    root: Path, cache_dir: Path, cfg: PrepareConfig, part: tuple[int, int], workers: int = 1
+):
+    """Only the EHR cache shards of ``part`` (k, n): every n-th unit of shards from the k-th.
+
+    For Slurm arrays: each array task prepares its part; the run after them (``prepare``) finds
+    every shard done and only reduces the vocabulary and writes the index. Returns the number of
+    units in the cohort.
+    """
+    root = Path(root)
+    _, _, subject_ids, pred_time, split = _read_labelled(root, cfg, BadInput(cfg.lenient))
+    labelled = ehr.Labelled(subject_ids, pred_time, split == c.SPLITS.index(c.TRAIN_SPLIT))
+    store = Path(cache_dir).expanduser().resolve() / ehr.STORE
+    store.mkdir(parents=True, exist_ok=True)
+    units = ehr.plan_units(root)
+    ehr.run_units(root, units, labelled, cfg.max_events, cfg.lenient, store, workers, part)
+    return len(units)
+
+
+def _read_labelled(root: Path, cfg: PrepareConfig, bad: BadInput):
+    """(labels, order, subject_ids, pred_time, split): labels with a split; the rest sorted by subject."""
     label_tasks = list(cfg.label_tasks or (cfg.task,))
     values = c.LABEL_VALUES[cfg.task_type]
-    options = _label_options(cfg, bad)
-    labels = meds.read_labels(root, label_tasks[0], values, task_type=cfg.task_type, **options)
+    labels = meds.read_labels(
+        root, label_tasks[0], values, task_type=cfg.task_type, **_label_options(cfg, bad)
+    )
     labels, split_of = _labelled_with_split(root, labels, meds.read_splits(root, bad), bad)
     subject_ids = labels.column("subject_id").to_numpy()
     order = np.argsort(subject_ids)
     subject_ids = subject_ids[order]
     pred_time = meds.microseconds(labels.column("prediction_time"))[order]
-    split = np.array([c.SPLITS.index(split_of[s]) for s in subject_ids], np.int8)
+    split = np.array([c.SPLITS.index(split_of[s]) for s in subject_ids.tolist()], np.int8)
+    return labels, order, subject_ids, pred_time, split
+
+
+def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None, workers: int = 1) -> None:
+    bad = BadInput(cfg.lenient)  # strict: the first fault raises; lenient: rows left out, counted
+    label_tasks = list(cfg.label_tasks or (cfg.task,))
+    labels, order, subject_ids, pred_time, split = _read_labelled(root, cfg, bad)
     train = split == c.SPLITS.index(c.TRAIN_SPLIT)
     if vocab is None and not train.any():  # vocabularies are fitted on train
         raise MedweaveError(f"{root / c.SUBJECT_SPLITS}: no labelled subject is in the train split")
@@ -130,16 +167,16 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None) -> Non
     target, time = _targets(root, cfg, label_tasks, labels, order, subject_ids, pred_time, train, vocab)
 
     present = {}
-    need_events = c.EHR_CODES in cfg.modalities or c.TEXT in cfg.modalities
-    events = (
-        _events_before_prediction(root, subject_ids, pred_time, c.TEXT in cfg.modalities, bad)
-        if need_events
-        else None
-    )
+    if c.EHR_CODES in cfg.modalities or c.TEXT in cfg.modalities:
+        units = ehr.plan_units(root)
     if c.EHR_CODES in cfg.modalities:
-        present[c.EHR_CODES] = _prepare_codes(events, len(subject_ids), train, cfg, vocab, out)
+        labelled = ehr.Labelled(subject_ids, pred_time, train)
+        present[c.EHR_CODES] = ehr.prepare_codes(
+            root, out, labelled, units, cfg.max_events, cfg.min_subjects, cfg.lenient, vocab, workers
+        )
     if c.TEXT in cfg.modalities:
-        present[c.TEXT] = _prepare_text(events, len(subject_ids), train, cfg, vocab, out)
+        docs = ehr.notes_per_subject(units, subject_ids, pred_time, bad)
+        present[c.TEXT] = prepare_text(docs, train, cfg, vocab, out)
     if c.IMAGE in cfg.modalities:
         present[c.IMAGE] = prepare_images(root, subject_ids, pred_time, cfg, out)
     if c.VOLUME in cfg.modalities:
@@ -249,146 +286,3 @@ def _targets(root, cfg, label_tasks, labels, order, subject_ids, pred_time, trai
         vocab["labels"] = label_tasks
         return np.stack(columns, axis=1), time
     return column(labels, "boolean_value").astype(np.float32), time
-
-
-def _events_before_prediction(root, subject_ids, pred_time, with_text, bad: BadInput | None = None) -> dict:
-    """Events of labelled subjects strictly before their prediction_time, in time order per subject.
-
-    Static events (null time, e.g. sex) are kept, placed last so truncation never drops them,
-    and get days = NaN. MEDS allows events at prediction_time; medweave leaves them out too.
-    Events after prediction_time are normal in MEDS (the record goes on) and never an error: they
-    are left out. A prediction_time before the subject's MEDS_BIRTH event is a warning, not an
-    error: the sample is kept, with only static events (the label is likely wrong; check it).
-    """
-    table = meds.read_events(root, with_text, bad, subjects=subject_ids)
-    sid = table.column("subject_id").to_numpy()
-    row = np.searchsorted(subject_ids, sid)
-    row = np.clip(row, 0, len(subject_ids) - 1)
-    known = subject_ids[row] == sid
-    static_all = table.column("time").is_null().to_numpy(zero_copy_only=False)
-    time = table.column("time").cast(pa.int64()).fill_null(np.iinfo(np.int64).max).to_numpy()
-    later = known & ~static_all & (time >= pred_time[row])
-    keep = known & (static_all | (time < pred_time[row]))  # no temporal leakage
-    birth = pc.equal(table.column("code"), c.BIRTH_CODE).to_numpy(zero_copy_only=False)
-    born_later = np.unique(row[later & birth])
-    if len(born_later):
-        log.warning(
-            "%d labelled subject(s) have a prediction_time before their %s event; their samples keep "
-            "only static events (check the labels)",
-            len(born_later),
-            c.BIRTH_CODE,
-        )
-    if later.any():
-        log.info("left out %d event(s) at or after prediction_time (no leakage)", int(later.sum()))
-    idx = np.flatnonzero(keep)
-    idx = idx[np.lexsort((time[idx], row[idx]))]
-    static = static_all[idx]
-    days = np.where(static, np.nan, (pred_time[row[idx]] - time[idx]) / 8.64e10)
-    out = {
-        "row": row[idx],
-        "code": table.column("code").take(pa.array(idx)),
-        "value": table.column("numeric_value").take(pa.array(idx)).to_numpy(zero_copy_only=False),
-        "days": days.astype(np.float32),
-    }
-    if with_text:
-        out["text"] = table.column("text_value").take(pa.array(idx))
-    return out
-
-
-def _last_k(rows: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """For events sorted by row, the (row, column) slot of each of the last k events per row."""
-    counts = np.bincount(rows, minlength=n)
-    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(len(rows)) - start[rows]
-    skip = np.maximum(counts - k, 0)[rows]
-    keep = rank >= skip
-    return keep, (rank - skip)[keep]
-
-
-def _subjects_per_key(keys: np.ndarray, rows: np.ndarray, n_keys: int) -> np.ndarray:
-    """How many distinct subjects (rows) have each key."""
-    pairs = np.unique(np.stack([keys, rows]), axis=1)
-    return np.bincount(pairs[0], minlength=n_keys)
-
-
-def _prepare_codes(events, n, train, cfg, vocab, out) -> np.ndarray:
-    is_note = pc.starts_with(events["code"], c.NOTE_PREFIX).to_numpy(zero_copy_only=False)
-    sel = ~is_note
-    rows, values, days = events["row"][sel], events["value"][sel], events["days"][sel]
-    encoded = pc.dictionary_encode(events["code"].filter(pa.array(sel))).combine_chunks()
-    names_here = encoded.dictionary.to_pylist()
-    code_idx = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    if "codes" not in vocab:
-        # Keep codes (and value statistics) seen in enough train subjects: a code or a mean
-        # that describes one person would travel inside every checkpoint.
-        t = train[rows]
-        enough = _subjects_per_key(code_idx[t], rows[t], len(names_here)) >= cfg.min_subjects
-        valued = t & ~np.isnan(values)
-        enough_values = _subjects_per_key(code_idx[valued], rows[valued], len(names_here))
-        total = np.bincount(code_idx[valued], values[valued], len(names_here))
-        square = np.bincount(code_idx[valued], values[valued].astype(np.float64) ** 2, len(names_here))
-        count = np.maximum(np.bincount(code_idx[valued], minlength=len(names_here)), 1)
-        mean = total / count
-        sd = np.sqrt(np.maximum(square / count - mean**2, 0))
-        vocab["codes"] = sorted(names_here[i] for i in np.flatnonzero(enough))
-        vocab["code_stats"] = {
-            names_here[i]: [round(float(mean[i]), 6), round(float(sd[i]) or 1.0, 6)]
-            for i in np.flatnonzero(enough & (enough_values >= cfg.min_subjects))
-        }
-    index = {name: i + 2 for i, name in enumerate(vocab["codes"])}
-    ids = np.array([index.get(name, UNK) for name in names_here], np.int32)[code_idx]
-    stats = np.array([vocab["code_stats"].get(name, [np.nan, 1.0]) for name in names_here]).reshape(-1, 2)
-    z = ((values - stats[code_idx, 0]) / stats[code_idx, 1]).astype(np.float32)  # nan: no value/stats
-    keep, col = _last_k(rows, n, cfg.max_events)
-    shape = (n, cfg.max_events)
-    arrays = {
-        "ehr_codes": np.zeros(shape, np.int32),
-        "ehr_values": np.full(shape, np.nan, np.float32),
-        "ehr_days": np.zeros(shape, np.float32),
-    }
-    r = rows[keep]
-    arrays["ehr_codes"][r, col] = ids[keep]
-    arrays["ehr_values"][r, col] = z[keep]
-    arrays["ehr_days"][r, col] = days[keep]
-    for name, arr in arrays.items():
-        np.save(out / f"{name}.npy", arr)
-    return np.bincount(r, minlength=n) > 0
-
-
-def _prepare_text(events, n, train, cfg, vocab, out) -> np.ndarray:
-    from medweave.data.text import fit_tokenizer, load_tokenizer
-
-    is_note = pc.starts_with(events["code"], c.NOTE_PREFIX).to_numpy(zero_copy_only=False)
-    has_text = ~pc.is_null(events["text"]).to_numpy(zero_copy_only=False)
-    sel = np.flatnonzero(is_note & has_text)
-    rows = events["row"][sel]
-    texts = events["text"].take(pa.array(sel)).to_pylist()
-    per_subject: list[list[str]] = [[] for _ in range(n)]
-    for r, t in zip(rows, texts, strict=True):
-        per_subject[r].append(t)  # events are in time order: oldest note first
-    docs = [" ".join(ts) for ts in per_subject]
-    if "tokenizer" not in vocab:
-        if cfg.text_tokenizer_path:
-            vocab["tokenizer"] = {"path": str(Path(cfg.text_tokenizer_path).resolve())}
-        else:
-            train_docs = [d for d, t in zip(docs, train, strict=True) if t and d]
-            vocab["tokenizer"] = {
-                "json": fit_tokenizer(train_docs, cfg.text_vocab_size, min_subjects=cfg.min_subjects)
-            }
-    tokenizer = load_tokenizer(vocab["tokenizer"])
-    if tokenizer.pad_token_id is None:
-        raise MedweaveError(
-            f"tokenizer {vocab['tokenizer'].get('path', '(fitted)')} has no pad token; "
-            "expected an encoder-style tokenizer (BERT-like) with [PAD]"
-        )
-    ids = np.full((n, cfg.max_text_tokens), tokenizer.pad_token_id, np.int32)
-    batch = 512
-    for start in tqdm(range(0, n, batch), desc="tokenising notes", unit="batch", leave=False):
-        enc = tokenizer(
-            docs[start : start + batch], truncation=True, max_length=cfg.max_text_tokens, padding="max_length"
-        )
-        ids[start : start + batch] = np.asarray(enc["input_ids"], np.int32)
-    np.save(out / "text_ids.npy", ids)
-    vocab["text_vocab_size"] = len(tokenizer)
-    vocab["text_pad_id"] = int(tokenizer.pad_token_id)
-    return np.array([bool(d) for d in docs])

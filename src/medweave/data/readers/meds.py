@@ -165,22 +165,28 @@ def read_events(
     numeric_value float32 (+ text_value when notes are needed). ``subjects`` keeps only those
     subjects' events while reading, so a large export is never held whole in memory."""
     bad = bad or BadInput()
-    wanted = EVENT_COLUMNS if with_text else EVENT_COLUMNS[:4]
-    keep = None if subjects is None else pa.array(np.asarray(subjects, np.int64))
     tables = []
     files = event_files(root)
     for path in tqdm(files, desc="reading event shards", unit="shard", leave=False, disable=len(files) < 8):
-        table = _read_columns(path, wanted, bad, "MEDS events")
+        table = read_event_shard(path, with_text, bad, subjects)
         if table is not None:
-            table = _conform_events(path, table, wanted, bad)
-        if table is None:
-            continue
-        if keep is not None:
-            table = table.filter(pc.is_in(table.column("subject_id"), keep))
-        tables.append(table)
+            tables.append(table)
     if not tables:
         raise MedweaveError(f"cohort '{root}': no event shard under {c.EVENTS_DIR}/ could be read")
     return pa.concat_tables(tables)
+
+
+def read_event_shard(
+    path: Path, with_text: bool, bad: BadInput, subjects: np.ndarray | None = None
+) -> pa.Table | None:
+    """One event shard in medweave's types (as read_events); None if lenient mode skipped it."""
+    wanted = EVENT_COLUMNS if with_text else EVENT_COLUMNS[:4]
+    table = _read_columns(path, wanted, bad, "MEDS events")
+    if table is not None:
+        table = _conform_events(path, table, wanted, bad)
+    if table is not None and subjects is not None:
+        table = table.filter(pc.is_in(table.column("subject_id"), pa.array(np.asarray(subjects, np.int64))))
+    return table
 
 
 def _conform_events(path: Path, table: pa.Table, wanted, bad: BadInput) -> pa.Table | None:
