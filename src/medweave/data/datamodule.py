@@ -369,18 +369,7 @@ class CohortDataModule(L.LightningDataModule):
         if train and self._resume:
             sampler.resume(self._resume["epoch"], self._resume["batches"] * self.batch_size)
             self._resume = None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=_already_collated,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            # Worker seeds from a generator of their own: the global RNG stream (dropout) stays
-            # the same whether or not a run was resumed.
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        return self._data_loader(dataset, sampler, self.batch_size)
 
     def _poisson_loader(self, dataset: SplitDataset, world: int, rank: int) -> DataLoader:
         """Poisson batches of expected size batch_size per rank (PoissonSubjectSampler)."""
@@ -394,14 +383,19 @@ class CohortDataModule(L.LightningDataModule):
         if self._resume:
             sampler.resume(self._resume["epoch"], self._resume["batches"])
             self._resume = None
+        return self._data_loader(dataset, sampler, None)  # the sampler yields whole batches
+
+    def _data_loader(self, dataset: SplitDataset, sampler, batch_size: int | None) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=None,  # the sampler yields whole batches
+            batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=_already_collated,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            # Worker seeds from a generator of their own: the global RNG stream (dropout) stays
+            # the same whether or not a run was resumed.
             generator=torch.Generator().manual_seed(self.seed),
         )
 
