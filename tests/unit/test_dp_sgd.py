@@ -157,6 +157,8 @@ def test_trainer_settings_dp_sgd_cannot_honour_are_all_reported_at_once():
         accumulate_grad_batches=2,
         gradient_clip_val=1.0,
         datamodule=SimpleNamespace(sampling="shuffle"),
+        fit_loop=SimpleNamespace(min_epochs=2, epoch_loop=SimpleNamespace(min_steps=None)),
+        precision="16-mixed",
     )
     module = nn.Module()
     module.head = CoxHead(4)
@@ -167,8 +169,33 @@ def test_trainer_settings_dp_sgd_cannot_honour_are_all_reported_at_once():
         "gradient_clip_val=null",
         "data.sampling",
         "Cox partial likelihood",
+        "trainer.min_epochs=2",
+        "precision=16-mixed",
     ):
         assert expected in str(err.value)
+
+
+def test_poisson_draws_are_seeded_secretly_and_the_seed_resumes():
+    """Who is in each batch must not follow from the logged data.seed (the accountant's
+    amplification by sampling assumes it secret); a resumed run must draw the same batches."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from medweave.training.dp_sgd import DifferentialPrivacy
+
+    def fit_start(dp):
+        datamodule = SimpleNamespace(seed=0, sampling_seed=None)
+        dp.on_fit_start(SimpleNamespace(strategy=SingleDeviceStrategy("cpu"), datamodule=datamodule), None)
+        return datamodule.sampling_seed
+
+    first, other = fit_start(DifferentialPrivacy(noise_seed=0)), fit_start(DifferentialPrivacy(noise_seed=1))
+    assert first not in (None, 0) and first != other
+    assert fit_start(DifferentialPrivacy(noise_seed=0)) == first
+    assert fit_start(DifferentialPrivacy()) != fit_start(DifferentialPrivacy())  # from the OS
+    resumed = DifferentialPrivacy()  # a fresh OS seed, but the checkpoint's sampling seed wins
+    resumed.load_state_dict({"sampling_seed": first, "sample_rate": 0.1})
+    assert fit_start(resumed) == first
 
 
 def test_an_empty_poisson_draw_serves_a_placeholder_that_adds_a_zero_gradient():

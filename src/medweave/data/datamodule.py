@@ -256,6 +256,7 @@ class CohortDataModule(L.LightningDataModule):
         if sampling not in ("shuffle", "poisson"):
             raise MedweaveError(f"data.sampling={sampling}: expected shuffle or poisson")
         self.sampling = sampling
+        self.sampling_seed: int | None = None  # privacy=dp sets a secret one (training/dp_sgd.py)
         if batch_size < 1:
             raise MedweaveError(f"data.batch_size={batch_size}: expected a positive integer")
         self.root = c.require_root(root)
@@ -379,7 +380,8 @@ class CohortDataModule(L.LightningDataModule):
                 f"data.sampling=poisson: data.batch_size={self.batch_size} x {world} ranks is more than "
                 f"the {len(dataset)} training subjects; lower data.batch_size"
             )
-        sampler = PoissonSubjectSampler(len(dataset), rate, world, rank, seed=self.seed)
+        seed = self.seed if self.sampling_seed is None else self.sampling_seed
+        sampler = PoissonSubjectSampler(len(dataset), rate, world, rank, seed=seed)
         if self._resume:
             sampler.resume(self._resume["epoch"], self._resume["batches"])
             self._resume = None

@@ -33,6 +33,7 @@ import warnings
 from contextlib import contextmanager
 
 import lightning as L
+import numpy as np
 import torch
 
 from medweave.errors import MedweaveError
@@ -159,6 +160,7 @@ class DifferentialPrivacy(L.Callback):
         self.noise: torch.Generator | None = None  # on the model's device, made at the start of training
         self.sigma: float | None = None  # the noise multiplier, fixed once per run
         self._restored: dict | None = None
+        self.sampling_seed: int | None = None  # the Poisson draws' seed, secret like the noise's
         self._hooks = None
         self._stopped = False
 
@@ -184,6 +186,18 @@ class DifferentialPrivacy(L.Callback):
                 f"trainer.gradient_clip_val={trainer.gradient_clip_val} clips the batch's gradient; DP-SGD "
                 "clips each subject's (privacy.max_grad_norm): set trainer.gradient_clip_val=null"
             )
+        min_epochs = getattr(trainer.fit_loop, "min_epochs", None)
+        min_steps = getattr(trainer.fit_loop.epoch_loop, "min_steps", None)
+        if min_epochs or min_steps:
+            problems.append(
+                f"trainer.min_epochs={min_epochs} / trainer.min_steps={min_steps} would keep training past "
+                "the budget's stop: leave them unset"
+            )
+        if str(trainer.precision) in ("16-mixed", "16", "16-true"):
+            problems.append(
+                f"trainer.precision={trainer.precision}: the loss scaler inflates every subject's gradient "
+                "before clipping; use 32-true or bf16-mixed"
+            )
         datamodule = trainer.datamodule
         if getattr(datamodule, "sampling", None) != "poisson":
             problems.append("data.sampling must be poisson (the accountant assumes Poisson batches)")
@@ -196,6 +210,21 @@ class DifferentialPrivacy(L.Callback):
             problems.append("model.compile.enabled must be false (per-subject gradient hooks)")
         if problems:
             raise MedweaveError("privacy=dp: " + "; ".join(problems))
+
+    # --- fit start: a checkpoint is restored, the loaders are not built yet ---------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Seed the Poisson draws from the secret noise seed, not from the logged data.seed: the
+        accountant's amplification by sampling holds only while who is in each batch is secret. The
+        seed is rank 0's (every rank draws the same global mask) and goes into the checkpoint, so a
+        resumed run draws the same batches."""
+        saved = (self._restored or {}).get("sampling_seed")
+        if saved is None and self._restored:  # a checkpoint from before the seed was kept
+            saved = trainer.datamodule.seed
+        if saved is None:
+            derived = int(np.random.SeedSequence([self.noise_seed, 1]).generate_state(1, np.uint64)[0])
+            saved = trainer.strategy.broadcast(derived >> 1, src=0)
+        self.sampling_seed = int(saved)
+        trainer.datamodule.sampling_seed = self.sampling_seed
 
     # --- training start: the optimizer exists, the loaders are built, a checkpoint is restored ----
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -216,6 +245,12 @@ class DifferentialPrivacy(L.Callback):
         self.noise = torch.Generator(device=pl_module.device).manual_seed(self.noise_seed)
         if self._restored:
             saved = self._restored
+            if abs(saved["sample_rate"] - self.sample_rate) > 1e-12:
+                raise MedweaveError(
+                    f"privacy=dp: the checkpoint was trained at sample rate {saved['sample_rate']:.4g}, this "
+                    f"run samples at {self.sample_rate:.4g} (batch size x ranks / subjects): resume with "
+                    "the same data.batch_size and number of ranks, or the budget is not kept"
+                )
             self.sigma, self.delta = saved["noise_multiplier"], saved["delta"]
             self.accountant.load_state_dict(saved["accountant"])
             self.noise.set_state(saved["noise_generator"].to(torch.uint8))
@@ -316,6 +351,7 @@ class DifferentialPrivacy(L.Callback):
             "noise_multiplier": self.sigma,
             "delta": self.delta,
             "sample_rate": self.sample_rate,
+            "sampling_seed": self.sampling_seed,
             "noise_generator": self.noise.get_state() if self.noise is not None else None,
             "epsilon": self.epsilon(),
         }
