@@ -151,3 +151,16 @@ def test_slurm_array_parts_make_the_same_cache_as_one_run(sharded, tmp_path, mon
     prepare_cli(cfg)
     prepare_cli(smoke_cfg(*overrides[:2], f"paths.cache_dir={tmp_path}/local"))
     assert ehr_files(tmp_path / "array") == ehr_files(tmp_path / "local")
+
+
+def test_slurm_part_of_a_stepped_array_and_a_refused_list(monkeypatch):
+    from medweave.cli.prepare import slurm_part
+
+    for name, value in {"COUNT": "3", "MIN": "0", "STEP": "2", "ID": "4"}.items():  # --array=0-4:2
+        monkeypatch.setenv(f"SLURM_ARRAY_TASK_{name}", value)
+    assert slurm_part() == (2, 3)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_STEP")
+    for name, value in {"MIN": "1", "ID": "5"}.items():  # --array=1,3,5
+        monkeypatch.setenv(f"SLURM_ARRAY_TASK_{name}", value)
+    with pytest.raises(MedweaveError, match="as a range"):
+        slurm_part()

@@ -21,7 +21,16 @@ def slurm_part() -> tuple[int, int] | None:
     if count <= 1:
         return None
     first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-    return int(os.environ["SLURM_ARRAY_TASK_ID"]) - first, count
+    step = int(os.environ.get("SLURM_ARRAY_TASK_STEP", "1"))  # --array=0-10:2
+    k = (int(os.environ["SLURM_ARRAY_TASK_ID"]) - first) // step
+    if k >= count:
+        from medweave.errors import MedweaveError
+
+        raise MedweaveError(
+            f"Slurm array task {os.environ['SLURM_ARRAY_TASK_ID']} is not one of {count} evenly spaced "
+            "tasks: submit --array as a range (0-N or 0-N:step), not a list"
+        )
+    return k, count
 
 
 def prepare(cfg) -> None:

@@ -61,14 +61,6 @@ def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {"r2": r2_score(y, p), "mae": mean_absolute_error(y, p), "rmse": root_mean_squared_error(y, p)}
 
 
-def calibration_curve(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """(mean prediction, observed rate) per non-empty quantile bin."""
-    from sklearn.calibration import calibration_curve as sk_curve
-
-    observed, predicted = sk_curve(np.asarray(y).astype(int), p, n_bins=n_bins, strategy="quantile")
-    return predicted, observed
-
-
 def _surv(event, time):
     from sksurv.util import Surv
 

@@ -1,5 +1,7 @@
 """The evaluation report: PNG figures and one HTML page that shows them with the metric and
-subgroup tables. Aggregates only: no subject ID, birth date or note text reaches it.
+subgroup tables. No subject ID, birth date or note text reaches it; the Kaplan-Meier step
+tables it records hold event times and counts as small as one, which stay on the platform:
+medweave-export coarsens them before anything leaves.
 
 Each figure function returns ``(figures, records)``: caption -> file, and file -> the counts the
 figure was drawn from (``summary["figures"]``), so that medweave-export can check a figure's
