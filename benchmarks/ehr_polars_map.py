@@ -126,7 +126,11 @@ def _write_unit(frames: list[pl.LazyFrame], labelled: Labelled, max_events: int,
         "row",
         pl.col("code").cast(pl.Enum(names)).to_physical().cast(pl.Int32),
         pl.col("numeric_value").fill_null(float("nan")),
-        pl.when(time.is_null()).then(float("nan")).otherwise((pred - time) / 8.64e10).cast(pl.Float32).alias("days"),
+        pl.when(time.is_null())
+        .then(float("nan"))
+        .otherwise((pred - time) / 8.64e10)
+        .cast(pl.Float32)
+        .alias("days"),
     )
     rows = kept.get_column("row").to_numpy()
     code = kept.get_column("code").to_numpy()
@@ -136,7 +140,10 @@ def _write_unit(frames: list[pl.LazyFrame], labelled: Labelled, max_events: int,
         kept.filter(pl.Series(train))
         .with_columns(valued=pl.col("numeric_value").is_not_nan())
         .group_by("code")
-        .agg(pl.col("row").n_unique().alias("subjects"), pl.col("row").filter(pl.col("valued")).n_unique().alias("vs"))
+        .agg(
+            pl.col("row").n_unique().alias("subjects"),
+            pl.col("row").filter(pl.col("valued")).n_unique().alias("vs"),
+        )
     )
     n = len(names)
     counts = np.zeros((n, 5), np.float64)

@@ -5,9 +5,9 @@
     python benchmarks/registry_sandbox.py --subjects 2000            # seconds, a check
 
 Runs ``medweave-sandbox registry_history=true`` as a child process per size and samples the memory
-of its process tree (the parent and its workers) every 0.2 s: the sum of resident set sizes (RSS,
-which counts pages forked workers share with the parent once per process) and of proportional set
-sizes (PSS, which counts them once). Then it counts events per person a file at a time (the
+of its process tree (the parent and its workers) every 0.2 s (_measure.py): the sum of resident
+set sizes (RSS, which counts pages forked workers share with the parent once per process) and of
+proportional set sizes (PSS, which counts them once). Then it counts events per person a file at a time (the
 files hold 50,000 people each, so this never holds the cohort) and plots their distribution.
 Prints one JSON line per size and appends it to benchmarks/results/.
 """
@@ -19,31 +19,16 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-import psutil
+from _measure import measure
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def tree_memory(proc: psutil.Process) -> tuple[int, int]:
-    """(sum of RSS, sum of PSS) over a process and its children, in bytes."""
-    rss = pss = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            info = p.memory_full_info()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        rss += info.rss
-        pss += getattr(info, "pss", info.rss)
-    return rss, pss
 
 
 def generate(n: int, events: float, workers: int, out: Path) -> tuple[list[str], dict]:
@@ -59,22 +44,15 @@ def generate(n: int, events: float, workers: int, out: Path) -> tuple[list[str],
         "overwrite=true",
     ]
     env = os.environ | {"TQDM_DISABLE": "1"}
-    log = out.parent / f"{out.name}.log"  # a file, not a pipe: a full pipe would stall the child
-    start = time.perf_counter()
-    with open(log, "w") as sink:
-        child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-        watched, peak_rss, peak_pss = psutil.Process(child.pid), 0, 0
-        while child.poll() is None:
-            rss, pss = tree_memory(watched)
-            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-            time.sleep(0.2)
-    wall = time.perf_counter() - start
-    if child.returncode:
-        raise SystemExit(f"medweave-sandbox failed for n={n}:\n{log.read_text()[-3000:]}")
+    run = measure(command, env=env, interval=0.2, pss=True, log=out.parent / out.name)
+    if run.returncode:
+        raise SystemExit(f"medweave-sandbox failed for n={n}:\n{(run.stdout + run.stderr)[-3000:]}")
     return command, {
-        "wall_s": round(wall, 1),
-        "peak_rss_gb": round(peak_rss / 1e9, 2),
-        "peak_pss_gb": round(peak_pss / 1e9, 2),
+        "wall_s": round(run.wall_s, 1),
+        "cpu_s": round(run.cpu_s, 1),
+        "peak_rss_gb": round(run.peak_rss / 1e9, 2),
+        "peak_pss_gb": round(run.peak_pss / 1e9, 2),
+        "load_average": [round(x, 2) for x in run.load],
     }
 
 

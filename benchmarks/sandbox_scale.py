@@ -5,8 +5,8 @@
     python benchmarks/sandbox_scale.py --subjects 200 --variants 100   # seconds, a check
 
 Runs ``medweave-sandbox`` as a child process per size and samples the memory of its whole process
-tree (the parent and its workers) every 0.2 s. Memory is the sum of proportional set sizes (PSS):
-pages that forked workers share with the parent count once, not once per process, so the figure
+tree (the parent and its workers) every 0.2 s (_measure.py). Memory is the sum of proportional set
+sizes (PSS): pages that forked workers share with the parent count once, not once per process, so the figure
 is what the machine actually had to hold. Prints one JSON line per size.
 """
 
@@ -17,26 +17,13 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
-
-
-def tree_memory(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            info = p.memory_full_info()
-            total += getattr(info, "pss", info.rss)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
+from _measure import measure
 
 
 def run(n: int, variants: int, workers: int, missing_genomics: float, out: Path) -> dict:
@@ -52,17 +39,9 @@ def run(n: int, variants: int, workers: int, missing_genomics: float, out: Path)
         "overwrite=true",
     ]
     env = os.environ | {"TQDM_DISABLE": "1"}
-    log = out.parent / f"{out.name}.log"  # a file, not a pipe: a full pipe would stall the child
-    start = time.perf_counter()
-    with open(log, "w") as sink:
-        child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-        watched, peak = psutil.Process(child.pid), 0
-        while child.poll() is None:
-            peak = max(peak, tree_memory(watched))
-            time.sleep(0.2)
-    wall = time.perf_counter() - start
-    if child.returncode:
-        raise SystemExit(f"medweave-sandbox failed for n={n}:\n{log.read_text()[-3000:]}")
+    run = measure(command, env=env, interval=0.2, pss=True, log=out.parent / out.name)
+    if run.returncode:
+        raise SystemExit(f"medweave-sandbox failed for n={n}:\n{(run.stdout + run.stderr)[-3000:]}")
     meta = json.loads((out / "metadata/dataset.json").read_text())["medweave"]
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {
@@ -72,8 +51,10 @@ def run(n: int, variants: int, workers: int, missing_genomics: float, out: Path)
         "genomes": int(
             pq.read_table(out / "ground_truth/risk.parquet", columns=["has_genomics"])[0].to_numpy().sum()
         ),
-        "wall_s": round(wall, 1),
-        "peak_memory_gb": round(peak / 1e9, 2),
+        "wall_s": round(run.wall_s, 1),
+        "cpu_s": round(run.cpu_s, 1),
+        "peak_memory_gb": round(run.peak_pss / 1e9, 2),
+        "load_average": [round(x, 2) for x in run.load],
         "cohort_gb": round(size / 1e9, 2),
         "oracle_auroc_held_out": meta["oracle"]["cvd_onset_1y"]["auroc"]["held_out"],
     }

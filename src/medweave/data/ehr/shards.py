@@ -131,24 +131,50 @@ def _last_k(rows: np.ndarray, k: int) -> np.ndarray:
     return rank >= np.repeat(np.maximum(lengths - k, 0), lengths)
 
 
-def _distinct_pairs(codes: np.ndarray, rows: np.ndarray, n_codes: int) -> np.ndarray:
-    """How many distinct rows (subjects) have each code."""
-    if not len(codes):
-        return np.zeros(n_codes, np.int64)
-    pairs = np.sort(rows.astype(np.int64) * n_codes + codes)  # a sort: np.unique hashes, slower here
-    first = np.r_[True, pairs[1:] != pairs[:-1]]
-    return np.bincount(pairs[first] % n_codes, minlength=n_codes)
+def _distinct_subjects(code: np.ndarray, rows: np.ndarray, valued: np.ndarray, n_codes: int):
+    """How many distinct rows (subjects) have each code, and have it with a value; ``rows``
+    sorted. A (subject, code) table of flags, a block of subjects at a time, where it is small
+    beside the events (a shard's subjects times its codes): a scatter and a sum, no sort."""
+    if not len(code):
+        return np.zeros(n_codes, np.int64), np.zeros(n_codes, np.int64)
+    local = np.cumsum(np.r_[0, rows[1:] != rows[:-1]])  # 0, 1, ... per distinct row
+    n_rows = int(local[-1]) + 1
+    if n_rows * n_codes > 32 * len(code):  # many codes, few events each: sort (row, code) pairs
+        keys = np.sort((local * n_codes + code) * 2 + ~valued)  # a pair's first key is valued if any is
+        pair = keys >> 1
+        first = np.r_[True, pair[1:] != pair[:-1]]
+        with_value = first & ((keys & 1) == 0)
+        return (
+            np.bincount(pair[first] % n_codes, minlength=n_codes),
+            np.bincount(pair[with_value] % n_codes, minlength=n_codes),
+        )
+    subjects, valued_subjects = np.zeros(n_codes, np.int64), np.zeros(n_codes, np.int64)
+    block = max(1, (1 << 24) // n_codes)  # subjects per block: 16 M flags
+    bounds = np.searchsorted(local, np.arange(0, n_rows + block, block))
+    seen = np.zeros(min(block, n_rows) * n_codes, bool)
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        if lo == hi:
+            continue
+        cell = (local[lo:hi] - local[lo]) * n_codes + code[lo:hi]
+        flags = seen[: (local[hi - 1] - local[lo] + 1) * n_codes]
+        for target, which in ((subjects, cell), (valued_subjects, cell[valued[lo:hi]])):
+            flags[:] = False
+            flags[which] = True
+            target += flags.reshape(-1, n_codes).sum(0)
+    return subjects, valued_subjects
 
 
 def partial_counts(code: np.ndarray, rows: np.ndarray, value: np.ndarray, train: np.ndarray, n: int):
     """counts.npy of one shard (COUNT_COLUMNS), over its train subjects' events."""
     t = train[rows]
-    valued = t & ~np.isnan(value)
+    code, rows, value = code[t], rows[t], value[t]
+    valued = ~np.isnan(value)
+    subjects, valued_subjects = _distinct_subjects(code, rows, valued, n)
     v = value[valued].astype(np.float64)
     return np.stack(
         [
-            _distinct_pairs(code[t], rows[t], n),
-            _distinct_pairs(code[valued], rows[valued], n),
+            subjects,
+            valued_subjects,
             np.bincount(code[valued], minlength=n),
             np.bincount(code[valued], v, n),
             np.bincount(code[valued], v**2, n),
