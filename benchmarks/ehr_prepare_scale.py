@@ -7,10 +7,12 @@ For each cohort, in one run and on the same files (every engine on an empty outp
 
 (a) medweave: ``prepare()`` with data.modalities=[ehr_codes] and ``workers`` processes
     (data/ehr/: map per unit of shards, vocabulary reduced from partial counts, per-shard cache).
-(b) polars: the same per-shard work written as one polars lazy query per shard, run by the
-    streaming engine (``collect(engine="streaming")``) in as many processes: join the labels,
-    cut at prediction time, train counts per code, the last max_events events per subject. It
-    is the alternative to (a)'s pyarrow + numpy map, timed on the same work.
+(b) polars: the same ``prepare()`` with each unit's map (``shards.build_unit``) replaced by
+    ehr_polars_map.build_unit: the same reads and checks, the labels joined, the cut at
+    prediction time, the sort, the code dictionary, the counts and the truncation written as
+    polars queries (the streaming engine where it streams). It writes the same files, and the
+    run checks that: every file of (a)'s and (b)'s caches is hashed and compared
+    (``same_bytes``). The reduce and the index are medweave's in both.
 (c) MEDS-Transforms (``MEDS_transform-pipeline``, the joblib launcher with ``workers`` workers):
     reshard_to_split (its train-only statistics read data/train/), aggregate_code_metadata on
     train (code/n_subjects, values/n_subjects, values/n_occurrences, values/sum, values/sum_sqd),
@@ -18,9 +20,10 @@ For each cohort, in one run and on the same files (every engine on an empty outp
     prediction time (MEDS-Torch-Data does that when it reads) nor truncate, so it does less
     label-aware work and more writing than (a).
 
-Each runs in a child process tree; memory is the peak over time of the summed RSS of the tree
-(psutil, sampled every 0.1 s; shared pages count once per process, so this overstates).
-Per event: wall time / events in data/.
+Each runs in a child process tree, measured by _measure.py: wall time, CPU time (user + system
+of the tree), the peak over time of the summed RSS of the tree (sampled every 0.1 s; shared pages
+count once per process, so this overstates) and the load average. Per event: wall (and CPU)
+time / events in data/.
 
 (d) The DataModule on (a)'s cache: time from constructing CohortDataModule (modules imported)
     to the first train batch (data.num_workers=--loader-workers; setup() alone also given),
@@ -35,47 +38,38 @@ Prints one JSON line per cohort; --out appends them to a file.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-MB = 1 << 20
+from _measure import MB, measure
+
 HERE = Path(__file__).resolve()
 
 
 # ------------------------------------------------------------------------------ measurement
 def monitored(cmd: list[str], env: dict | None = None) -> dict:
-    """Run ``cmd``; wall time and the peak of the summed RSS of its process tree."""
-    import psutil
+    """Run ``cmd``: its figures (_measure.py) and its stdout; an error if it fails."""
+    run = measure(cmd, env=env)
+    if run.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({run.returncode}):\n{run.stderr[-4000:]}")
+    return {**run.summary(), "stdout": run.stdout}
 
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    top, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            procs = [top, *top.children(recursive=True)]
-            rss = 0
-            for p in procs:
-                try:
-                    rss += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    out, err = proc.communicate()
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({proc.returncode}):\n{err[-4000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak / MB), "stdout": out}
+
+def cache_digests(cache: Path) -> dict[str, str]:
+    """Every file of a prepared cache by path: what (a) and (b) must agree on, byte for byte."""
+    digests = {}
+    for path in sorted(cache.rglob("*")):
+        if path.is_file() and not path.name.endswith(".lock"):
+            digests[path.relative_to(cache).as_posix()] = hashlib.blake2b(path.read_bytes()).hexdigest()
+    return digests
 
 
 def n_events(root: Path) -> int:
@@ -93,66 +87,16 @@ def child_medweave(root: str, cache: str, task: str, workers: int, max_events: i
 
 
 # ------------------------------------------------------------------------------------ (b)
-def _polars_shard(args) -> None:
-    import polars as pl
+def child_polars(root: str, cache: str, task: str, workers: int, max_events: int) -> None:
+    from functools import partial
 
-    path, labels, out, k = args
-    ev = (
-        pl.scan_parquet(path)
-        .select("subject_id", "time", "code", "numeric_value")
-        .join(pl.scan_parquet(labels), on="subject_id", how="inner")
-        .filter(pl.col("time").is_null() | (pl.col("time") < pl.col("prediction_time")))
-        .filter(~pl.col("code").str.starts_with("NOTE//"))
-    )
-    valued = pl.col("numeric_value").is_not_null() & pl.col("numeric_value").is_not_nan()
-    counts = (
-        ev.filter(pl.col("train"))
-        .group_by("code")
-        .agg(
-            subjects=pl.col("subject_id").n_unique(),
-            valued_subjects=pl.col("subject_id").filter(valued).n_unique(),
-            valued=valued.sum(),
-            total=pl.col("numeric_value").filter(valued).cast(pl.Float64).sum(),
-            square=(pl.col("numeric_value").filter(valued).cast(pl.Float64) ** 2).sum(),
-        )
-        .sort("code")
-    )
-    kept = (
-        ev.with_row_index("order")
-        .with_columns(t=pl.col("time").fill_null(pl.datetime(9999, 1, 1)))
-        .sort(["subject_id", "t", "order"])
-        .group_by("subject_id", maintain_order=True)
-        .tail(k)
-        .select(
-            "subject_id",
-            "code",
-            "numeric_value",
-            days=(pl.col("prediction_time") - pl.col("time")).dt.total_microseconds() / 8.64e10,
-        )
-    )
-    counts.collect(engine="streaming").write_parquet(out / f"{path.stem}.counts.parquet")
-    kept.sink_parquet(out / f"{path.stem}.events.parquet", engine="streaming")
+    import ehr_polars_map
 
+    from medweave.data.ehr import shards
 
-def child_polars(root: str, out: str, task: str, workers: int, max_events: int) -> None:
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    import numpy as np
-    import polars as pl
-
-    root, out = Path(root), Path(out)
-    labels = pl.read_parquet(root / "labels" / f"{task}.parquet").select("subject_id", "prediction_time")
-    splits = pl.read_parquet(root / "metadata/subject_splits.parquet")
-    labels = labels.join(splits, on="subject_id").with_columns(train=pl.col("split") == "train")
-    labels.select("subject_id", "prediction_time", "train").write_parquet(out / "labels.parquet")
-    files = sorted((root / "data").rglob("*.parquet"))
-    jobs = [(f, out / "labels.parquet", out, max_events) for f in files]
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        list(pool.map(_polars_shard, jobs))
-    counts = pl.concat([pl.read_parquet(p) for p in sorted(out.glob("*.counts.parquet"))])
-    reduced = counts.group_by("code").agg(pl.all().sum()).filter(pl.col("subjects") >= 5)
-    print(len(reduced), float(np.asarray(reduced["total"]).sum()))
+    # prepare_codes calls shards.run_units: here it maps every unit with polars
+    shards.run_units = partial(shards.run_units, build=ehr_polars_map.build_unit)
+    child_medweave(root, cache, task, workers, max_events)
 
 
 # ------------------------------------------------------------------------------------ (c)
@@ -299,17 +243,17 @@ def run_cohort(root: Path, args, work: Path) -> dict:
     py = [sys.executable, str(HERE), "--child"]
     cache = work / f"{root.name}-cache"
     common = [args.task, str(args.workers), str(args.max_events)]
-    if "medweave" in args.engines:
-        run = monitored([*py, "medweave", str(root), str(cache), *common])
-        result["medweave"] = {k: v for k, v in run.items() if k != "stdout"}
-        print(json.dumps({"medweave": result["medweave"]}), file=sys.stderr, flush=True)
-    if "polars" in args.engines:
-        out = work / f"{root.name}-polars"
-        out.mkdir()
-        run = monitored([*py, "polars", str(root), str(out), *common])
-        result["polars"] = {k: v for k, v in run.items() if k != "stdout"}
-        print(json.dumps({"polars": result["polars"]}), file=sys.stderr, flush=True)
-        shutil.rmtree(out)
+    caches = {}
+    for engine in ("medweave", "polars"):
+        if engine in args.engines:
+            caches[engine] = cache if engine == "medweave" else work / f"{root.name}-polars-cache"
+            run = monitored([*py, engine, str(root), str(caches[engine]), *common])
+            result[engine] = {k: v for k, v in run.items() if k != "stdout"}
+            print(json.dumps({engine: result[engine]}), file=sys.stderr, flush=True)
+    if len(caches) == 2:
+        result["same_bytes"] = cache_digests(caches["medweave"]) == cache_digests(caches["polars"])
+        result["cache_files"] = len(cache_digests(caches["medweave"]))
+        shutil.rmtree(caches["polars"])
     if "meds-transforms" in args.engines:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         binary = args.meds_transforms or shutil.which("MEDS_transform-pipeline", path=path)
@@ -328,6 +272,7 @@ def run_cohort(root: Path, args, work: Path) -> dict:
     for engine in ("medweave", "polars", "meds_transforms"):
         if isinstance(result.get(engine), dict):
             result[engine]["us_per_event"] = round(result[engine]["wall_s"] / events * 1e6, 3)
+            result[engine]["cpu_us_per_event"] = round(result[engine]["cpu_s"] / events * 1e6, 3)
     if "medweave" in args.engines and args.batches:
         spec = {
             "root": str(root),

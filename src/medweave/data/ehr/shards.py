@@ -249,8 +249,8 @@ def _save(folder: Path, name: str, array: np.ndarray) -> None:
 
 
 def _build_one(args) -> tuple[int, dict]:
-    index, *rest = args
-    return index, build_unit(*rest)
+    index, build, *rest = args
+    return index, build(*rest)
 
 
 # ------------------------------------------------------------------------------------ runner
@@ -263,15 +263,17 @@ def run_units(
     store: Path,
     workers: int = 1,
     part: tuple[int, int] = (0, 1),
+    build=build_unit,
 ) -> list[Path]:
     """Build the cache shards not yet built (those of this ``part`` only); return every unit's
-    folder. A failing unit is named in the error; the shards already written are kept."""
+    folder. A failing unit is named in the error; the shards already written are kept.
+    ``build`` writes one unit (build_unit; benchmarks pass another engine's, to the same bytes)."""
     folders = [store / unit_key(root, files, labelled, max_events, lenient) for files in units]
     k, n = part
     todo = [i for i in range(k, len(units), n) if not (folders[i] / DONE).is_file()]
     if len(todo) < len(range(k, len(units), n)):
         log.info("EHR: %d of %d shard(s) already prepared: reused", len(units) - len(todo), len(units))
-    jobs = [(i, root, units[i], labelled, max_events, lenient, folders[i]) for i in todo]
+    jobs = [(i, build, root, units[i], labelled, max_events, lenient, folders[i]) for i in todo]
     failures: list[tuple[int, BaseException]] = []
     bar = tqdm(total=len(jobs), desc="preparing EHR shards", unit="shard", leave=False, disable=len(jobs) < 2)
     if workers <= 1 or len(jobs) <= 1:
