@@ -83,3 +83,80 @@ def test_ddp_weak_scaling_runs_and_reports():
     assert set(result["median_step_s"]) == {"1_process", "2_processes"}
     assert result["timed_steps_per_rank"] == 2 and result["weak_scaling_efficiency"] > 0
     assert result["two_processes_without_preemption_step_s"] > 0 and result["preemption_check_cost"] > -1
+
+
+def _polars_map():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ehr_polars_map
+
+    return ehr_polars_map
+
+
+def test_polars_map_writes_medweave_bytes_with_the_same_checks(tiny_cohort, tmp_path):
+    """benchmarks/ehr_polars_map.py is compared with medweave's map on the same work: the same
+    files from plain shards, from shards medweave converts (ns times), and from a bad row
+    (strict: the same error; lenient: the same rows left out and counted)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from medweave.data.bad_input import BadInput
+    from medweave.data.ehr import shards
+    from medweave.data.prepare import PrepareConfig, _read_labelled
+    from medweave.errors import MedweaveError
+
+    polars_map = _polars_map()
+    events = pq.read_table(next((tiny_cohort / "data").glob("*.parquet")))
+    part = pc.bit_wise_and(events.column("subject_id"), 3).to_numpy()
+    folder = tmp_path / "data"
+    folder.mkdir()
+    pq.write_table(events.filter(part == 0), folder / "plain.parquet")
+    ns = events.filter(part == 1)
+    ns = ns.set_column(ns.column_names.index("time"), "time", ns.column("time").cast(pa.timestamp("ns")))
+    pq.write_table(ns, folder / "ns.parquet")
+    bad = events.filter(part >= 2)
+    codes = bad.column("code").to_pylist()
+    codes[5] = None
+    bad = bad.set_column(bad.column_names.index("code"), "code", pa.array(codes, pa.string()))
+    pq.write_table(bad, folder / "bad.parquet")
+
+    _, _, ids, pred, split = _read_labelled(
+        tiny_cohort, PrepareConfig(task="cvd_onset_1y", modalities=("ehr_codes",)), BadInput()
+    )
+    labelled = shards.Labelled(ids, pred, split == 0)
+    files = {name: [folder / f"{name}.parquet"] for name in ("plain", "ns", "bad")}
+    files["all"] = [folder / "plain.parquet", folder / "ns.parquet"]
+    for name, unit in files.items():
+        for lenient in (False, True):
+            outs = []
+            for engine in (shards.build_unit, polars_map.build_unit):
+                out = tmp_path / f"{name}-{lenient}-{engine.__module__}"
+                try:
+                    engine(tmp_path, unit, labelled, 8, lenient, out)
+                except MedweaveError as err:
+                    outs.append(str(err))
+                    continue
+                outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+            assert outs[0] == outs[1], (name, lenient)
+            if name == "bad" and not lenient:
+                assert "field code" in outs[0]
+            else:
+                assert "code.npy" in outs[0] and len(outs[0]) == 8
+
+
+def test_ehr_prepare_scale_runs_both_engines_to_the_same_cache(tiny_cohort, tmp_path):
+    script = str(ROOT / "benchmarks/ehr_prepare_scale.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--cohort", str(tiny_cohort), "--workers", "2", "--batches", "0"]
+        + ["--engines", "medweave", "polars", "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["same_bytes"] is True and result["cache_files"] > 5
+    for engine in ("medweave", "polars"):
+        figures = result[engine]
+        assert figures["wall_s"] > 0 and figures["cpu_s"] > 0 and figures["peak_rss_mb"] > 0
+        assert figures["cpu_us_per_event"] > 0 and len(figures["load_average"]) == 2

@@ -164,3 +164,19 @@ def test_slurm_part_of_a_stepped_array_and_a_refused_list(monkeypatch):
         monkeypatch.setenv(f"SLURM_ARRAY_TASK_{name}", value)
     with pytest.raises(MedweaveError, match="as a range"):
         slurm_part()
+
+
+def test_distinct_subjects_by_flag_table_and_by_sort_agree_with_unique_pairs(monkeypatch):
+    from medweave.data.ehr import shards
+
+    monkeypatch.setattr(shards, "FLAGS", 2000)  # blocks of 2000 // codes subjects
+    rng = np.random.default_rng(0)
+    # (events, rows, codes): a flag table of one block; of several blocks; too many codes: the sort
+    for n_events, n_rows, n_codes in ((5000, 30, 40), (5000, 300, 40), (3000, 60, 50_000)):
+        rows = np.sort(rng.integers(0, n_rows, n_events)) * 7 + 3  # sorted, with gaps, as labelled rows
+        code = rng.integers(0, n_codes, n_events).astype(np.int32)
+        valued = rng.random(n_events) < 0.3
+        subjects, valued_subjects = shards._distinct_subjects(code, rows, valued, n_codes)
+        for got, mask in ((subjects, np.ones(n_events, bool)), (valued_subjects, valued)):
+            pairs = np.unique(rows[mask].astype(np.int64) * n_codes + code[mask])
+            np.testing.assert_array_equal(got, np.bincount(pairs % n_codes, minlength=n_codes))

@@ -46,6 +46,7 @@ SHARD_FORMAT = 1  # bump when a cache shard's content changes
 DONE = "info.json"  # written last: a folder without it is never used
 # counts.npy columns: per shard-local code, over train subjects only
 COUNT_COLUMNS = ("subjects", "valued_subjects", "valued_events", "value_sum", "value_square_sum")
+FLAGS = 1 << 24  # (subject, code) flags held at once when counting distinct subjects per code
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def _distinct_subjects(code: np.ndarray, rows: np.ndarray, valued: np.ndarray, n
             np.bincount(pair[with_value] % n_codes, minlength=n_codes),
         )
     subjects, valued_subjects = np.zeros(n_codes, np.int64), np.zeros(n_codes, np.int64)
-    block = max(1, (1 << 24) // n_codes)  # subjects per block: 16 M flags
+    block = max(1, FLAGS // n_codes)  # subjects per block
     bounds = np.searchsorted(local, np.arange(0, n_rows + block, block))
     seen = np.zeros(min(block, n_rows) * n_codes, bool)
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
