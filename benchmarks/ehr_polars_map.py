@@ -98,6 +98,7 @@ def build_unit(root: Path, files: list[Path], labelled: Labelled, max_events: in
 
 
 def _write_unit(frames: list[pl.LazyFrame], labelled: Labelled, max_events: int, tmp: Path) -> dict:
+    """The arrays, counts and code names of one unit's events into ``tmp``; its info fields."""
     labels = pl.LazyFrame(
         {
             "subject_id": labelled.subject_ids.astype(np.int64),
@@ -112,9 +113,8 @@ def _write_unit(frames: list[pl.LazyFrame], labelled: Labelled, max_events: int,
         .filter(time.is_null() | (time < pred) | (pl.col("code") == c.BIRTH_CODE))
         .collect(engine="streaming")
     )
-    later = events.filter(time >= pred)  # only birth events are left at or after prediction time
-    # ``later`` in medweave counts every left-out event: counted here without holding them
-    n_later = _count_later(frames, labels)
+    born_later = events.filter(time >= pred)  # the only events kept at or after prediction time
+    n_later = _count_later(frames, labels)  # every event left out, counted without holding them
     kept = (
         events.filter(time.is_null() | (time < pred))
         .filter(~pl.col("code").str.starts_with(c.NOTE_PREFIX))
@@ -165,11 +165,12 @@ def _write_unit(frames: list[pl.LazyFrame], labelled: Labelled, max_events: int,
     _save(tmp, "days", truncated.get_column("days").to_numpy())
     _save(tmp, "counts", counts)
     (tmp / "codes.json").write_text(json.dumps(names))
-    born_later = later.filter(pl.col("code") == c.BIRTH_CODE).get_column("row").n_unique()
-    return {"later": n_later, "born_later": born_later, "events": int(lengths.sum())}
+    born_rows = born_later.get_column("row").n_unique()
+    return {"later": n_later, "born_later": born_rows, "events": int(lengths.sum())}
 
 
 def _count_later(frames, labels) -> int:
+    """Events of labelled subjects at or after their prediction time (the info's ``later``)."""
     return (
         pl.concat(frames)
         .select("subject_id", "time")
