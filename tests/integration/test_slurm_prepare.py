@@ -98,6 +98,6 @@ def test_prepare_array_on_two_nodes_makes_the_cache_of_a_local_run(slurm, four_s
         compose_run("train", [*overrides, f"paths.cache_dir={local}"], tmp_path / "logs", tmp_path / "run")
     )
     slurm_files, local_files = cache_files(cache), cache_files(local)
-    assert len([f for f in local_files if f.endswith(f"/{'info.json'}")]) == N_SHARDS
+    assert len([f for f in local_files if f.endswith("/info.json")]) == N_SHARDS
     assert sorted(slurm_files) == sorted(local_files)  # the same cache key and shard keys
     assert [f for f in slurm_files if slurm_files[f] != local_files[f]] == []
