@@ -214,10 +214,13 @@ def reduce_counts(parts):
 
 
 def run_dask(client, root: Path, out: Path, task: str, max_events: int):
-    """The graph: one task per shard, the labels sent once to every worker, one reduce."""
+    """The graph: one task per shard, the labels sent once to every worker, one reduce.
+    Without a client it runs on Dask's default scheduler in this process (the tests)."""
     import dask
 
-    labels = client.scatter(labelled_table(root, task), broadcast=True)
+    labels = labelled_table(root, task)
+    if client is not None:
+        labels = client.scatter(labels, broadcast=True)
     files = sorted(str(p) for p in (root / "data").rglob("*.parquet"))
     parts = [dask.delayed(shard_work)(f, labels, str(out), max_events) for f in files]
     counts = dask.delayed(reduce_counts)(parts).compute()
