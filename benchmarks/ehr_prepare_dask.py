@@ -22,6 +22,9 @@ Engines, each in a child process on the same files and an empty output folder:
 - ``dask-slurm``: dask-jobqueue's ``SLURMCluster`` on a two-node Slurm cluster brought up on this
   machine (tests/slurm_cluster.py), one single-CPU worker job per node; its wall time includes
   the worker jobs' start.
+- ``dask-medweave``: medweave's own map and reduce functions (shards.build_unit per unit,
+  vocab.fit_codes) as tasks on a ``LocalCluster``: Dask as the launcher only; its cache shards
+  are checked byte for byte against medweave's.
 
 Each engine's figures: wall time, CPU time (user + system of the child's process tree, and for
 dask-slurm also of the worker jobs, which Slurm starts outside that tree), and the peak over time
@@ -268,6 +271,51 @@ def child_dask_slurm(root: str, out: str, task: str, workers: int, max_events: i
                 cluster.close()
 
 
+def child_dask_medweave(root: str, out: str, task: str, workers: int, max_events: int) -> None:
+    """medweave's own map (shards.build_unit per unit) and reduce (vocab.fit_codes), scheduled
+    by a LocalCluster: what Dask costs as the launcher alone, on medweave's work."""
+    import json
+
+    from dask.distributed import Client, LocalCluster
+
+    from medweave.data import contract as c
+    from medweave.data import ehr
+    from medweave.data.bad_input import BadInput
+    from medweave.data.ehr import shards, vocab
+    from medweave.data.prepare import PrepareConfig, _read_labelled
+
+    root_p, store = Path(root), Path(out) / ehr.STORE
+    store.mkdir(parents=True)
+    cfg = PrepareConfig(task=task, modalities=("ehr_codes",), max_events=max_events)
+    _, _, subject_ids, pred_time, split = _read_labelled(root_p, cfg, BadInput(False))
+    labelled = ehr.Labelled(subject_ids, pred_time, split == c.SPLITS.index(c.TRAIN_SPLIT))
+    units = ehr.plan_units(root_p)
+    folders = [store / shards.unit_key(root_p, f, labelled, max_events, False) for f in units]
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        with Client(cl) as client:
+            shared = client.scatter(labelled, broadcast=True)
+            futures = [
+                client.submit(shards.build_unit, root_p, f, shared, max_events, False, d, pure=False)
+                for f, d in zip(units, folders, strict=True)
+            ]
+            client.gather(futures)
+            fitted = client.submit(vocab.fit_codes, folders, cfg.min_subjects).result()
+    (Path(out) / "vocab.json").write_text(json.dumps(fitted))
+    print(len(units))
+
+
+def check_shards_identical(cache: Path, out: Path) -> dict:
+    """dask-medweave's cache shards and vocabulary: byte for byte medweave's."""
+    mine = sorted(p.relative_to(cache) for p in (cache / "ehr").rglob("*") if p.is_file())
+    theirs = sorted(p.relative_to(out) for p in (out / "ehr").rglob("*") if p.is_file())
+    assert mine == theirs, "other cache shards"
+    differ = [str(p) for p in mine if (cache / p).read_bytes() != (out / p).read_bytes()]
+    assert not differ, f"files differ: {differ[:3]}"
+    [prepared] = [p.parent for p in cache.glob("*/manifest.json")]
+    assert json.loads((prepared / "vocab.json").read_text()) == json.loads((out / "vocab.json").read_text())
+    return {"identical_files": len(mine), "vocabulary": "identical"}
+
+
 def child_medweave(root: str, cache: str, task: str, workers: int, max_events: int) -> None:
     sys.path.insert(0, str(HERE.parent))
     from ehr_prepare_scale import child_medweave as run
@@ -317,7 +365,12 @@ def check_against_medweave(root: Path, cache: Path, out: Path, min_subjects: int
 
 
 # ------------------------------------------------------------------------------------ main
-CHILDREN = {"medweave": child_medweave, "dask-local": child_dask_local, "dask-slurm": child_dask_slurm}
+CHILDREN = {
+    "medweave": child_medweave,
+    "dask-local": child_dask_local,
+    "dask-slurm": child_dask_slurm,
+    "dask-medweave": child_dask_medweave,
+}
 
 
 def run_cohort(root: Path, args, work: Path) -> dict:
@@ -347,7 +400,11 @@ def run_cohort(root: Path, args, work: Path) -> dict:
             nodes = [line for line in (logs / "stderr").read_text().splitlines() if "Slurm nodes" in line]
             result[engine]["workers_on"] = nodes[-1].split("nodes ", 1)[1] if nodes else None
         if engine != "medweave" and "medweave" in args.engines and args.check:
-            result[engine]["agrees_with_medweave"] = check_against_medweave(root, cache, target)
+            if engine == "dask-medweave":
+                agrees = check_shards_identical(cache, target)
+            else:
+                agrees = check_against_medweave(root, cache, target)
+            result[engine]["agrees_with_medweave"] = agrees
         print(json.dumps({engine: result[engine]}), file=sys.stderr, flush=True)
         if engine != "medweave":
             shutil.rmtree(target)
