@@ -1,5 +1,6 @@
 """slurm/prepare.sbatch on a real two-node Slurm cluster: an array of two tasks, one per node,
-prepares the EHR shards, the job after it (afterok) reduces; the cache is the one a local run makes."""
+prepares the EHR shards, the job after it (afterok) reduces; the cache is the one a local run makes.
+A task that fails names its shard, and the reduce job is cancelled instead of pending for ever."""
 
 from __future__ import annotations
 
@@ -40,18 +41,13 @@ def cache_files(folder: Path) -> dict[str, bytes]:
     }
 
 
-def test_prepare_array_on_two_nodes_makes_the_cache_of_a_local_run(slurm, four_shards, tmp_path):
+def submit(slurm, cohort: Path, tmp_path: Path) -> tuple[str, str, Path, Path, list[str]]:
+    """``bash slurm/prepare.sbatch`` as a user runs it, with two array tasks of a whole node each;
+    returns the array and reduce job ids, the cache and log folders and the overrides."""
     import subprocess
 
-    from medweave.cli.prepare import prepare as prepare_cli
-    from tests.conftest import compose_run
-
-    overrides = [
-        f"data.root={four_shards}",
-        "data.modalities=[ehr_codes]",
-        f"paths.log_dir={tmp_path / 'logs'}",
-    ]
-    logs = tmp_path / "slurm-logs"
+    overrides = [f"data.root={cohort}", "data.modalities=[ehr_codes]", f"paths.log_dir={tmp_path / 'logs'}"]
+    logs, cache = tmp_path / "slurm-logs", tmp_path / "slurm-cache"
     logs.mkdir()
     env = {
         **slurm.env,
@@ -60,8 +56,7 @@ def test_prepare_array_on_two_nodes_makes_the_cache_of_a_local_run(slurm, four_s
         "MEDWEAVE_PREPARE_MEM": "100M",
         "MEDWEAVE_PREPARE_LOGS": str(logs),
     }
-    cache = tmp_path / "slurm-cache"
-    submit = subprocess.run(
+    proc = subprocess.run(
         ["bash", "slurm/prepare.sbatch", *overrides, f"paths.cache_dir={cache}"],
         cwd=REPO,
         env=env,
@@ -69,8 +64,16 @@ def test_prepare_array_on_two_nodes_makes_the_cache_of_a_local_run(slurm, four_s
         text=True,
         timeout=60,
     )
-    assert submit.returncode == 0, submit.stdout + submit.stderr
-    array, reduce = re.search(r"array job (\d+) .* reduce job (\d+)", submit.stdout).groups()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    array, reduce = re.search(r"array job (\d+) .* reduce job (\d+)", proc.stdout).groups()
+    return array, reduce, cache, logs, overrides
+
+
+def test_prepare_array_on_two_nodes_makes_the_cache_of_a_local_run(slurm, four_shards, tmp_path):
+    from medweave.cli.prepare import prepare as prepare_cli
+    from tests.conftest import compose_run
+
+    array, reduce, cache, logs, overrides = submit(slurm, four_shards, tmp_path)
     assert slurm.job_state(reduce)["Dependency"] == f"afterok:{array}_*(unfulfilled)"
 
     info = slurm.wait(reduce, timeout=240)
@@ -101,3 +104,17 @@ def test_prepare_array_on_two_nodes_makes_the_cache_of_a_local_run(slurm, four_s
     assert len([f for f in local_files if f.endswith("/info.json")]) == N_SHARDS
     assert sorted(slurm_files) == sorted(local_files)  # the same cache key and shard keys
     assert [f for f in slurm_files if slurm_files[f] != local_files[f]] == []
+
+
+def test_a_failed_array_task_names_its_shard_and_the_reduce_job_is_cancelled(slurm, four_shards, tmp_path):
+    broken = shutil.copytree(four_shards, tmp_path / "cohort")
+    (broken / c.EVENTS_DIR / "3.parquet").write_bytes(b"not parquet")  # unit 3: the second task's
+    array, reduce, cache, logs, _ = submit(slurm, broken, tmp_path)
+    info = slurm.wait(reduce, timeout=240)
+    assert info["JobState"] == "CANCELLED", info  # --kill-on-invalid-dep: not pending for ever
+    first, second = (slurm.wait(f"{array}_{k}", timeout=60) for k in (0, 1))
+    assert first["JobState"] == "COMPLETED" and second["JobState"] == "FAILED", (first, second)
+    text = (logs / f"medweave-prepare-{array}_1.out").read_text()
+    assert "EHR shard data/3.parquet failed" in text and "a rerun reuses them" in text, text
+    assert len(list((cache / "ehr").glob("*/info.json"))) == 3  # the others' shards are kept
+    assert not list(cache.glob("*/manifest.json"))
