@@ -17,7 +17,6 @@ from medweave.data import contract as c
 from medweave.data.prepare import PrepareConfig, prepare
 
 pytestmark = pytest.mark.slow  # imports Dask and pandas, prepares a cohort twice
-pytest.importorskip("dask")
 MAX_EVENTS = 16
 
 
