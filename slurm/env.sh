@@ -22,4 +22,4 @@ export MASTER_ADDR
 export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))  # not the submitting shell's: per job
 export MPLCONFIGDIR=${MPLCONFIGDIR:-${TMPDIR:-/tmp}/medweave-mpl-$SLURM_JOB_ID}
 echo "medweave job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST;" \
-  "master $MASTER_ADDR:$MASTER_PORT; $SLURM_NTASKS tasks; start $(date +%s.%N)"
+  "master $MASTER_ADDR:$MASTER_PORT; ${SLURM_NTASKS:-1} task(s); start $(date +%s.%N)"

@@ -1,7 +1,7 @@
 """medweave-prepare: build a cohort's prepared cache before training, on one machine or as a Slurm array.
 
     medweave-prepare data.root=<cohort> task=cvd_onset_1y data.prepare_workers=8
-    sbatch slurm/prepare.sbatch data.root=<cohort> task=cvd_onset_1y   # array + final job
+    bash slurm/prepare.sbatch data.root=<cohort> task=cvd_onset_1y     # Slurm array + final job
 
 Takes medweave-train's overrides (data.*, task, paths.cache_dir) and prepares exactly the cache
 that medweave-train with them would use. Inside a Slurm job array (SLURM_ARRAY_TASK_COUNT > 1)
