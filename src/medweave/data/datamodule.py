@@ -302,7 +302,7 @@ class CohortDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         # Every process may call this; prepare() locks, so one builds and the others reuse.
         if self.cohort is None:
-            from medweave.embeddings.cache import open_cache
+            from medweave.data.embedding_cache import open_cache
 
             if self.aces:
                 self._label_with_aces()

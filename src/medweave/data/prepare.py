@@ -35,10 +35,10 @@ from medweave.data.bad_input import BadInput
 from medweave.data.ehr import PAD, UNK  # noqa: F401 - the ids, where they were before data/ehr/
 from medweave.data.fingerprint import cohort_fingerprint
 from medweave.data.genomics import prepare_genomics
-from medweave.data.images import prepare_images
+from medweave.data.imaging.images import prepare_images
+from medweave.data.imaging.volumes import prepare_volumes
 from medweave.data.readers import meds
 from medweave.data.text import prepare_text
-from medweave.data.volumes import prepare_volumes
 from medweave.errors import MedweaveError
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from medweave.data import contract as c
 from medweave.data.bad_input import BadInput
-from medweave.data.images import ImagingIndex
+from medweave.data.imaging.images import ImagingIndex
 from medweave.data.readers import dicom, volume
 from medweave.errors import MedweaveError
 
