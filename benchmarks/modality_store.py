@@ -100,7 +100,9 @@ def main() -> None:
             dump[f"{task}/{name}"] = a
         for name in ("subject_id", "target", *(k for k in subjects.files if k.startswith("present_"))):
             dump[f"{task}/{name}"] = subjects[name]
-    tops = sorted(((du(p), p.relative_to(cache).as_posix()) for p in cache.glob("*/*") if p.is_dir()), reverse=True)
+    tops = sorted(
+        ((du(p), p.relative_to(cache).as_posix()) for p in cache.glob("*/*") if p.is_dir()), reverse=True
+    )
     print(
         json.dumps(
             {
@@ -132,7 +134,10 @@ def _has_store() -> bool:
 
 def compare(old: Path, new: Path) -> None:
     a, b = np.load(old), np.load(new)
-    report = {"only_old": sorted(set(a.files) - set(b.files)), "only_new": sorted(set(b.files) - set(a.files))}
+    report = {
+        "only_old": sorted(set(a.files) - set(b.files)),
+        "only_new": sorted(set(b.files) - set(a.files)),
+    }
     for name in sorted(set(a.files) & set(b.files)):
         x, y = a[name], b[name]
         if x.shape != y.shape:

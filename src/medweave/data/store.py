@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the store layout changes
 DONE = "info.json"  # written last: a folder without it is never used
+FOLDERS = ("ehr", "text", "image", "volume", "genomics")  # the stores under cache_dir (each room's STORE)
 LINKS = "stores.json"
 
 

@@ -32,7 +32,7 @@ from medweave.errors import MedweaveError
 
 STORE = "genomics"  # under cache_dir
 SUBJECTS = ".subjects.npy"  # <array>.subjects.npy: the sorted subject_id of each row
-FITTED = "vocab.json"  # what the build put into the vocabulary (merged into each task's)
+FITTED = "fitted.json"  # what the build put into the vocabulary (merged into each task's)
 
 
 def prepare_genomics(

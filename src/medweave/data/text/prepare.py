@@ -54,11 +54,11 @@ def prepare_text(root: Path, units, labelled, bad, cfg, vocab: dict, out: Path) 
         docs = ehr.notes_per_subject(units, labelled.subject_ids, labelled.pred_time, bad)
         fitted = dict(vocab)
         np.save(tmp / "present.npy", tokenise(docs, labelled.train, cfg, fitted, tmp))
-        (tmp / "vocab.json").write_text(json.dumps({k: fitted[k] for k in FITTED}))
+        (tmp / "fitted.json").write_text(json.dumps({k: fitted[k] for k in FITTED}))
         return {"subjects": len(docs)}
 
     store.build_once(folder, build)
-    vocab.update(json.loads((folder / "vocab.json").read_text()))
+    vocab.update(json.loads((folder / "fitted.json").read_text()))
     store.link(out, "text_ids", folder, np.arange(len(labelled.subject_ids)), fill=vocab["text_pad_id"])
     return np.load(folder / "present.npy")
 
