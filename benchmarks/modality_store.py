@@ -9,9 +9,9 @@ against one store per modality that the tasks index (data/store.py).
 Prepares ``--tasks`` one after the other into one empty cache folder (every modality: EHR codes,
 notes, images, CT volumes, genomics dosages + PCs) and prints one JSON line: bytes under the
 cache after each task, the largest store or task folders, and seconds per task. ``--dump``
-writes every task's arrays as its DataModule serves them (sample order) into one .npz, so two
-runs can be compared array by array (``--compare``: exact for integers and images, the largest
-difference for floats).
+writes every task's arrays as its DataModule serves them (sample order), and its vocabulary,
+into one .npz, so two runs can be compared array by array (``--compare``: exact for integers,
+images and vocabularies, the largest difference for floats).
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def main() -> None:
         subjects = np.load(folder / "subjects.npz")
         for name, a in arrays_of(folder).items():
             dump[f"{task}/{name}"] = a
+        dump[f"{task}/vocab"] = np.array((folder / "vocab.json").read_text())
         for name in ("subject_id", "target", *(k for k in subjects.files if k.startswith("present_"))):
             dump[f"{task}/{name}"] = subjects[name]
     tops = sorted(
