@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from medweave.data.genomics.options import ARRAYS, SOURCES, GenomicsOptions
 from medweave.data.genomics.samples import SampleNames, cohort_ids, rows_of
 from medweave.data.readers import vcf
 from medweave.errors import MedweaveError
+
+log = logging.getLogger(__name__)
 
 STORE = "genomics"  # under cache_dir
 SUBJECTS = ".subjects.npy"  # <array>.subjects.npy: the sorted subject_id of each row
@@ -57,7 +60,13 @@ def prepare_genomics(
         / STORE
         / store.key(cache=CACHE_FORMAT, inputs=inputs, options=asdict(opts), lenient=lenient, **fit_on)
     )
-    store.build_once(folder, lambda tmp: _build_store(root, train_ids, dict(vocab), tmp, opts, lenient))
+    info, built = store.build_once(
+        folder, lambda tmp: _build_store(root, train_ids, dict(vocab), tmp, opts, lenient)
+    )
+    if not built and (skipped := sum(info.get("skipped", {}).values())):
+        log.warning(
+            "genomics store: %d faulty row(s) or file(s) were skipped when it was built (lenient)", skipped
+        )
     vocab.update(json.loads((folder / FITTED).read_text()))
     present = np.zeros(len(subject_ids), bool)
     for source in vocab["genomics_sources"]:

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from medweave.data import contract as c
+from medweave.data import store
 from medweave.data.bad_input import BadInput
 from medweave.data.readers import meds
 from medweave.errors import MedweaveError
@@ -126,7 +127,6 @@ def choose(index: ImagingIndex, folder: Path, subject_ids: np.ndarray, pred_time
 def store_folder(out: Path, modality: str, root: Path, cfg, **options) -> Path:
     """``<cache_dir>/<modality>/<key>``: keyed by the imaging folder's files and the modality's
     own options (not the task: each task chooses its rows with ``choose``)."""
-    from medweave.data import store
     from medweave.data.prepare import CACHE_FORMAT
 
     inputs = store.inputs_fingerprint(root, [c.IMAGING_DIR], cfg.fingerprint, out.parent)
