@@ -228,7 +228,9 @@ def ddp_shared_cache(root: Path, work: Path, args) -> dict:
 
     folders = [p for p in cache_dir.iterdir() if (p / "manifest.json").is_file()]
     leftovers = [p.name for p in cache_dir.iterdir() if p.is_dir() and p.name.startswith(".")]
-    shared = [d for d in (cache_dir / "ehr",) if d.is_dir()]  # EHR cache shards (data/ehr/), shared by tasks
+    from medweave.data.store import FOLDERS  # the stores tasks share (data/store.py)
+
+    shared = [d for d in (cache_dir / name for name in FOLDERS) if d.is_dir()]
     size = sum(f.stat().st_size for d in folders + shared for f in d.rglob("*") if f.is_file())
     mapped = sum(f.stat().st_size for d in folders + shared for f in d.rglob("*.npy"))
     pss_sum = sum(r["pss"] for r in last.values())

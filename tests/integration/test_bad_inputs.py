@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from medweave.data.store import FOLDERS
 from medweave.errors import MedweaveError
 from tests.integration import bad_inputs
 
@@ -35,8 +36,8 @@ def _half_written(work):
     cache = work / "cache"
     if cache.exists():
         for p in cache.iterdir():
-            if p.name == "ehr":  # EHR cache shards, each kept only when complete (a rerun reuses them)
-                left += [shard for shard in p.iterdir() if not (shard / "info.json").is_file()]
+            if p.name in FOLDERS:  # stores tasks share (EHR shards, images...): each complete or absent
+                left += [s for s in p.iterdir() if s.is_dir() and not (s / "info.json").is_file()]
             elif p.is_dir():
                 left.append(p)  # a cache folder exists only when complete
     out = work / "out"

@@ -9,6 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from medweave.data.store import open_arrays
+
 pytestmark = pytest.mark.slow
 
 
@@ -58,7 +60,7 @@ def test_plink_genomes_train_on_pcs_and_pgs(tmp_path, fmt):
     assert all(e["counts"]["swapped"] > 0 and e["counts"]["flipped"] > 0 for e in vocab["pgs"])
     subjects = np.load(cache / "subjects.npz")
     has = subjects["present_genomics"]
-    scores = np.load(cache / "genomics_pgs.npy")
+    scores = np.asarray(open_arrays(cache)["genomics_pgs"])
     truth = pq.read_table(root / "ground_truth/risk.parquet").to_pandas().set_index("subject_id")
     genetic = truth.loc[subjects["subject_id"][has], "genetic_cvd"].to_numpy()
     # The matched score is the sandbox's own genetic risk.
@@ -79,7 +81,9 @@ def test_plink_genomes_train_on_pcs_and_pgs(tmp_path, fmt):
         assert 0.0 <= results["test/auroc"] <= 1.0
         caches = [p.parent for p in (tmp_path / "logs").rglob("vocab.json")]
         again = next(p for p in caches if p != cache)
-        np.testing.assert_allclose(np.load(again / "genomics_pgs.npy"), scores, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(open_arrays(again)["genomics_pgs"]), scores, atol=1e-5)
         np.testing.assert_allclose(
-            np.load(again / "genomics_pcs.npy"), np.load(cache / "genomics_pcs.npy"), atol=1e-4
+            np.asarray(open_arrays(again)["genomics_pcs"]),
+            np.asarray(open_arrays(cache)["genomics_pcs"]),
+            atol=1e-4,
         )

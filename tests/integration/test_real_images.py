@@ -25,6 +25,7 @@ import pytest
 from medweave.data import contract as c
 from medweave.data.prepare import PrepareConfig, prepare
 from medweave.data.readers import dicom
+from medweave.data.store import open_arrays
 from tests.unit.test_dicom_readers import real_files
 
 # Real grayscale files a PACS would hold under CR/DX/MR/CT; the first few are the ones the PNG test
@@ -122,7 +123,7 @@ def test_before_after_pngs_catch_inversion_and_clipping(real_cohort, tmp_path):
         PrepareConfig(task="cvd_onset_1y", modalities=("image",), image_size=size, image_modalities=REAL),
     )
     subjects = np.load(out / "subjects.npz")
-    cache = np.load(out / "image.npy", mmap_mode="r")
+    cache = np.asarray(open_arrays(out)["image"])
     index = pq.read_table(real_cohort / c.IMAGING_INDEX).to_pandas()
     cached = {}
     for name in ("RG1_UNCR.dcm", "MR2_UNCR.dcm", DX_TWIN):
@@ -230,7 +231,7 @@ def test_dicom_series_and_nifti_give_the_same_cached_volume(volume_cohort, tmp_p
     sa, sb = np.load(a / "subjects.npz"), np.load(b / "subjects.npz")
     np.testing.assert_array_equal(sa["present_volume"], sb["present_volume"])
     assert sa["present_volume"].sum() >= 10
-    va, vb = np.load(a / "volume.npy"), np.load(b / "volume.npy")
+    va, vb = np.asarray(open_arrays(a)["volume"]), np.asarray(open_arrays(b)["volume"])
     assert va.shape == (40, 1, 12, 32, 32) and va.dtype == np.float16
     np.testing.assert_array_equal(va, vb)
     present = va[sa["present_volume"]]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from medweave.data.store import linked, open_arrays
 from medweave.embeddings.frozen import SentenceEncoder
 from medweave.errors import MedweaveError
 from tests.integration.bad_inputs.embed import embed_step, image_network, serve, tiny_text_model
@@ -157,7 +158,7 @@ def test_data_module_serves_the_vectors_in_place_of_the_notes(cohort, tmp_path):
     datamodule = serve(cohort, work, "text", folder)
     inputs = datamodule.encoder_inputs()
     assert inputs["text"] == {"embedding_width": 32, "source": str(folder / "embeddings.npy")}
-    assert not (datamodule.cohort.folder / "text_ids.npy").exists()  # the notes were not prepared again
+    assert "text_ids" not in linked(datamodule.cohort.folder)  # the notes were not prepared again
 
     batch = next(iter(datamodule.train_dataloader()))
     index = {s: i for i, s in enumerate(datamodule.cohort.subject_id)}
@@ -181,8 +182,8 @@ def test_image_network_from_a_state_dict_embeds_the_latest_image(cohort, tmp_pat
     folder = embed_step(cohort, work, "modality=image", f"model_path={path}")
     vectors, present = _vectors(folder)
     assert folder.name.startswith("image-") and vectors.shape == (120, 128)  # block_inplanes[3]
-    prepared = next(p for p in (work / "logs" / "cache").iterdir() if (p / "image.npy").exists())
-    images = np.load(prepared / "image.npy")
+    prepared = next(p for p in (work / "logs" / "cache").iterdir() if "image" in linked(p))
+    images = np.asarray(open_arrays(prepared)["image"])
     rows = np.flatnonzero(present)[:5]
     with torch.inference_mode():
         expected = network(torch.from_numpy(images[rows].astype(np.float32))).numpy()
@@ -228,10 +229,8 @@ def test_a_3d_network_embeds_the_volumes(tmp_path):
     )
     vectors, present = _vectors(folder)
     assert folder.name.startswith("volume-") and vectors.shape == (30, 8) and present.any()
-    prepared = next(
-        p for p in (tmp_path / "work" / "logs" / "cache").iterdir() if (p / "volume.npy").exists()
-    )
-    volumes = np.load(prepared / "volume.npy")
+    prepared = next(p for p in (tmp_path / "work" / "logs" / "cache").iterdir() if "volume" in linked(p))
+    volumes = np.asarray(open_arrays(prepared)["volume"])
     rows = np.flatnonzero(present)
     with torch.inference_mode():
         expected = network(torch.from_numpy(volumes[rows].astype(np.float32))).numpy()

@@ -13,6 +13,7 @@ import pytest
 
 from medweave.data import contract as c
 from medweave.data.prepare import PrepareConfig, prepare
+from medweave.data.store import open_arrays
 from medweave.errors import MedweaveError
 
 TASK = "cvd_onset_1y"
@@ -81,7 +82,7 @@ def test_sample_map_per_chromosome_files_and_qc_on_train(cohort, tmp_path):
     assert vocab["variant_qc"] == {"min_call_rate": 0.5, "min_maf": 0.01, "read": 5, "kept": 2}
     sid = s["subject_id"]
     row = {int(v): i for i, v in enumerate(sid)}
-    dos = np.load(folder / "genomics.npy")
+    dos = np.asarray(open_arrays(folder)["genomics"])
     expect = {"0/0": 0, "0|1": 50, "1/1": 100}
     for k in (0, 45):
         r = row[int(ids[chosen[k]])]
@@ -116,7 +117,10 @@ def test_expression_either_orientation_cpm_log1p_zscore_on_train(cohort, tmp_pat
     folder_a, vocab_a, s = run(cohort, tmp_path / "a", **options)
     pq.write_table(by_gene, cohort / c.EXPRESSION)
     folder_b, vocab_b, _ = run(cohort, tmp_path / "b", **options)
-    a, b = np.load(folder_a / "genomics_expression.npy"), np.load(folder_b / "genomics_expression.npy")
+    a, b = (
+        np.asarray(open_arrays(folder_a)["genomics_expression"]),
+        np.asarray(open_arrays(folder_b)["genomics_expression"]),
+    )
     np.testing.assert_allclose(a, b, rtol=1e-5)
     assert vocab_a["genes"] == [f"G{j}" for j in range(5)] and vocab_a["gene_mean"] == vocab_b["gene_mean"]
     # z-scores on train statistics: train rows have mean 0, what comes out matches numpy's.

@@ -12,6 +12,7 @@ from medweave.data.genomics.genotypes import Genotypes
 from medweave.data.genomics.options import GenomicsOptions
 from medweave.data.readers import plink
 from medweave.data.readers.genotypes import VariantTable
+from medweave.data.store import open_arrays
 from medweave.errors import MedweaveError
 
 
@@ -37,7 +38,7 @@ def open_set(tmp_path, g, v=None, name="x"):
     samples = [f"s{i}" for i in range(g.shape[1])]
     plink.write_pgen(tmp_path / f"{name}.pgen", samples, v or variants(len(g)), [g])
     r = plink.PgenReader(tmp_path / f"{name}.pgen")
-    return Genotypes([r], [np.arange(len(samples))], len(samples))
+    return Genotypes([r], [np.arange(len(samples))], np.arange(len(samples)))
 
 
 def opts(**kw):
@@ -199,7 +200,10 @@ def test_plink_cohort_prepares_pcs_and_pgs_through_the_sample_map(plink_cohort, 
     assert report.counts["genomes"] == 80 and report.counts["genotyped_variants"] == 120
     folder, vocab = prepare_plink(plink_cohort, tmp_path)
     present = np.load(folder / "subjects.npz")["present_genomics"]
-    pcs, scores = np.load(folder / "genomics_pcs.npy"), np.load(folder / "genomics_pgs.npy")
+    pcs, scores = (
+        np.asarray(open_arrays(folder)["genomics_pcs"]),
+        np.asarray(open_arrays(folder)["genomics_pgs"]),
+    )
     assert pcs.shape[1] == 3 and scores.shape[1] == 1 and 0 < present.sum() <= 80
     assert (pcs[~present] == 0).all() and pcs[present].std() > 0.5
     assert vocab["pgs"][0]["counts"]["matched"] == 60
@@ -248,7 +252,7 @@ def test_a_selected_variant_set_takes_the_dense_dosage_path(plink_cohort, tmp_pa
         plink_cohort, tmp_path, sources=["variants"], variant_set="genomics/selected.txt"
     )
     assert vocab["variants"] == ["1:1000:A:G", "1:1700:A:G", "2:1100:A:G", "2:1700:A:G"]  # rs7 on both
-    dense = np.load(folder / "genomics.npy")
+    dense = np.asarray(open_arrays(folder)["genomics"])
     subjects = np.load(folder / "subjects.npz")
     row = int(np.flatnonzero(subjects["present_genomics"])[0])
     assert dense.shape == (len(subjects["subject_id"]), 4) and set(np.unique(dense[row])) <= {0, 50, 100}

@@ -10,6 +10,7 @@ import pytest
 from medweave.data import contract as c
 from medweave.data.ehr import EhrCache
 from medweave.data.prepare import PrepareConfig, prepare
+from medweave.data.store import open_arrays
 from medweave.errors import MedweaveError
 
 ALL = ("ehr_codes", "text", "image", "genomics")
@@ -26,7 +27,7 @@ def load(folder, name):
     """A cache array by its name, the EHR ones from the shards."""
     if name.startswith("ehr_"):
         return ehr_arrays(folder)[name.removeprefix("ehr_")]
-    return np.load(folder / f"{name}.npy")
+    return np.asarray(open_arrays(folder)[name])
 
 
 def cfg(**kw):
@@ -121,9 +122,9 @@ def test_presence_and_shapes(prepared):
     n = len(s["subject_id"])
     assert s["present_ehr_codes"].all()
     assert 0 < s["present_image"].sum() < n and 0 < s["present_genomics"].sum() < n
-    assert np.load(prepared / "image.npy").shape == (n, 1, 32, 32)
-    assert np.load(prepared / "text_ids.npy").shape == (n, 64)
-    image = np.load(prepared / "image.npy")
+    assert np.asarray(open_arrays(prepared)["image"]).shape == (n, 1, 32, 32)
+    assert np.asarray(open_arrays(prepared)["text_ids"]).shape == (n, 64)
+    image = np.asarray(open_arrays(prepared)["image"])
     assert not image[~s["present_image"]].any()
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from medweave.data.prepare import PrepareConfig, prepare
+from medweave.data.store import open_arrays
 from medweave.data.text import fit_tokenizer, load_tokenizer
 from medweave.models.encoders.text import TextEncoder
 
@@ -34,7 +35,7 @@ def test_pretrained_folder_feeds_prepare_and_encoder(tiny_cohort, tmp_path):
             task="cvd_onset_1y", modalities=("text",), max_text_tokens=32, text_tokenizer_path=str(folder)
         ),
     )
-    ids = np.load(cache / "text_ids.npy")
+    ids = np.asarray(open_arrays(cache)["text_ids"])
     assert ids.max() < len(tokenizer) and (ids == tokenizer.unk_token_id).any()
 
     encoder = TextEncoder(

@@ -101,7 +101,7 @@ IMAGING_SCHEMA = pa.schema(
 # Index modality values (DICOM Modality) medweave reads; a row with another value is a fault.
 # The image modality reads rows that name one file (DICOM, not NIfTI) with a null modality or any
 # of these; the volume modality reads CT/MR rows that name a series folder, a NIfTI file or a
-# multi-frame DICOM file (data/images.py, data/volumes.py).
+# multi-frame DICOM file (data/imaging/).
 RADIOGRAPH_MODALITIES = ("CR", "DX")
 VOLUME_MODALITIES = ("CT", "MR")
 IMAGING_MODALITIES = RADIOGRAPH_MODALITIES + VOLUME_MODALITIES

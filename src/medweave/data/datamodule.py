@@ -5,13 +5,14 @@ A batch is a dict (the one batch contract of medweave)::
     ehr_codes       {"codes": int64 [B, L] (0 = padding), "values": float [B, L] (nan = no value),
                      "days": float [B, L] (days before prediction_time; nan = static)}
     text            {"input_ids": int64 [B, T], "attention_mask": int64 [B, T]}
-    image           float [B, 1, H, W] in [0, 1], bright = dense (data/images.py)
-    volume          float [B, 1, D, H, W] in [0, 1]: CT/MR at data.volume spacing and size (data/volumes.py)
+    image           float [B, 1, H, W] in [0, 1], bright = dense (data/imaging/images.py)
+    volume          float [B, 1, D, H, W] in [0, 1]: CT/MR at data.volume spacing and size
+                    (data/imaging/volumes.py)
     genomics        float [B, F] data.genomics.sources concatenated: standardised dosages, PCs,
                     polygenic scores, normalised expression, external embeddings (0 where missing;
                     data/genomics/)
     <modality>      float [B, W] instead, for a modality served from data.embeddings (the vectors
-                    medweave-embed wrote; embeddings/cache.py)
+                    medweave-embed wrote; data/embedding_cache.py)
     <modality>_mask bool [B]   True = the subject has this modality; False rows hold padding
     targets         float [B]  the binary label; for survival tasks, whether the event was seen;
                     the value (regression); int64 [B] class index (multiclass); float [B, K]
@@ -36,15 +37,17 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.data import DataLoader, Dataset
 
 from medweave.data import contract as c
-from medweave.data import genomics
+from medweave.data import genomics, store
 from medweave.data.ehr import EhrCache
+from medweave.data.embedding_cache import open_cache
 from medweave.data.prepare import PrepareConfig, prepare
 from medweave.data.sampler import PoissonSubjectSampler, SubjectSampler
 from medweave.errors import MedweaveError
 
 
 class PreparedCohort:
-    """Opens a prepared cache folder; arrays are memory-mapped, opened lazily per process."""
+    """Opens a prepared cache folder; arrays are memory-mapped from the shared stores it links
+    (data/store.py), opened lazily per process."""
 
     def __init__(self, folder: Path, modalities: list[str], embeddings: dict | None = None):
         self.folder = Path(folder)
@@ -63,23 +66,11 @@ class PreparedCohort:
         self._arrays: dict | None = None
         self.ehr = EhrCache(self.folder, self.vocab) if c.EHR_CODES in modalities else None
 
-    FILES = {
-        c.EHR_CODES: (),  # per-shard files, read by EhrCache
-        c.TEXT: ("text_ids",),
-        c.IMAGE: ("image",),
-        c.VOLUME: ("volume",),
-        c.GENOMICS: tuple(genomics.ARRAYS.values()),  # those the sources made
-    }
-
     @property
-    def arrays(self) -> dict[str, np.ndarray]:
+    def arrays(self) -> dict[str, store.Indexed]:
+        """The modalities' arrays in this cache's row order, served from the shared stores."""
         if self._arrays is None:
-            self._arrays = {
-                name: np.load(self.folder / f"{name}.npy", mmap_mode="r")
-                for m in self.modalities
-                for name in self.FILES[m]
-                if m != c.GENOMICS or name in genomics.array_names(self.folder)
-            }
+            self._arrays = store.open_arrays(self.folder)
         return self._arrays
 
     def __getstate__(self):  # workers re-open the memory maps instead of pickling arrays
@@ -302,8 +293,6 @@ class CohortDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         # Every process may call this; prepare() locks, so one builds and the others reuse.
         if self.cohort is None:
-            from medweave.embeddings.cache import open_cache
-
             if self.aces:
                 self._label_with_aces()
             folder = prepare(

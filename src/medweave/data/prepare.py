@@ -1,13 +1,19 @@
-"""Read the cohort once into a per-modality cache that training memory-maps.
+"""Read the cohort once into per-modality stores that training memory-maps, and index them per task.
 
 This module only orchestrates: each modality's preparation lives in its own room (data/ehr/,
-data/genomics/, images.py, volumes.py, text.py); EHR events are prepared shard by shard in
-bounded memory and in parallel (``workers``), into cache shards shared across tasks.
+data/genomics/, data/imaging/, data/text/). The heavy arrays live in stores under the cache
+folder that tasks share (data/store.py): EHR cache shards (``ehr/``, prepared shard by shard in
+bounded memory and in parallel, ``workers``), notes (``text/``), images and volumes (``image/``,
+``volume/``) and genomics (``genomics/``), each keyed only by what it depends on: its input files,
+its own options and, where statistics are fitted on train, the train subjects. So another task,
+an ablation arm or an evaluation over the same inputs reuses them.
 
-The cache folder's name is a hash of the cohort's file contents, the preparation settings and the
-vocabulary, so it is reused while all three are unchanged and rebuilt when any changes. It is
-built in a temporary sibling and renamed into place, so a crash leaves no half-written cache and
-concurrent ranks never read one.
+A task's cache folder holds its samples (subjects.npz: subjects, splits, prediction times,
+targets), the fitted vocabulary and, per modality, which store row each sample reads. Its name
+is a hash of the cohort's fingerprint, the preparation settings and the vocabulary, so it is
+reused while all three are unchanged and rebuilt when any changes. Folders and stores are built
+in a temporary sibling and renamed into place under a lock, so a crash leaves nothing
+half-written and concurrent ranks wait and reuse them.
 
 Vocabularies (EHR codes, value statistics, the note tokenizer, genotype statistics) are fitted on
 the train split only; a checkpoint carries them so that evaluation maps a cohort the same way.
@@ -35,15 +41,14 @@ from medweave.data.bad_input import BadInput
 from medweave.data.ehr import PAD, UNK  # noqa: F401 - the ids, where they were before data/ehr/
 from medweave.data.fingerprint import cohort_fingerprint
 from medweave.data.genomics import prepare_genomics
-from medweave.data.images import prepare_images
+from medweave.data.imaging import ImagingIndex, prepare_images, prepare_volumes
 from medweave.data.readers import meds
 from medweave.data.text import prepare_text
-from medweave.data.volumes import prepare_volumes
 from medweave.errors import MedweaveError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 4  # bump when preparation changes what it writes
+CACHE_FORMAT = 5  # bump when preparation changes what it writes (the stores' keys hold it too)
 MANIFEST = "manifest.json"
 
 
@@ -167,23 +172,24 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None, worker
     target, time = _targets(root, cfg, label_tasks, labels, order, subject_ids, pred_time, train, vocab)
 
     present = {}
+    labelled = ehr.Labelled(subject_ids, pred_time, train)
     if c.EHR_CODES in cfg.modalities or c.TEXT in cfg.modalities:
         units = ehr.plan_units(root)
     if c.EHR_CODES in cfg.modalities:
-        labelled = ehr.Labelled(subject_ids, pred_time, train)
         present[c.EHR_CODES] = ehr.prepare_codes(
             root, out, labelled, units, cfg.max_events, cfg.min_subjects, cfg.lenient, vocab, workers
         )
     if c.TEXT in cfg.modalities:
-        docs = ehr.notes_per_subject(units, subject_ids, pred_time, bad)
-        present[c.TEXT] = prepare_text(docs, train, cfg, vocab, out)
+        present[c.TEXT] = prepare_text(root, units, labelled, bad, cfg, vocab, out)
+    if c.IMAGE in cfg.modalities or c.VOLUME in cfg.modalities:
+        index = ImagingIndex(root, BadInput(cfg.lenient))  # its faults are reported once, here
     if c.IMAGE in cfg.modalities:
-        present[c.IMAGE] = prepare_images(root, subject_ids, pred_time, cfg, out)
+        present[c.IMAGE] = prepare_images(root, index, subject_ids, pred_time, cfg, out)
     if c.VOLUME in cfg.modalities:
-        present[c.VOLUME] = prepare_volumes(root, subject_ids, pred_time, cfg, out)
+        present[c.VOLUME] = prepare_volumes(root, index, subject_ids, pred_time, cfg, out)
     if c.GENOMICS in cfg.modalities:
         present[c.GENOMICS] = prepare_genomics(
-            root, subject_ids, train, vocab, out, cfg.genomics, cfg.lenient
+            root, subject_ids, train, vocab, out, cfg.genomics, cfg.lenient, cfg.fingerprint
         )
 
     np.savez(

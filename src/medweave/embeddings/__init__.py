@@ -1,7 +1,9 @@
-"""Frozen pretrained encoders run once over a modality, and the embedding cache training reads.
+"""Frozen pretrained encoders run once over a modality of a prepared cohort cache.
 
 ``medweave-embed`` (cli/embed.py) embeds one modality of the prepared cohort cache with a frozen
-model (frozen.py) and writes an embedding cache (cache.py); ``data.embeddings.<modality>=<folder>``
-makes the data module serve those vectors in place of the raw modality, and
-``model/encoder@model.encoders.<modality>=precomputed`` reads them (models/encoders/precomputed.py).
+model (frozen.py) and writes an embedding cache in the format data/embedding_cache.py defines
+(the data module reads it there, so data/ never imports from here);
+``data.embeddings.<modality>=<folder>`` makes the data module serve those vectors in place of
+the raw modality, and ``model/encoder@model.encoders.<modality>=precomputed`` reads them
+(models/encoders/precomputed.py).
 """

@@ -16,7 +16,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from medweave import __version__
-from medweave.embeddings import cache as ec
+from medweave.data import embedding_cache as ec
 from medweave.embeddings.frozen import FrozenEncoder
 from medweave.errors import MedweaveError
 from medweave.folders import content_hash

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medweave.data import store
 from medweave.errors import MedweaveError
 
 HF_WEIGHTS = (
@@ -32,7 +33,8 @@ class FrozenEncoder(Protocol):
     pooling: str  # how one vector per subject is formed (written into the provenance)
 
     def inputs(self, prepared: Path) -> tuple[np.ndarray, np.ndarray]:
-        """(array [N, ...] of model inputs, present bool [N]) from the prepared cache."""
+        """(array [N, ...] of model inputs, present bool [N]) from the prepared cache (the array a
+        view of its shared store, data/store.py)."""
 
     def load(self, device: torch.device) -> None: ...
 
@@ -103,7 +105,7 @@ class SentenceEncoder:
                 f"{prepared / 'vocab.json'}: the notes were tokenised with {used}, not with the tokenizer "
                 f"of {self.path}; expected data.text_tokenizer_path={self.path}"
             )
-        ids = np.load(prepared / "text_ids.npy", mmap_mode="r")
+        ids = store.open_arrays(prepared)["text_ids"]
         config = AutoConfig.from_pretrained(self.path, local_files_only=True)
         longest = getattr(config, "max_position_embeddings", None)
         if longest is not None and ids.shape[1] > longest:
@@ -173,7 +175,7 @@ class StateDictNetwork:
         self.network, self.prefix = network, state_dict_prefix
 
     def inputs(self, prepared: Path) -> tuple[np.ndarray, np.ndarray]:
-        arrays = np.load(prepared / f"{self.modality}.npy", mmap_mode="r")
+        arrays = store.open_arrays(prepared)[self.modality]
         return arrays, _subjects_present(prepared, self.modality)
 
     def load(self, device: torch.device) -> None:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medweave.data import contract as c
+from medweave.data.store import open_arrays
 from tests.integration.bad_inputs import Case, prepare_step
 
 MODALITIES = ("ehr_codes", "genomics")
@@ -194,7 +195,7 @@ def genes_by_subjects_unknown_column(cohort, work):
 def check_every_labelled_subject_kept(cache):
     """The unknown column is left out; every labelled subject keeps its profile of all 4 genes."""
     assert all(subjects(cache).values())
-    assert np.load(Path(cache) / "genomics_expression.npy").shape[1] == 4
+    assert np.asarray(open_arrays(Path(cache))["genomics_expression"]).shape[1] == 4
 
 
 PROVENANCE = {"model": "gene-embedder", "version": "0.3", "source": "https://example.org/model"}

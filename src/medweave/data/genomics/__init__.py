@@ -11,10 +11,11 @@ A subject has the modality when any source has them; a source a subject lacks (o
 is 0, the train mean after standardisation. Every statistic (variant QC, means, SDs, gene and
 variant lists) is fitted on the train split and kept in the vocabulary, so evaluation maps a
 cohort the same way. VCF samples reach subjects through genomics/sample_map.{tsv,parquet}
-(sample, subject_id) when there is one; otherwise a sample name is the subject_id.
+(sample, subject_id) when there is one; otherwise a sample name is the subject_id. The arrays live
+in a store shared by every task fitted on the same train subjects (prepare.py, data/store.py).
 """
 
-from medweave.data.genomics.batch import array_names, features, sources_of, width
+from medweave.data.genomics.batch import features, sources_of, width
 from medweave.data.genomics.options import ARRAYS, SOURCES, GenomicsOptions
 from medweave.data.genomics.prepare import prepare_genomics
 from medweave.data.genomics.validate import check_genomics
@@ -23,7 +24,6 @@ __all__ = [
     "ARRAYS",
     "SOURCES",
     "GenomicsOptions",
-    "array_names",
     "check_genomics",
     "features",
     "prepare_genomics",

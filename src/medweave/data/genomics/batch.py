@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from medweave.data.genomics.options import ARRAYS
@@ -38,8 +36,3 @@ def features(arrays: dict[str, np.ndarray], vocab: dict, rows: np.ndarray) -> np
             a = np.where(d < 0, 0.0, z)
         parts.append(np.asarray(a, np.float32))
     return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-
-
-def array_names(folder: Path) -> tuple[str, ...]:
-    """The genomics arrays a prepared cache holds."""
-    return tuple(name for name in ARRAYS.values() if (Path(folder) / f"{name}.npy").exists())

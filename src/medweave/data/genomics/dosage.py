@@ -69,7 +69,8 @@ def _variant_set(root: Path, opts) -> list[str]:
     ]
 
 
-def prepare_variants(root, subject_ids, train, vocab, out, opts, names, bad, fitting) -> np.ndarray:
+def prepare_variants(root, train_ids, vocab, out, opts, names, bad, fitting) -> np.ndarray:
+    """int8 dosages [subjects with a sample, variants] into ``out``; returns those subjects."""
     files = variant_files(root)
     sets = genotype_files(root, opts)
     if not files and sets and opts.variant_set:
@@ -93,6 +94,8 @@ def prepare_variants(root, subject_ids, train, vocab, out, opts, names, bad, fit
         log.info(
             "%d of %d VCF samples are not in the sample map (not in this cohort)", outside, len(read.samples)
         )
+    subject_ids = np.unique(sample_subject[sample_subject >= 0])
+    train = np.isin(subject_ids, train_ids)
     row, known = rows_of(subject_ids, sample_subject)
     if fitting:
         has = np.zeros(len(subject_ids), bool)
@@ -138,6 +141,4 @@ def prepare_variants(root, subject_ids, train, vocab, out, opts, names, bad, fit
     found = take >= 0
     full[np.ix_(row[known], np.flatnonzero(found))] = read.dosages[np.ix_(known, take[found])]
     np.save(out / f"{ARRAYS['variants']}.npy", full)
-    present = np.zeros(len(subject_ids), bool)
-    present[row[known]] = True
-    return present
+    return subject_ids

@@ -38,7 +38,8 @@ def _transform(values: np.ndarray, steps, rows_fit, mean_key, sd_key, vocab, pat
     return values.astype(np.float32)
 
 
-def prepare_expression(root, subject_ids, train, vocab, out, opts, names, bad, fitting) -> np.ndarray:
+def prepare_expression(root, train_ids, vocab, out, opts, names, bad, fitting) -> np.ndarray:
+    """Normalised expression [subjects with a row, genes] into ``out``; returns those subjects."""
     path = c.require_file(root, c.EXPRESSION, "data.genomics.sources: expression")
     expr = expr_reader.read_expression(path, names.subject, opts.expression_orientation, bad)
     if fitting:
@@ -65,18 +66,19 @@ def prepare_expression(root, subject_ids, train, vocab, out, opts, names, bad, f
     col = {g: j for j, g in enumerate(expr.genes)}
     take = np.array([col.get(g, -1) for g in vocab["genes"]], np.int64)
     aligned = np.where(take >= 0, values[:, np.maximum(take, 0)], np.nan).reshape(len(values), len(take))
+    subject_ids = np.unique(expr.subjects[expr.subjects >= 0])
+    train = np.isin(subject_ids, train_ids)
     row, known = rows_of(subject_ids, expr.subjects)
     fit_rows = np.flatnonzero(known & train[row])
     z = _transform(aligned, steps, fit_rows, "gene_mean", "gene_sd", vocab, path)
     full = np.zeros((len(subject_ids), len(take)), np.float32)
     full[row[known]] = np.nan_to_num(z[known], nan=0.0)
     np.save(out / f"{ARRAYS['expression']}.npy", full)
-    present = np.zeros(len(subject_ids), bool)
-    present[row[known]] = True
-    return present
+    return subject_ids
 
 
-def prepare_embeddings(root, subject_ids, train, vocab, out, opts, bad, fitting) -> np.ndarray:
+def prepare_embeddings(root, train_ids, vocab, out, opts, bad, fitting) -> np.ndarray:
+    """z-scored external embeddings [cohort subjects with one, dim] into ``out``; returns those subjects."""
     path = c.require_file(root, c.EMBEDDINGS, "data.genomics.sources: embeddings")
     emb = emb_reader.read_embeddings(path, bad)
     if fitting:
@@ -89,8 +91,10 @@ def prepare_embeddings(root, subject_ids, train, vocab, out, opts, bad, fitting)
             f"trained on {vocab['embedding_provenance']} ({vocab['embedding_dim']} values); "
             "expected the same model and version"
         )
-    row, known = rows_of(subject_ids, emb.subjects)
     outside = ~np.isin(emb.subjects, list(cohort_ids(root)))
+    subject_ids = np.unique(emb.subjects[~outside])
+    train = np.isin(subject_ids, train_ids)
+    row, known = rows_of(subject_ids, emb.subjects)
     if outside.any():
         rows = np.flatnonzero(outside)
         bad.fault(
@@ -113,6 +117,4 @@ def prepare_embeddings(root, subject_ids, train, vocab, out, opts, bad, fitting)
     full = np.zeros((len(subject_ids), vocab["embedding_dim"]), np.float32)
     full[row[known]] = z[known]
     np.save(out / f"{ARRAYS['embeddings']}.npy", full)
-    present = np.zeros(len(subject_ids), bool)
-    present[row[known]] = True
-    return present
+    return subject_ids

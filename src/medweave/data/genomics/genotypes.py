@@ -37,8 +37,12 @@ def open_reader(path: Path) -> GenotypeReader:
 @dataclass
 class Genotypes:
     readers: list[GenotypeReader]
-    rows: list[np.ndarray]  # per reader: the subject row of each sample, -1 = not a labelled subject
-    n_subjects: int
+    rows: list[np.ndarray]  # per reader: the subject row of each sample, -1 = not one of subject_ids
+    subject_ids: np.ndarray  # sorted: the subjects the rows stand for
+
+    @property
+    def n_subjects(self) -> int:
+        return len(self.subject_ids)
 
     def present(self) -> np.ndarray:
         have = np.zeros(self.n_subjects, bool)
@@ -78,8 +82,9 @@ class Genotypes:
             r.close()
 
 
-def open_genotypes(files: list[Path], subject_ids: np.ndarray, names: SampleNames) -> Genotypes:
-    """Open every file set and map its samples; a per-chromosome set must agree on its samples."""
+def open_genotypes(files: list[Path], subject_ids: np.ndarray | None, names: SampleNames) -> Genotypes:
+    """Open every file set and map its samples to ``subject_ids`` (sorted; None: every cohort
+    subject with a genome here); a per-chromosome set must agree on its samples."""
     readers: list[GenotypeReader] = []
     try:
         for path in files:
@@ -93,18 +98,20 @@ def open_genotypes(files: list[Path], subject_ids: np.ndarray, names: SampleName
                     "expected every file of a per-chromosome set to hold the same samples"
                 )
         names.check_samples_exist({s for r in readers for s in r.samples})
+        sample_subjects = [names.vcf_subjects(r.path, r.samples) for r in readers]
+        if subject_ids is None:
+            subject_ids = np.unique(np.concatenate([s[s >= 0] for s in sample_subjects]))
         rows = []
-        for r in readers:
-            sample_subject = names.vcf_subjects(r.path, r.samples)
+        for sample_subject in sample_subjects:
             row, known = rows_of(subject_ids, sample_subject)
             rows.append(np.where(known, row, -1))
         if not any((x >= 0).any() for x in rows):
             where = "genomics/sample_map (column sample)" if names.map is not None else "the subject_ids"
             raise MedweaveError(
-                f"{first.path}: none of its {len(first.samples)} samples is a labelled subject; expected "
-                f"its sample IDs (.psam/.fam IID, BGEN sample) to match {where}"
+                f"{first.path}: none of its {len(first.samples)} samples is a subject of this cohort; "
+                f"expected its sample IDs (.psam/.fam IID, BGEN sample) to match {where}"
             )
-        return Genotypes(readers, rows, len(subject_ids))
+        return Genotypes(readers, rows, np.asarray(subject_ids, np.int64))
     except BaseException:
         for r in readers:
             r.close()

@@ -130,5 +130,7 @@ def cohort_ids(root: Path) -> set[int]:
 
 def rows_of(subject_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(row in the sorted labelled subjects, whether it is one) for each id."""
+    if not len(subject_ids):
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
     row = np.clip(np.searchsorted(subject_ids, ids), 0, max(len(subject_ids) - 1, 0))
     return row, (ids >= 0) & (subject_ids[row] == ids)

@@ -15,21 +15,26 @@ every source in LPS orientation and modality units):
    Gaussian anti-aliasing when shrinking), then centre-cropped or zero-padded (zero = the bottom
    of the window: air) to ``size`` (ResizeWithPadOrCrop), so one voxel is the same size in mm for
    every subject; with ``spacing: null`` the whole volume is resized to ``size`` instead;
-3. stored as float16 [N, 1, D, H, W] (volume.npy, memory-mapped by the datamodule); subjects
-   without a volume hold zeros and present=False.
+3. stored as float16 [items, 1, D, H, W] in the volume store, ``<cache_dir>/volume/<key>/``
+   (volume.npy, memory-mapped by the datamodule): one item per index row any prediction time
+   could choose, shared by every task over this imaging folder and these options; a task's cache
+   links each sample to its item (data/store.py). Subjects without a volume read zeros.
 
-Unreadable volumes stop preparation naming the index row and the file; data.lenient=true skips
-them with a counted warning (the subject is then without a volume).
+Unreadable volumes stop preparation naming the index row and the file (every stored row is read,
+not only this task's choices); data.lenient=true skips them with a counted warning (a subject
+whose latest volume it is is then without a volume).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-from tqdm.auto import tqdm
 
 from medweave.data import contract as c
+from medweave.data import store
 from medweave.data.bad_input import BadInput
-from medweave.data.images import ImagingIndex
+from medweave.data.imaging.index import ImagingIndex, choose, report_skipped, store_folder, write_store
 from medweave.data.readers import dicom, volume
 from medweave.errors import MedweaveError
 
@@ -110,24 +115,29 @@ def resample(data: np.ndarray, spacing, modality: str | None, options: dict) -> 
     return np.asarray(torch.as_tensor(image).clamp(0, 1), np.float32)
 
 
-def prepare_volumes(root, subject_ids, pred_time, cfg, out) -> np.ndarray:
+STORE = "volume"  # under cache_dir
+
+
+def prepare_volumes(root, index: ImagingIndex, subject_ids, pred_time, cfg, out) -> np.ndarray:
+    """Link each sample's latest volume before prediction time from the shared volume store
+    (built once per imaging folder and data.volume options); returns who has one."""
     options = volume_options(cfg.volume)
-    bad = BadInput(cfg.lenient)
-    index = ImagingIndex(root, bad)
+    folder = store_folder(out, STORE, root, cfg, volume=options)
+    info, built = store.build_once(folder, lambda tmp: _build_store(index, options, cfg.lenient, tmp))
+    report_skipped(info, built, "volume")
+    rows = choose(index, folder, subject_ids, pred_time)
+    store.link(out, STORE, folder, rows, fill=0)
+    return rows >= 0
+
+
+def _build_store(index: ImagingIndex, options: dict, lenient: bool, tmp: Path) -> dict:
+    """Every volume any task could choose, resampled: float16 [items, 1, D, H, W] in volume.npy."""
     modalities = set(options["modalities"])
     candidates = np.array([_is_volume_row(index, i, modalities) for i in range(len(index.path))], bool)
-    latest = index.latest(candidates, subject_ids, pred_time)
-    n, size = len(subject_ids), tuple(int(v) for v in options["size"])
-    volumes = np.lib.format.open_memmap(out / "volume.npy", mode="w+", dtype=np.float16, shape=(n, 1, *size))
-    volumes[:] = 0
-    present = np.zeros(n, bool)
-    for r, i in tqdm(sorted(latest.items()), desc="reading volumes", unit="vol", leave=False):
-        try:
-            data, spacing = volume.read_volume(index.absolute(i))
-        except MedweaveError as err:
-            bad.fault(index.file, f"row {i}, field path", f"{err}")
-            continue
-        volumes[r] = resample(data, spacing, index.modality[i], options)
-        present[r] = True
-    volumes.flush()
-    return present
+    size = tuple(int(v) for v in options["size"])
+
+    def read(i: int) -> np.ndarray:
+        data, spacing = volume.read_volume(index.absolute(i))
+        return resample(data, spacing, index.modality[i], options)
+
+    return write_store(tmp, STORE, index, candidates, (1, *size), read, BadInput(lenient), "vol")

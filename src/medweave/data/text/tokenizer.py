@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 
 
@@ -58,39 +54,3 @@ def load_tokenizer(spec: dict):
         )
     tok.truncation_side = "left"  # keep the most recent notes
     return tok
-
-
-def prepare_text(docs: list[str], train, cfg, vocab: dict, out: Path) -> np.ndarray:
-    """Token ids [N, max_text_tokens] of each subject's notes (``docs``, one per labelled subject,
-    oldest note first) into ``out/text_ids.npy``; the tokenizer is fitted on train unless the
-    vocabulary holds one. Returns which subjects have notes."""
-    from tqdm.auto import tqdm
-
-    from medweave.errors import MedweaveError
-
-    n = len(docs)
-    if "tokenizer" not in vocab:
-        if cfg.text_tokenizer_path:
-            vocab["tokenizer"] = {"path": str(Path(cfg.text_tokenizer_path).resolve())}
-        else:
-            train_docs = [d for d, t in zip(docs, train, strict=True) if t and d]
-            vocab["tokenizer"] = {
-                "json": fit_tokenizer(train_docs, cfg.text_vocab_size, min_subjects=cfg.min_subjects)
-            }
-    tokenizer = load_tokenizer(vocab["tokenizer"])
-    if tokenizer.pad_token_id is None:
-        raise MedweaveError(
-            f"tokenizer {vocab['tokenizer'].get('path', '(fitted)')} has no pad token; "
-            "expected an encoder-style tokenizer (BERT-like) with [PAD]"
-        )
-    ids = np.full((n, cfg.max_text_tokens), tokenizer.pad_token_id, np.int32)
-    batch = 512
-    for start in tqdm(range(0, n, batch), desc="tokenising notes", unit="batch", leave=False):
-        enc = tokenizer(
-            docs[start : start + batch], truncation=True, max_length=cfg.max_text_tokens, padding="max_length"
-        )
-        ids[start : start + batch] = np.asarray(enc["input_ids"], np.int32)
-    np.save(out / "text_ids.npy", ids)
-    vocab["text_vocab_size"] = len(tokenizer)
-    vocab["text_pad_id"] = int(tokenizer.pad_token_id)
-    return np.array([bool(d) for d in docs])
