@@ -335,7 +335,9 @@ def draw_block(cfg, panel, block: int, n: int) -> dict:
     vocab, k = cohort_vocabulary(cfg), rate_scale(cfg)
     people = draw_people(rng, n, cfg.loss_per_year)
     genetic = (  # genomes for a subset: every score from founder mosaics (registry_genomes.py)
-        registry_genomes.block_scores(cfg, panel, block, n) if cfg.genome_subjects else draw_genetic_scores(panel, rng, n)
+        registry_genomes.block_scores(cfg, panel, block, n)
+        if cfg.genome_subjects
+        else draw_genetic_scores(panel, rng, n)
     )
     age = (people.prediction - people.birth) / (365.25 * 86400)
     x = {

@@ -94,7 +94,9 @@ def _draw_founders(cfg, panel) -> Founders:
         _pop, index = mosaic(partial, REFERENCE_SEED, b0 // 1000, 1000)
         for name, value in _raw_scores(partial, index).items():
             raw[name].append(value)
-    moments = {name: (float(np.mean(x)), float(np.std(x))) for name, x in raw.items() for x in [np.concatenate(x)]}
+    moments = {
+        name: (float(np.mean(x)), float(np.std(x))) for name, x in raw.items() for x in [np.concatenate(x)]
+    }
     return dataclasses.replace(partial, moments=moments)
 
 

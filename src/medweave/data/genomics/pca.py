@@ -22,9 +22,10 @@ import logging
 import zlib
 
 import numpy as np
+from threadpoolctl import threadpool_limits  # scikit-learn's dependency
 
 from medweave.data.genomics.genotypes import Genotypes
-from medweave.data.readers.genotypes import block_size
+from medweave.data.readers.genotypes import budget_blocks
 from medweave.errors import MedweaveError
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class _Side:
 
     def blocks(self, select):
         """(variant indices, float32 [variants, samples] in file order, missing mask or None)."""
-        for index, block in self.reader.blocks(block_size(len(self.reader.samples)), select):
+        for index, block in budget_blocks(self.reader, select):
             ok = block.min(initial=0.0) >= 0  # nan (and PLINK's negative codes) fail: one cheap pass
             yield index, block, None if ok else ~(block >= 0)
 
@@ -100,7 +101,9 @@ def _sample_stats(block, missing, train_w) -> tuple[np.ndarray, np.ndarray, np.n
     else:
         n = np.full(len(block), train_w.sum(), np.float64)
     total = (block @ train_w).astype(np.float64)
-    squares = (np.square(block) @ train_w).astype(np.float64)
+    squares = np.empty(len(block), np.float64)
+    for r0 in range(0, len(block), 32):  # squares a slice at a time: a small temporary, in cache
+        squares[r0 : r0 + 32] = np.square(block[r0 : r0 + 32]) @ train_w
     mean = np.where(n > 0, total / np.maximum(n, 1), 0.0)
     sd = np.sqrt(np.maximum(squares / np.maximum(n, 1) - mean**2, 0.0))
     return n, mean, sd
@@ -172,7 +175,8 @@ def fit_project(g: Genotypes, train: np.ndarray, opts, vocab: dict) -> np.ndarra
     for step in range(opts.pca_power_iterations + 1):
         last = step == opts.pca_power_iterations
         q = np.zeros((g.n_subjects, width), np.float32)
-        q[train_rows] = np.linalg.qr(y[train_rows])[0]
+        with threadpool_limits(1):  # a tall, thin QR: BLAS threads only wait on each other (8x slower)
+            q[train_rows] = np.linalg.qr(y[train_rows])[0]
         y = np.zeros((g.n_subjects, width), np.float64)
         for i, side in enumerate(sides):
             q_samples = side.from_subjects(q)
@@ -188,7 +192,8 @@ def fit_project(g: Genotypes, train: np.ndarray, opts, vocab: dict) -> np.ndarra
                     b_parts.append(z.T.astype(np.float64))  # B = Q^T X_train: Q is 0 off train
     c = y  # the last pass's X_all^T B^T, every subject
     b = np.concatenate(b_parts, axis=1)  # [width, variants used]: 30 x 200,000 at most
-    u_b, s, vt = np.linalg.svd(b, full_matrices=False)
+    with threadpool_limits(1):
+        u_b, s, vt = np.linalg.svd(b, full_matrices=False)
     u_b, s = u_b[:, :k], s[:k]
     pcs = c @ u_b / s
     scale = pcs[train_rows].std(axis=0)

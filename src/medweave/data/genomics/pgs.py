@@ -28,7 +28,7 @@ import numpy as np
 from medweave.data import contract as c
 from medweave.data.genomics.genotypes import Genotypes
 from medweave.data.genomics.pca import pack, unpack
-from medweave.data.readers.genotypes import block_size, normalise_chrom
+from medweave.data.readers.genotypes import budget_blocks, normalise_chrom
 from medweave.errors import MedweaveError
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def score(g: Genotypes, entry: dict, train: np.ndarray | None) -> np.ndarray:
         absent[rows[known]] = False
         per_sample = np.zeros(len(rows), np.float64)
         at = 0
-        for _ix, block in r.blocks(block_size(len(r.samples)), index):
+        for _ix, block in budget_blocks(r, index):
             p = pos[at : at + len(block)]
             at += len(block)
             missing = None if block.min(initial=0.0) >= 0 else ~(block >= 0)
