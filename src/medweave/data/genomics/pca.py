@@ -10,6 +10,14 @@ call is 0, the mean). X is never formed: every product streams the variant block
     SVD           B = U_b S V^T;  loadings V = B^T U_b / S;  PCs of anyone = x V = C U_b / S
 
 So only train genomes fit the components and every subject is projected in the same last pass.
+Nor is a block standardised or put in subject order: each is used as decoded, variants x samples
+in file order, with G the raw dosages and m, s the train means and SDs,
+
+    X Q   = (G Q_s - m (1^T Q_s)) / s          Q_s: Q's rows per sample (0 off train)
+    X^T Z = G^T (Z / s) - (m / s)^T Z          scattered back to the samples' subjects
+
+so a pass costs one decode into a reused float32 buffer and two BLAS products (about 5 ns per
+genotype on this machine, against 15 ns gathering train columns and standardising a copy).
 Memory: one block plus Y, Q (subjects x 30) and B (30 x variants used). Variants: train MAF >=
 pca_min_maf, thinned evenly to pca_max_variants (a cheap stand-in for LD pruning). The loadings,
 means and SDs travel in the vocabulary (packed), so evaluation projects a new cohort the same way.
@@ -39,27 +47,6 @@ def pack(a: np.ndarray) -> str:
 def unpack(text: str, shape=None) -> np.ndarray:
     a = np.frombuffer(zlib.decompress(base64.b64decode(text)), np.float32)
     return a.reshape(shape) if shape is not None else a
-
-
-def _standardise(block: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    """[variants, subjects] dosages -> [subjects, variants] z-scores, missing = 0 (one copy)."""
-    z = block - mean[:, None]
-    z /= sd[:, None]
-    np.nan_to_num(z, copy=False, nan=0.0)
-    return z.T
-
-
-def _stats(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per variant of [variants, subjects]: calls, mean and SD over the called (float64 sums)."""
-    if not np.isnan(t).any():  # the common case (hard calls, imputed dosages): no masks
-        mean = t.mean(axis=1, dtype=np.float64)
-        sd = t.std(axis=1, dtype=np.float64)
-        return np.full(len(t), t.shape[1]), mean, sd
-    called = ~np.isnan(t)
-    n = called.sum(axis=1)
-    mean = np.where(n > 0, np.nansum(t, axis=1, dtype=np.float64) / np.maximum(n, 1), 0.0)
-    sd = np.sqrt(np.nansum((t - mean[:, None]) ** 2, axis=1, dtype=np.float64) / np.maximum(n, 1))
-    return n, mean, sd
 
 
 class _Side:
@@ -231,11 +218,16 @@ def project(g: Genotypes, model: dict) -> np.ndarray:
         order = np.argsort(index)
         index, pos = index[order], pos[order]
         found += len(index)
-        at = 0
-        for _ix, block in g.blocks(i, index):
+        side, at = _Side(g, i, np.zeros(g.n_subjects, bool)), 0
+        for _ix, block, missing in side.blocks(index):
             p = pos[at : at + len(block)]
             at += len(block)
-            out += _standardise(block, mean[p], sd[p]) @ loadings[p]
+            m, s = mean[p], sd[p]
+            _fill(block, missing, m)
+            weights = loadings[p] / s[:, None]
+            part = block.T @ weights  # X^T L = G^T (L / sd) - (mean / sd)^T L: X never formed
+            part -= (m @ weights)[None, :]
+            side.to_subjects(part, out)
     if found < len(mean):
         log.warning("PCA projection: %d of the model's %d variants are in this cohort", found, len(mean))
     return (out / np.asarray(model["scale"])).astype(np.float32)
