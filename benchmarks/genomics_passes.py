@@ -66,10 +66,16 @@ def main() -> None:
         "pca_old_over_new": round(min(times["old"]["pca"]) / min(times["new"]["pca"]), 2),
         "pgs_old_over_new": round(min(times["old"]["pgs"]) / min(times["new"]["pgs"]), 2),
         "new_pca_ns_per_genotype": round(min(times["new"]["pca"]) / elements * 1e9, 2),
-        "pc1_3_corr": [round(abs(float(np.corrcoef(pcs["old"][:, j], pcs["new"][:, j])[0, 1])), 5) for j in range(3)],
+        "pc1_3_corr": [
+            round(abs(float(np.corrcoef(pcs["old"][:, j], pcs["new"][:, j])[0, 1])), 5) for j in range(3)
+        ],
     }
     print(json.dumps(row))
-    out = Path(__file__).parent / "results" / f"{time.strftime('%Y-%m-%dT%H-%M-%S', time.gmtime())}-genomics_passes.jsonl"
+    out = (
+        Path(__file__).parent
+        / "results"
+        / f"{time.strftime('%Y-%m-%dT%H-%M-%S', time.gmtime())}-genomics_passes.jsonl"
+    )
     out.write_text(json.dumps(row) + "\n")
 
 
