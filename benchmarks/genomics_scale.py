@@ -4,6 +4,7 @@
     python benchmarks/genomics_scale.py --subjects 60000 --variants 20000
     python benchmarks/genomics_scale.py --subjects 500 --variants 2000     # seconds, a check
     python benchmarks/genomics_scale.py --subjects 10000 --variants 20000 --compare  # + scikit-learn
+    python benchmarks/genomics_scale.py --cohort /path/to/sandbox  # a cohort's genomes, as they are
 
 The issue 14 target is 60,000 x 1,000,000 in <= 30 min and <= 8 GB. Two steps per size:
 1. write the genotypes (four populations with their own allele frequencies, so the PCs have
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -97,7 +99,7 @@ def write_genomes(folder: Path, n: int, m: int, chromosomes: int, seed: int) -> 
             )
 
 
-def embed(folder: Path, pcs: int) -> dict:
+def embed(folder: Path, pcs: int, score_file: Path | None = None) -> dict:
     """The child: what prepare_genomics runs for pcs + pgs, timed step by step."""
     from medweave.data.bad_input import BadInput
     from medweave.data.genomics import pca, pgs
@@ -106,7 +108,8 @@ def embed(folder: Path, pcs: int) -> dict:
     from medweave.data.genomics.options import GenomicsOptions
     from medweave.data.genomics.samples import SampleNames
 
-    opts = GenomicsOptions.from_dict({"pcs": pcs})
+    # keep A/T, C/G sites: both generators write genotypes and scores on the same strand
+    opts = GenomicsOptions.from_dict({"pcs": pcs, "pgs_ambiguous": "keep"})
     t0 = time.perf_counter()
     files = genotype_files(folder, opts)
     names = SampleNames(folder, opts, None, BadInput())
@@ -118,7 +121,7 @@ def embed(folder: Path, pcs: int) -> dict:
     vocab: dict = {}
     components = pca.fit_project(g, train, opts, vocab)
     t2, c2 = time.perf_counter(), time.process_time()
-    score = pgs.fit_scores(g, [folder / "score.txt"], train, opts, "GRCh38", vocab)
+    score = pgs.fit_scores(g, [score_file or folder / "score.txt"], train, opts, "GRCh38", vocab)
     t3, c3 = time.perf_counter(), time.process_time()
     g.close()
     return {
@@ -177,17 +180,56 @@ def tree_rss(proc: psutil.Process) -> int:
 
 
 def watch(cmd: list[str]) -> tuple[float, int]:
-    """Run ``cmd``; (wall seconds, peak RSS of its process tree)."""
+    """Run ``cmd``; (wall seconds, peak RSS of its process tree). ``LAST`` gets the child's CPU
+    seconds (user + sys, from the kernel) and the load average over the run."""
     start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     child = subprocess.Popen(cmd)
     proc = psutil.Process(child.pid)
-    peak = 0
+    peak, loads = 0, []
     while child.poll() is None:
         peak = max(peak, tree_rss(proc))
+        if not loads or time.perf_counter() - start > 10 * len(loads):
+            loads.append(os.getloadavg()[0])
         time.sleep(0.2)
     if child.returncode != 0:
         raise SystemExit(f"child failed with {child.returncode}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    LAST["cpu_s"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
+    LAST["load_avg_1min"] = [round(min(loads), 1), round(float(np.mean(loads)), 1), round(max(loads), 1)]
     return time.perf_counter() - start, peak
+
+
+LAST: dict = {}  # the last watched child's CPU seconds and load average (min, mean, max)
+
+
+def run_cohort(folder: Path, pcs: int) -> dict:
+    """An existing cohort (e.g. medweave-sandbox registry_history=true genome_subjects=...): its
+    PLINK sets and its cvd PGS Catalog file, nothing written."""
+    size = sum(p.stat().st_size for p in (folder / "genomics/variants").iterdir())
+    pvar = sorted((folder / "genomics/variants").glob("*.pvar"))
+    m = sum(sum(1 for _ in open(p)) - 1 for p in pvar)
+    n = sum(1 for _ in open(pvar[0].with_suffix(".psam"))) - 1
+    out = folder.parent / f"{folder.name}-result.json"
+    score = folder / "genomics/pgs/PGS_sandbox_cvd.txt"
+    cmd = [sys.executable, __file__, "--child", str(folder), "--pcs", str(pcs), "--result", str(out)]
+    wall, peak = watch([*cmd, "--score", str(score)])
+    row = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "cohort": str(folder),
+        "subjects": n,
+        "variants": m,
+        "chromosomes": len(pvar),
+        "pgen_mb": round(size / 2**20, 1),
+        "embed_wall_s": round(wall, 1),
+        "embed_cpu_s": LAST["cpu_s"],
+        "load_avg_1min": LAST["load_avg_1min"],
+        "peak_rss_gb": round(peak / GB, 2),
+        **json.loads(out.read_text()),
+    }
+    out.unlink()
+    return row
 
 
 def run_size(n: int, m: int, chromosomes: int, pcs: int, work: Path, compare: bool) -> dict:
@@ -225,6 +267,8 @@ def run_size(n: int, m: int, chromosomes: int, pcs: int, work: Path, compare: bo
         "pgen_mb": round(size / 2**20, 1),
         "write_s": round(written, 1),
         "embed_wall_s": round(wall, 1),
+        "embed_cpu_s": LAST["cpu_s"],
+        "load_avg_1min": LAST["load_avg_1min"],
         "peak_rss_gb": round(peak / GB, 2),
         **json.loads(out.read_text()),
         **extra,
@@ -238,12 +282,14 @@ def main() -> None:
     parser.add_argument("--chromosomes", type=int, default=22)
     parser.add_argument("--pcs", type=int, default=20)
     parser.add_argument("--compare", action="store_true", help="also scikit-learn's in-memory PCA")
+    parser.add_argument("--cohort", type=Path, help="an existing cohort's genomes instead of writing them")
     parser.add_argument("--child", type=Path)
+    parser.add_argument("--score", type=Path)
     parser.add_argument("--child-sklearn", type=Path)
     parser.add_argument("--result", type=Path)
     args = parser.parse_args()
     if args.child:
-        args.result.write_text(json.dumps(embed(args.child, args.pcs)))
+        args.result.write_text(json.dumps(embed(args.child, args.pcs, args.score)))
         return
     if args.child_sklearn:
         args.result.write_text(json.dumps(embed_sklearn(args.child_sklearn, args.pcs)))
@@ -251,6 +297,11 @@ def main() -> None:
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
     log = results / f"{datetime.now(timezone.utc):%Y-%m-%dT%H-%M-%S}-genomics_scale.jsonl"
+    if args.cohort:
+        row = run_cohort(args.cohort.resolve(), args.pcs)
+        print(json.dumps(row), flush=True)
+        log.write_text(json.dumps(row) + "\n")
+        return
     for n, m in zip(args.subjects, args.variants, strict=True):
         work = Path(tempfile.mkdtemp(prefix="medweave-genomics-bench-"))
         try:

@@ -87,3 +87,37 @@ def test_plink_genomes_train_on_pcs_and_pgs(tmp_path, fmt):
             np.asarray(open_arrays(cache)["genomics_pcs"]),
             atol=1e-4,
         )
+
+
+def test_registry_cohort_with_genomes_for_a_subset_trains_the_fused_model(tmp_path):
+    """A registry-scale sandbox whose genomes cover a subset trains ehr_codes + genomics (pcs, pgs):
+    the fused model gets the embeddings of the sequenced and nothing for the others."""
+    from medweave.cli.train import train
+    from medweave.sandbox.generate import SandboxConfig, generate_cohort
+    from tests.conftest import compose_run
+
+    settings = dict(n_subjects=200, registry_history=True, events_per_person=30, genome_subjects=80)
+    root = generate_cohort(
+        tmp_path / "cohort",
+        SandboxConfig(**settings, n_variants=1500, genomics_format="plink2", genome_chromosomes=2, seed=2),
+    )
+    overrides = [
+        "debug=smoke",
+        f"data.root={root}",
+        "logger=csv",
+        "data.modalities=[ehr_codes,genomics]",
+        "data.genomics.sources=[pcs,pgs]",
+        "data.genomics.pcs=4",
+        "data.genomics.pgs_ambiguous=keep",
+    ]
+    cfg = compose_run("train", overrides, tmp_path / "logs", tmp_path / "run")
+    assert 0.0 <= train(cfg) <= 1.0
+    cache = next(p for p in (tmp_path / "logs").rglob("vocab.json")).parent
+    subjects = np.load(cache / "subjects.npz")
+    has = subjects["present_genomics"]
+    assert has.sum() == 80
+    scores = np.load(cache / "genomics_pgs.npy")
+    truth = pq.read_table(root / "ground_truth/risk.parquet").to_pandas().set_index("subject_id")
+    genetic = truth.loc[subjects["subject_id"][has], "genetic_t1d"].to_numpy()
+    assert np.corrcoef(scores[has, 1], genetic)[0, 1] > 0.99
+    assert (np.load(cache / "genomics_pcs.npy")[~has] == 0).all()

@@ -78,6 +78,39 @@ def test_pca_fits_on_train_only(tmp_path):
     assert out.shape == (100, 3) and np.isfinite(out).all()
 
 
+def test_pca_and_pgs_in_file_order_with_strangers_absent_subjects_and_missing_calls(tmp_path):
+    """The passes work on the file's own samples (never reordered, never standardised): the same
+    PCs and scores as the dense subject-order matrix, with missing calls and absent genomes at the
+    train mean, and samples that are no labelled subject ignored."""
+    rng = np.random.default_rng(7)
+    n_subjects, v = 100, 300
+    g = structured(110, v, seed=2)
+    g[rng.random(g.shape) < 0.02] = -9
+    rows = np.full(110, -1)
+    rows[rng.permutation(110)[:90]] = rng.permutation(n_subjects)[:90]  # 10 strangers, 10 absent
+    samples = [f"s{i}" for i in range(110)]
+    plink.write_pgen(tmp_path / "x.pgen", samples, variants(v), [g])
+    genos = Genotypes([plink.PgenReader(tmp_path / "x.pgen")], [rows], n_subjects)
+    train = rng.random(n_subjects) < 0.7
+    dense = np.full((n_subjects, v), np.nan)
+    dense[rows[rows >= 0]] = np.where(g < 0, np.nan, g).T[rows >= 0]
+    mean, sd = np.nanmean(dense[train], 0), np.nanstd(dense[train], 0)
+    z = np.nan_to_num((dense - mean) / sd)
+    _u, _s, vt = np.linalg.svd(z[train], full_matrices=False)
+    want = z @ vt[:3].T
+    want /= want[train].std(0)
+    vocab: dict = {}
+    got = pca.fit_project(genos, train, opts(pca_power_iterations=8), vocab)
+    np.testing.assert_allclose(np.abs(got), np.abs(want), atol=2e-3)
+    np.testing.assert_allclose(pca.project(genos, vocab["pca"]), got, atol=1e-4)
+    weight = rng.normal(0, 1, v)
+    entry = {"weight": pca.pack(weight), "offset": 0.5, "variants": variants(v).keys()}
+    raw = pgs.score(genos, entry, train)
+    np.testing.assert_allclose(raw, np.where(np.isnan(dense), mean, dense) @ weight + 0.5, rtol=1e-4)
+    np.testing.assert_allclose(pgs.score(genos, entry, None), raw, rtol=1e-6)  # the means travel
+    genos.close()
+
+
 def score_file(path, rows, build="GRCh38"):
     head = [
         "###PGS CATALOG SCORING FILE - see https://www.pgscatalog.org/downloads/ for more information",

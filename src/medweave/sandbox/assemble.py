@@ -119,14 +119,27 @@ def write_table_parts(path: Path, parts: list[Path], schema: pa.Schema) -> None:
     writer.close()
 
 
-def write_vcf(path: Path, panel, samples: list[int], parts: list[Path]) -> None:
+def part_codes(parts: list[Path]):
+    """The shards' genotype parts (uint8 [V, samples in shard], subject order) as one code source:
+    ``codes(v0, v1)`` -> uint8 [v1 - v0, samples], hap0 + 2 * hap1 (what the writers below read;
+    ``dosage=True``: hap0 + hap1)."""
+    arrays = [np.load(p, mmap_mode="r") for p in parts]
+
+    def codes(v0: int, v1: int, dosage: bool = False) -> np.ndarray:
+        block = np.concatenate([a[v0:v1] for a in arrays], axis=1)
+        return (block & 1) + (block >> 1) if dosage else block
+
+    return codes
+
+
+def write_vcf(path: Path, panel, samples: list[int], codes) -> None:
     """A bgzipped, tabix-indexed VCF 4.2 with phased GT, one sample per sequenced subject.
 
-    ``parts`` are the shards' genotype codes, uint8 [V, samples in shard], in subject order.
+    ``codes(v0, v1)``: uint8 [variants, samples] genotype codes (``part_codes``, or the registry
+    sandbox's genome source), read a block of variants at a time.
     """
     import pysam
 
-    codes = [np.load(p, mmap_mode="r") for p in parts]
     header = [
         "##fileformat=VCFv4.2",
         f"##source=medweave-sandbox {__version__}",
@@ -146,7 +159,7 @@ def write_vcf(path: Path, panel, samples: list[int], parts: list[Path]) -> None:
         for v0 in range(0, panel.n_variants, VARIANTS_PER_BLOCK):
             v1 = min(v0 + VARIANTS_PER_BLOCK, panel.n_variants)
             lines = []
-            block = np.concatenate([p[v0:v1] for p in codes], axis=1) if samples else None
+            block = codes(v0, v1) if samples else None
             body = GT_BYTES[block] if samples else None  # [variants, samples, 4]
             for j, v in enumerate(range(v0, v1)):
                 fixed = (
@@ -165,8 +178,6 @@ def write_vcf(path: Path, panel, samples: list[int], parts: list[Path]) -> None:
     finally:
         out.close()
     pysam.tabix_index(str(path), preset="vcf", force=True)
-    for part in parts:
-        part.unlink()
 
 
 def chromosome_of_variant(n_variants: int, n_chromosomes: int) -> np.ndarray:
@@ -175,43 +186,61 @@ def chromosome_of_variant(n_variants: int, n_chromosomes: int) -> np.ndarray:
 
 
 def write_plink(
-    folder: Path, panel, samples: list[int], parts: list[Path], fmt: str, n_chromosomes: int
+    folder: Path, panel, samples: list[int], codes, fmt: str, n_chromosomes: int, workers: int = 1
 ) -> None:
     """One PLINK 2 (.pgen/.pvar/.psam) or PLINK 1 (.bed/.bim/.fam) set per chromosome under ``folder``.
 
-    Hard calls (the dosage = hap0 + hap1 of the shards' codes) stream in blocks of variants, so a
-    million-variant panel never sits in memory as one matrix.
+    Hard calls (``codes(v0, v1, dosage=True)``: hap0 + hap1 of the codes ``write_vcf`` reads) stream in
+    blocks of variants, so a million-variant panel never sits in memory as one matrix. ``workers``
+    processes write chromosomes side by side (forked: ``codes`` is shared, not pickled).
     """
+    chrom = chromosome_of_variant(panel.n_variants, n_chromosomes)
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [k for k in range(1, n_chromosomes + 1) if (chrom == k).any()]
+    _PLINK_JOB.update(folder=folder, panel=panel, names=[str(s) for s in samples], codes=codes, fmt=fmt)
+    _PLINK_JOB["chrom"] = chrom
+    bar = tqdm(total=panel.n_variants, desc=f"writing {fmt}", unit="variant", leave=False)
+    try:
+        if workers <= 1 or len(jobs) == 1:
+            for k in jobs:
+                bar.update(_write_chromosome(k))
+        else:
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+                for done in pool.map(_write_chromosome, jobs):
+                    bar.update(done)
+    finally:
+        bar.close()
+        _PLINK_JOB.clear()
+
+
+_PLINK_JOB: dict = {}  # what write_plink's forked workers read (a closure cannot be pickled)
+
+
+def _write_chromosome(k: int) -> int:
     from medweave.data.readers import plink
     from medweave.data.readers.genotypes import VariantTable
 
-    codes = [np.load(p, mmap_mode="r") for p in parts]
-    chrom = chromosome_of_variant(panel.n_variants, n_chromosomes)
-    folder.mkdir(parents=True, exist_ok=True)
-    write = plink.write_pgen if fmt == "plink2" else plink.write_bed
-    suffix = ".pgen" if fmt == "plink2" else ".bed"
-    names = [str(s) for s in samples]
-    for k in range(1, n_chromosomes + 1):
-        index = np.flatnonzero(chrom == k)
-        if not len(index):
-            continue
-        table = VariantTable(
-            chrom=np.full(len(index), str(k)),
-            pos=panel.positions[index],
-            id=np.array([f"sv{v}" for v in index]),
-            ref=panel.ref[index],
-            alt=panel.alt[index],
-        )
+    job = _PLINK_JOB
+    panel, codes = job["panel"], job["codes"]
+    index = np.flatnonzero(job["chrom"] == k)
+    table = VariantTable(
+        chrom=np.full(len(index), str(k)),
+        pos=panel.positions[index],
+        id=np.array([f"sv{v}" for v in index]),
+        ref=panel.ref[index],
+        alt=panel.alt[index],
+    )
 
-        def blocks(index=index):
-            for v0 in range(0, len(index), 4 * VARIANTS_PER_BLOCK):
-                rows = index[v0 : v0 + 4 * VARIANTS_PER_BLOCK]
-                block = np.concatenate([p[rows[0] : rows[-1] + 1] for p in codes], axis=1)
-                yield ((block & 1) + (block >> 1)).astype(np.int8)
+    def blocks():
+        for v0 in range(0, len(index), 4 * VARIANTS_PER_BLOCK):
+            rows = index[v0 : v0 + 4 * VARIANTS_PER_BLOCK]
+            yield codes(int(rows[0]), int(rows[-1]) + 1, dosage=True).view(np.int8)
 
-        write(folder / f"chr{k}{suffix}", names, table, blocks())
-    for part in parts:
-        part.unlink()
+    write = plink.write_pgen if job["fmt"] == "plink2" else plink.write_bed
+    suffix = ".pgen" if job["fmt"] == "plink2" else ".bed"
+    write(job["folder"] / f"chr{k}{suffix}", job["names"], table, blocks())
+    return len(index)
 
 
 def write_pgs_file(path: Path, panel, score: str, n_chromosomes: int, seed: int) -> None:

@@ -29,7 +29,7 @@ from medweave import __version__
 from medweave.data import contract as c
 from medweave.errors import MedweaveError
 from medweave.folders import replace_folder
-from medweave.sandbox import assemble, ehr, genomics, notes, registry
+from medweave.sandbox import assemble, ehr, genomics, notes, registry, registry_genomes
 from medweave.sandbox.latent import Disease, default_diseases
 from medweave.sandbox.oracle import oracle_report
 from medweave.sandbox.subject import OPTIONAL_MODALITIES, draw_subject
@@ -66,6 +66,7 @@ class SandboxConfig:
     registry_history: bool = False
     registry_start: str = "1977-01-01"  # history from this date, or birth if later, to the record's end
     events_per_person: float = 300.0  # mean history events per person (heavy-tailed; median lower)
+    genome_subjects: int = 0  # registry_history: this many, drawn at random, sequenced (registry_genomes.py)
 
     def check(self) -> None:
         problems = []
@@ -96,6 +97,10 @@ class SandboxConfig:
                     "registry_history=true writes an EHR-only cohort: "
                     "set volumes=false and expression_genes=0"
                 )
+            if not 0 <= self.genome_subjects <= self.n_subjects:
+                problems.append(
+                    f"genome_subjects={self.genome_subjects}: expected 0..n_subjects ({self.n_subjects})"
+                )
             if not self.events_per_person > 0:
                 problems.append(f"events_per_person={self.events_per_person}: expected > 0")
             try:
@@ -107,6 +112,11 @@ class SandboxConfig:
                     problems.append(f"registry_start={self.registry_start}: expected a date before 2021")
             except ValueError:
                 problems.append(f"registry_start={self.registry_start}: expected a date like 1977-01-01")
+        elif self.genome_subjects:
+            problems.append(
+                f"genome_subjects={self.genome_subjects} needs registry_history=true; the default "
+                "sandbox sequences a share of its subjects (missing.genomics)"
+            )
         if not self.diseases:
             problems.append("diseases is empty: the cohort needs at least one outcome")
         for name, disease in self.diseases.items():
@@ -161,6 +171,8 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
 
     if cfg.registry_history:
         registry.rate_scale(cfg)  # calibrated once, here: forked workers inherit the cached constant
+        if cfg.genome_subjects:
+            registry_genomes.founders(cfg, panel)  # drawn once, here, for the same reason
     starts = range(0, cfg.n_subjects, cfg.shard_size)
     jobs = [(cfg, panel, expression, root, s, subject_ids[s : s + cfg.shard_size]) for s in starts]
     shards = [result for _, result in sorted(_run_shards(jobs, cfg), key=lambda r: r[0])]
@@ -169,8 +181,11 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
     truth["subject_id"] = subject_ids
     workers = cfg.workers or len(os.sched_getaffinity(0))
     assemble.write_events(root, [s["events"] for s in shards], subject_ids, workers)
-    if not cfg.registry_history:  # an EHR-only cohort has no genomes (nor notes, nor images)
+    if not cfg.registry_history:  # a registry cohort has no notes nor images, genomes on request
         _write_genomes(root, cfg, panel, shards)
+    elif cfg.genome_subjects:
+        rows = registry_genomes.write_genomes(root, cfg, panel, subject_ids, workers)
+        truth["has_genomics"][rows] = True
     if expression is not None:
         schema = _expression_schema(expression.genes)
         assemble.write_table_parts(root / c.EXPRESSION, [s["expression"] for s in shards], schema)
@@ -220,13 +235,21 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
 def _write_genomes(root: Path, cfg: SandboxConfig, panel, shards: list[dict]) -> None:
     genome_ids = [int(x) for s in shards for x in s["genome_ids"]]
     genotype_parts = [s["genotypes"] for s in shards]
+    codes = assemble.part_codes(genotype_parts)
     if cfg.genomics_format == "vcf":
-        assemble.write_vcf(root / c.VARIANTS_VCF, panel, genome_ids, genotype_parts)
-        return
+        assemble.write_vcf(root / c.VARIANTS_VCF, panel, genome_ids, codes)
+    else:
+        chroms = cfg.genome_chromosomes
+        assemble.write_plink(root / c.VARIANTS_DIR, panel, genome_ids, codes, cfg.genomics_format, chroms)
+    for part in genotype_parts:
+        part.unlink()
+    if cfg.genomics_format != "vcf":
+        write_pgs_files(root, cfg, panel)
+
+
+def write_pgs_files(root: Path, cfg: SandboxConfig, panel) -> None:
+    """The panel's true effects, one PGS Catalog scoring file per score (PLINK formats)."""
     chroms = cfg.genome_chromosomes
-    assemble.write_plink(
-        root / c.VARIANTS_DIR, panel, genome_ids, genotype_parts, cfg.genomics_format, chroms
-    )
     for score in panel.effects:
         assemble.write_pgs_file(root / c.PGS_DIR / f"PGS_sandbox_{score}.txt", panel, score, chroms, cfg.seed)
 
@@ -449,7 +472,7 @@ def _write_dataset_metadata(root: Path, cfg: SandboxConfig, oracle: dict) -> Non
             "n_variants": cfg.n_variants,
             "genomics_format": cfg.genomics_format,
             "genome_build": "GRCh38",  # what the PGS files and the PLINK sets declare
-            "modalities": [c.EHR_CODES]
+            "modalities": [c.EHR_CODES] + [c.GENOMICS] * bool(cfg.genome_subjects)
             if cfg.registry_history
             else [m for m in c.MODALITIES if m != c.VOLUME or cfg.volumes],
             "extras": {"ct_volumes": cfg.volumes, "expression_genes": cfg.expression_genes},
@@ -458,6 +481,7 @@ def _write_dataset_metadata(root: Path, cfg: SandboxConfig, oracle: dict) -> Non
                     "registry_history": {
                         "start": cfg.registry_start,
                         "events_per_person": cfg.events_per_person,
+                        "genome_subjects": cfg.genome_subjects,
                     }
                 }
                 if cfg.registry_history

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from scipy.signal import lfilter
 
 from medweave.data import contract as c
-from medweave.sandbox import ehr
+from medweave.sandbox import ehr, registry_genomes
 from medweave.sandbox.latent import sigmoid
 
 BLOCK = 1000  # people per random stream
@@ -334,7 +334,11 @@ def draw_block(cfg, panel, block: int, n: int) -> dict:
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(block, 1)))
     vocab, k = cohort_vocabulary(cfg), rate_scale(cfg)
     people = draw_people(rng, n, cfg.loss_per_year)
-    genetic = draw_genetic_scores(panel, rng, n)
+    genetic = (  # genomes for a subset: every score from founder mosaics (registry_genomes.py)
+        registry_genomes.block_scores(cfg, panel, block, n)
+        if cfg.genome_subjects
+        else draw_genetic_scores(panel, rng, n)
+    )
     age = (people.prediction - people.birth) / (365.25 * 86400)
     x = {
         "genetic_cvd": genetic["cvd"],

@@ -28,7 +28,7 @@ import numpy as np
 from medweave.data import contract as c
 from medweave.data.genomics.genotypes import Genotypes
 from medweave.data.genomics.pca import pack, unpack
-from medweave.data.readers.genotypes import normalise_chrom
+from medweave.data.readers.genotypes import budget_blocks, normalise_chrom
 from medweave.errors import MedweaveError
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,8 @@ def score(g: Genotypes, entry: dict, train: np.ndarray | None) -> np.ndarray:
     """Raw score per subject: sum of signed weight x dosage (+ offset), missing = train mean dosage.
 
     With ``train`` the per-variant train means are fitted into ``entry``; without, they are read.
+    Each block is used in the file's own sample order (no gather): the train means are one
+    matrix-vector product, the scores another; a subject absent from a file set counts its means.
     """
     weight = unpack(entry["weight"])
     mean = np.zeros(len(weight), np.float32) if train is not None else unpack(entry["mean"])
@@ -185,17 +187,29 @@ def score(g: Genotypes, entry: dict, train: np.ndarray | None) -> np.ndarray:
     for i, (index, pos) in enumerate(g.locate(entry["variants"])):
         order = np.argsort(index)
         index, pos = index[order], pos[order]
+        r, rows = g.readers[i], g.rows[i]
+        known = np.flatnonzero(rows >= 0)
+        train_w = np.zeros(len(rows), np.float32)
+        if train is not None:
+            train_w[known] = train[rows[known]]
+        absent = np.ones(g.n_subjects, bool)
+        absent[rows[known]] = False
+        per_sample = np.zeros(len(rows), np.float64)
         at = 0
-        for _ix, block in g.blocks(i, index):
+        for _ix, block in budget_blocks(r, index):
             p = pos[at : at + len(block)]
             at += len(block)
-            gaps = np.isnan(block).any()
+            missing = None if block.min(initial=0.0) >= 0 else ~(block >= 0)
+            if missing is not None:
+                block[missing] = 0.0
             if train is not None:
-                t = block[:, train]
-                n = (~np.isnan(t)).sum(axis=1) if gaps else np.full(len(t), t.shape[1])
-                mean[p] = np.where(n > 0, np.nansum(t, axis=1) / np.maximum(n, 1), 0.0)
-            filled = np.where(np.isnan(block), mean[p][:, None], block) if gaps else block
-            total += weight[p] @ filled
+                n = (~missing).astype(np.float32) @ train_w if missing is not None else train_w.sum()
+                mean[p] = np.where(n > 0, (block @ train_w) / np.maximum(n, 1), 0.0)
+            if missing is not None:
+                np.copyto(block, np.broadcast_to(mean[p][:, None], block.shape), where=missing)
+            per_sample += weight[p] @ block
+            total[absent] += float(weight[p] @ mean[p])
+        total[rows[known]] += per_sample[known]
     if train is not None:
         entry["mean"] = pack(mean)
     return total + entry["offset"]

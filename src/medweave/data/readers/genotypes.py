@@ -60,6 +60,14 @@ def block_size(n_samples: int, budget: int = BLOCK_BYTES) -> int:
     return max(1, budget // (4 * max(n_samples, 1)))
 
 
+def budget_blocks(reader: GenotypeReader, select: np.ndarray | None = None):
+    """A reader's blocks at the memory budget, in one reused buffer where the reader has one
+    (PgenReader.blocks_into): for a single pass that never keeps a block."""
+    size = block_size(len(reader.samples))
+    into = getattr(reader, "blocks_into", None)
+    return into(size, select) if into is not None else reader.blocks(size, select)
+
+
 def normalise_chrom(values) -> np.ndarray:
     """ "chr1" and "1" name the same chromosome; PGS Catalog files and PLINK write "1"."""
     text = np.asarray(values, dtype=str)
