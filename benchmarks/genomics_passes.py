@@ -44,7 +44,7 @@ def main() -> None:
     new = {"pca": pca, "pgs": pgs}
     reader = plink.PgenReader(args.pgen)
     n = len(reader.samples)
-    g = Genotypes([reader], [np.arange(n)], n)
+    g = Genotypes([reader], [np.arange(n)], np.arange(n))
     train = np.random.default_rng(1).random(n) < 0.7
     opts = GenomicsOptions.from_dict({"pcs": 20, "pgs_ambiguous": "keep"})
     times: dict = {"old": {"pca": [], "pgs": []}, "new": {"pca": [], "pgs": []}}

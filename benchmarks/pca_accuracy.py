@@ -73,7 +73,7 @@ def main() -> None:
         )  # fmt: skip
         plink.write_pgen(path, [str(i) for i in range(n)], table, [g])
         reader = plink.PgenReader(path)
-        genos = Genotypes([reader], [np.arange(n)], n)
+        genos = Genotypes([reader], [np.arange(n)], np.arange(n))
         for q, over in SETTINGS:
             opts = GenomicsOptions.from_dict({"pcs": k, "pca_power_iterations": q, "pca_oversample": over})
             vocab: dict = {}

@@ -90,7 +90,7 @@ def test_pca_and_pgs_in_file_order_with_strangers_absent_subjects_and_missing_ca
     rows[rng.permutation(110)[:90]] = rng.permutation(n_subjects)[:90]  # 10 strangers, 10 absent
     samples = [f"s{i}" for i in range(110)]
     plink.write_pgen(tmp_path / "x.pgen", samples, variants(v), [g])
-    genos = Genotypes([plink.PgenReader(tmp_path / "x.pgen")], [rows], n_subjects)
+    genos = Genotypes([plink.PgenReader(tmp_path / "x.pgen")], [rows], np.arange(n_subjects))
     train = rng.random(n_subjects) < 0.7
     dense = np.full((n_subjects, v), np.nan)
     dense[rows[rows >= 0]] = np.where(g < 0, np.nan, g).T[rows >= 0]

@@ -39,7 +39,9 @@ def sequenced(tmp_path_factory):
 def _open(root):
     readers = [plink.PgenReader(p) for p in sorted((root / "genomics/variants").glob("*.pgen"))]
     n = len(readers[0].samples)
-    return Genotypes(readers, [np.arange(n)] * len(readers), n), np.array(readers[0].samples, np.int64)
+    return Genotypes(readers, [np.arange(n)] * len(readers), np.arange(n)), np.array(
+        readers[0].samples, np.int64
+    )
 
 
 @pytest.mark.slow
