@@ -180,6 +180,9 @@ def test_bad_eval_subjects_is_one_line(tmp_path):
 
 
 # --------------------------------------------------------------- pretrained checkpoints
+OBJECTIVE_CLASS = {"next_event": "NextEvent", "masked": "MaskedEvents"}
+
+
 def save_checkpoint(path, codes, objective="next_event", kind="pretrain", drop=None):
     from omegaconf import OmegaConf
 
@@ -189,7 +192,7 @@ def save_checkpoint(path, codes, objective="next_event", kind="pretrain", drop=N
         {
             "pretrain": {
                 "objective": {
-                    "_target_": f"medweave.models.pretrain.objectives.{'NextEvent' if objective == 'next_event' else 'MaskedEvents'}",
+                    "_target_": f"medweave.models.pretrain.objectives.{OBJECTIVE_CLASS[objective]}",
                     "_partial_": True,
                 }
             },

@@ -120,10 +120,11 @@ class PretrainedEvents(nn.Module):
         share = len(unknown) / max(len(codes), 1)
         if unknown and not extend_vocab and (share > max_unknown or len(unknown) == len(codes)):
             raise MedweaveError(
-                f"{path}: the pretrained vocabulary ({len(vocab['codes'])} codes) lacks {len(unknown)} of the "
-                f"cohort's {len(codes)} codes ({share:.0%}, more than max_unknown={max_unknown:.0%}; e.g. "
-                f"{', '.join(sorted(unknown)[:3])}); pass model.encoders.ehr_codes.extend_vocab=true to learn "
-                "them in fine-tuning, or pretrain on this cohort"
+                f"{path}: the pretrained vocabulary ({len(vocab['codes'])} codes) lacks "
+                f"{len(unknown)} of the cohort's {len(codes)} codes ({share:.0%}, more than "
+                f"max_unknown={max_unknown:.0%}; e.g. {', '.join(sorted(unknown)[:3])}); pass "
+                "model.encoders.ehr_codes.extend_vocab=true to learn them in fine-tuning, or pretrain "
+                "on this cohort"
             )
         if unknown:
             how = "new embeddings" if extend_vocab else "the unknown code"
