@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medweave.data import contract as c
-from medweave.data.datamodule import CohortDataModule, _already_collated
+from medweave.data.datamodule import CohortDataModule, _already_collated, _plain
 from medweave.data.ehr import pretrain as store
 from medweave.data.sampler import SubjectSampler
 from medweave.errors import MedweaveError
@@ -116,12 +116,17 @@ class PretrainDataModule(L.LightningDataModule):
         self.eval_subjects, self.labels_dir, self.lenient = eval_subjects, labels_dir, lenient
         self.max_events, self.batch_size, self.num_workers = max_events, batch_size, num_workers
         self.min_subjects, self.n_bins, self.val_fraction = vocab_min_subjects, n_bins, val_fraction
-        self.vocab, self.seed, self.pin_memory = vocab, seed, pin_memory
+        # Plain JSON values: Hydra hands a dict argument over as a DictConfig, which would travel
+        # into every checkpoint (and torch.load(weights_only=True) refuses it).
+        self.vocab = _plain(vocab) if vocab is not None else None
+        self.seed, self.pin_memory = seed, pin_memory
         self.tokens: store.TokenStore | None = None
         self.folders: list[Path] = []
         self._resume: dict | None = None
 
     def prepare_data(self) -> None:
+        if self.folders:  # built already in this process
+            return
         self.folders = store.build_store(
             self.root, self.cache_dir, self.eval_subjects, self.labels_dir, self.lenient
         )

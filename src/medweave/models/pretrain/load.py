@@ -43,8 +43,9 @@ def read_checkpoint(path: str | Path, objective: str | None = None) -> dict:
         with torch.serialization.safe_globals(_NUMPY_ARRAYS):
             saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        first = (str(err).strip().splitlines() or [""])[0][:200]
         raise MedweaveError(
-            f"{path}: not a readable checkpoint ({type(err).__name__}); expected {expect}"
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {first}); expected {expect}"
         ) from None
     extras = saved.get("medweave") if isinstance(saved, dict) else None
     if not isinstance(extras, dict) or extras.get("kind") != KIND:
@@ -89,7 +90,8 @@ class PretrainedEvents(nn.Module):
         path: the medweave-pretrain checkpoint.
         codes: the cohort vocabulary's code names (cohort id = index + 2).
         code_stats: the cohort's {code: [mean, sd]} its z-scores were made with.
-        out_dim: output width (a linear map from the backbone's width if they differ).
+        out_dim: output width (a linear map from the backbone's width if they differ; None: the
+            backbone's).
         freeze: keep the backbone's weights (and its dropout off); only the recency term and the
             projection train. With a linear task head, a linear probe.
         extend_vocab: give codes the checkpoint does not know new embeddings, learnt in
@@ -104,7 +106,7 @@ class PretrainedEvents(nn.Module):
         path: str,
         codes: list[str],
         code_stats: dict,
-        out_dim: int,
+        out_dim: int | None = None,
         freeze: bool = False,
         extend_vocab: bool = False,
         max_unknown: float = 0.05,
@@ -162,6 +164,7 @@ class PretrainedEvents(nn.Module):
         self.recency = nn.Linear(3, dim)  # days before prediction time: learnt from zero
         nn.init.zeros_(self.recency.weight)
         nn.init.zeros_(self.recency.bias)
+        out_dim = out_dim or dim
         self.project = nn.Identity() if out_dim == dim else nn.Linear(dim, out_dim)
         self.out_dim, self.freeze = out_dim, freeze
         if freeze:
