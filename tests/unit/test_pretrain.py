@@ -280,3 +280,20 @@ def test_task_cache_events_read_as_pretraining_read_them(tmp_path):
     assert tokens["bins"][0].tolist() == [0, 0, 3, 0, 0]  # 2.5 lies in A's third bin
     enc.train()
     assert not enc.backbone.training and not any(p.requires_grad for p in enc.backbone.parameters())
+
+
+@pytest.mark.parametrize("objective", ["next_event", "masked"])
+def test_pretrain_config_composes_and_its_callbacks_instantiate(tmp_path, objective):
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    from tests.conftest import compose
+
+    overrides = ["data.root=/x", f"pretrain/objective={objective}", f"paths.log_dir={tmp_path}", "trainer=ddp"]
+    cfg = compose("pretrain", [*overrides, "pretrain.eval_subjects=exclude"])
+    assert cfg.data.eval_subjects == "exclude" and cfg.trainer.strategy == "ddp"
+    assert cfg.pretrain.objective._target_.endswith("NextEvent" if objective == "next_event" else "MaskedEvents")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    callbacks = [instantiate(node) for node in cfg.callbacks.values()]
+    assert cfg.callbacks.model_checkpoint.monitor == "val/loss" and all(callbacks[:2])
