@@ -289,10 +289,11 @@ def test_pretrain_config_composes_and_its_callbacks_instantiate(tmp_path, object
 
     from tests.conftest import compose
 
-    overrides = ["data.root=/x", f"pretrain/objective={objective}", f"paths.log_dir={tmp_path}", "trainer=ddp"]
+    overrides = ["data.root=/x", f"pretrain/objective={objective}", f"paths.log_dir={tmp_path}"]
+    overrides.append("trainer=ddp")
     cfg = compose("pretrain", [*overrides, "pretrain.eval_subjects=exclude"])
     assert cfg.data.eval_subjects == "exclude" and cfg.trainer.strategy == "ddp"
-    assert cfg.pretrain.objective._target_.endswith("NextEvent" if objective == "next_event" else "MaskedEvents")
+    assert cfg.pretrain.objective._target_.endswith(OBJECTIVE_CLASS[objective])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)
     callbacks = [instantiate(node) for node in cfg.callbacks.values()]
