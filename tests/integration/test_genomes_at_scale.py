@@ -116,8 +116,9 @@ def test_registry_cohort_with_genomes_for_a_subset_trains_the_fused_model(tmp_pa
     subjects = np.load(cache / "subjects.npz")
     has = subjects["present_genomics"]
     assert has.sum() == 80
-    scores = np.load(cache / "genomics_pgs.npy")
+    arrays = open_arrays(cache)
+    scores = np.asarray(arrays["genomics_pgs"])
     truth = pq.read_table(root / "ground_truth/risk.parquet").to_pandas().set_index("subject_id")
     genetic = truth.loc[subjects["subject_id"][has], "genetic_t1d"].to_numpy()
     assert np.corrcoef(scores[has, 1], genetic)[0, 1] > 0.99
-    assert (np.load(cache / "genomics_pcs.npy")[~has] == 0).all()
+    assert (np.asarray(arrays["genomics_pcs"])[~has] == 0).all()

@@ -281,7 +281,7 @@ def test_embed_command_line_lists_every_fault_at_once():
         check_config(cfg)
     message = str(err.value)
     assert "data.root '/no/such/cohort' does not exist" in message
-    assert "modality=genomics: expected one of ['text', 'image', 'volume']" in message
+    assert "modality=genomics: expected one of ['text', 'image', 'volume', 'ehr_codes']" in message
     assert "model_path is not set" in message
 
 

@@ -3,6 +3,7 @@
     medweave-embed data.root=data/sandbox model_path=models/all-MiniLM-L6-v2
     medweave-embed data.root=data/sandbox modality=image model_path=models/resnet.pt
     medweave-embed data.root=data/sandbox modality=volume model_path=models/resnet3d.pt
+    medweave-embed data.root=data/sandbox modality=ehr_codes model_path=<medweave-pretrain ckpt>
     medweave-embed ... device=cuda batch_size=256
 
 It embeds from the prepared cohort cache (only data before each subject's prediction_time, for
@@ -20,7 +21,7 @@ from pathlib import Path
 
 log = logging.getLogger("medweave")
 
-EMBEDDABLE = ("text", "image", "volume")
+EMBEDDABLE = ("text", "image", "volume", "ehr_codes")
 
 
 def check_config(cfg) -> None:
@@ -41,7 +42,10 @@ def check_config(cfg) -> None:
     if cfg.modality not in EMBEDDABLE:
         problems.append(f"modality={cfg.modality}: expected one of {list(EMBEDDABLE)}")
     if OmegaConf.is_missing(cfg, "model_path"):
-        what = "a local Hugging Face model folder" if cfg.modality == "text" else "a state dict file"
+        what = {
+            "text": "a local Hugging Face model folder",
+            "ehr_codes": "a medweave-pretrain checkpoint",
+        }.get(cfg.modality, "a state dict file")
         problems.append(f"model_path is not set: pass model_path=<{what}>")
     if problems:
         raise MedweaveError("; ".join(problems))

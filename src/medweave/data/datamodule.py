@@ -83,7 +83,12 @@ class PreparedCohort:
         """Sizes each encoder needs, known only once the cohort is prepared."""
         v = self.vocab
         sizes = {
-            c.EHR_CODES: lambda: {"vocab_size": len(v["codes"]) + 2},
+            # codes, code_stats: for an encoder started from a pretrained checkpoint (models/pretrain/)
+            c.EHR_CODES: lambda: {
+                "vocab_size": len(v["codes"]) + 2,
+                "codes": v["codes"],
+                "code_stats": v["code_stats"],
+            },
             c.TEXT: lambda: {"vocab_size": v["text_vocab_size"], "pad_token_id": v["text_pad_id"]},
             c.IMAGE: lambda: {},  # the backbone config says all it needs
             c.VOLUME: lambda: {},  # likewise (spatial_dims: 3)

@@ -36,13 +36,47 @@ class EHRCodesEncoder(nn.Module):
         n_layers: transformer layers.
         n_heads: attention heads (dim must divide by it).
         dropout: dropout inside the transformer.
+        pretrained: a medweave-pretrain checkpoint to start from (models/pretrain/load.py); its
+            backbone replaces the transformer above (n_layers, n_heads, dropout come from it).
+        freeze: with ``pretrained``: keep the pretrained weights fixed (a probe of them).
+        extend_vocab: with ``pretrained``: learn embeddings for codes the checkpoint lacks.
+        max_unknown: with ``pretrained``: the share of the cohort's codes it may lack.
+        objective: with ``pretrained``: refuse a checkpoint of another objective (null: either).
+        codes, code_stats: the cohort's code names and value statistics (given by the data module).
     """
 
     def __init__(
-        self, vocab_size: int, dim: int = 64, n_layers: int = 2, n_heads: int = 4, dropout: float = 0.1
+        self,
+        vocab_size: int,
+        dim: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        dropout: float = 0.1,
+        pretrained: str | None = None,
+        freeze: bool = False,
+        extend_vocab: bool = False,
+        max_unknown: float = 0.05,
+        objective: str | None = None,
+        codes: list[str] | None = None,
+        code_stats: dict | None = None,
     ):
         super().__init__()
         self.out_dim = dim
+        self.pretrained = None
+        if pretrained:
+            from medweave.models.pretrain.load import PretrainedEvents
+
+            self.pretrained = PretrainedEvents(
+                pretrained,
+                list(codes or []),
+                dict(code_stats or {}),
+                dim,
+                freeze,
+                extend_vocab,
+                max_unknown,
+                objective,
+            )
+            return
         self.code = nn.Embedding(vocab_size, dim, padding_idx=0)
         self.value = nn.Linear(2, dim)  # (z-scored value, has value)
         self.time = nn.Linear(3, dim)  # log-days before prediction, its square, is-static
@@ -53,6 +87,8 @@ class EHRCodesEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, inputs: dict) -> torch.Tensor:
+        if self.pretrained is not None:
+            return self.pretrained(inputs)
         codes, values, days = inputs["codes"], inputs["values"], inputs["days"]
         padding = codes == 0  # [B, L], True = no event
         has_value = ~torch.isnan(values)

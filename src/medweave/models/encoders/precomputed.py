@@ -26,6 +26,7 @@ class PrecomputedEncoder(nn.Module):
         source: the embedding cache folder, named in errors (given by the data module).
         config: ignored: the size a debug config sets for the raw text encoder this one replaces.
         backbone: ignored: likewise for the raw image encoder.
+        n_layers, n_heads: ignored: likewise for the raw EHR codes encoder.
         raw_inputs: what the data module gives an encoder of the raw modality (vocab_size, ...):
             here only to say that ``data.embeddings.<modality>`` is not set.
     """
@@ -39,6 +40,8 @@ class PrecomputedEncoder(nn.Module):
         source: str | None = None,
         config: dict | None = None,
         backbone: dict | None = None,
+        n_layers: int | None = None,
+        n_heads: int | None = None,
         **raw_inputs,
     ):
         super().__init__()

@@ -1,0 +1,52 @@
+"""A linear probe: L2-regularised logistic regression on frozen embeddings (medweave-embed's).
+
+How much of a binary task a pretrained representation holds, with nothing learnt but one linear
+map: fitted on train, the strength chosen by tuning AUROC, scored on held_out. Rows of the
+embedding cache are the prepared cache's rows (embeddings/cache.py, checked by ``open_cache``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medweave.data import contract as c
+from medweave.embeddings.cache import open_cache
+from medweave.errors import MedweaveError
+
+
+def linear_probe(embeddings: Path, prepared: Path, root: Path, modality: str = "ehr_codes") -> dict:
+    """{"C", "tuning_auroc", "held_out_auroc", "n_train"} for the prepared cache's binary task."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    cache = open_cache(embeddings, modality, Path(prepared), Path(root))
+    subjects = np.load(Path(prepared) / "subjects.npz")
+    split, target = subjects["split"], subjects["target"]
+    x = np.asarray(cache.vectors, np.float64)
+    rows = {s: np.flatnonzero((split == c.SPLITS.index(s)) & cache.present) for s in c.SPLITS}
+    y = {s: target[r] for s, r in rows.items()}
+    for s in c.SPLITS:
+        if len(np.unique(y[s])) < 2:
+            raise MedweaveError(
+                f"linear probe: the {s} split needs both classes; it has {len(y[s])} subject(s)"
+            )
+    scale = StandardScaler().fit(x[rows[c.TRAIN_SPLIT]])
+    z = {s: scale.transform(x[r]) for s, r in rows.items()}
+    best = None
+    for strength in (0.001, 0.01, 0.1, 1.0, 10.0):
+        model = LogisticRegression(C=strength, max_iter=2000).fit(z[c.TRAIN_SPLIT], y[c.TRAIN_SPLIT])
+        auroc = roc_auc_score(y[c.TUNING_SPLIT], model.decision_function(z[c.TUNING_SPLIT]))
+        if best is None or auroc > best[0]:
+            best = (auroc, strength, model)
+    auroc, strength, model = best
+    return {
+        "C": strength,
+        "tuning_auroc": round(float(auroc), 4),
+        "held_out_auroc": round(
+            float(roc_auc_score(y[c.HELD_OUT_SPLIT], model.decision_function(z[c.HELD_OUT_SPLIT]))), 4
+        ),
+        "n_train": int(len(rows[c.TRAIN_SPLIT])),
+    }

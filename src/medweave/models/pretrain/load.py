@@ -1,0 +1,213 @@
+"""A pretrained backbone in the task model: read a medweave-pretrain checkpoint, check it, and
+read the task cache's events the way pretraining read the store's.
+
+The task cache (data/ehr/cache.py) serves each subject's events before prediction time as
+cohort code ids, z-scored values and days before prediction time, static events last. The
+pretrained backbone reads its own code ids, quantile bins, age and days since the previous event,
+static events first. ``PretrainedEvents`` translates one into the other (code names through both
+vocabularies, values back to their raw scale and into the checkpoint's bins, age from the birth
+event) and adds what pretraining never saw: how long before prediction time each event came, as a
+learnt term that starts at zero, so fine-tuning starts from the pretrained representation.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medweave.data import contract as c
+from medweave.data.ehr.pretrain import MASK, UNK
+from medweave.errors import MedweaveError
+from medweave.models.pretrain.backbone import EventTransformer
+from medweave.models.pretrain.module import FORMAT, KIND
+
+log = logging.getLogger("medweave")
+
+OBJECTIVES = ("next_event", "masked")
+
+
+def read_checkpoint(path: str | Path, objective: str | None = None) -> dict:
+    """The checkpoint's ``medweave`` extras and backbone weights, checked: a medweave-pretrain
+    checkpoint, of ``objective`` if given, whose weights fit the backbone it names."""
+    path = Path(path).expanduser()
+    expect = "a checkpoint written by medweave-pretrain (<run>/checkpoints/*.ckpt)"
+    if not path.is_file():
+        raise MedweaveError(f"pretrained checkpoint '{path}' does not exist; expected {expect}")
+    try:
+        from medweave.embeddings.frozen import _NUMPY_ARRAYS
+
+        with torch.serialization.safe_globals(_NUMPY_ARRAYS):
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise MedweaveError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {first}); expected {expect}"
+        ) from None
+    extras = saved.get("medweave") if isinstance(saved, dict) else None
+    if not isinstance(extras, dict) or extras.get("kind") != KIND:
+        what = (
+            "a medweave-train checkpoint (a task model)"
+            if isinstance(extras, dict)
+            else "not a medweave checkpoint"
+        )
+        raise MedweaveError(f"{path}: {what}; expected {expect}")
+    if extras.get("format") != FORMAT:
+        raise MedweaveError(
+            f"{path}: pretraining checkpoint format {extras.get('format')}; this medweave reads {FORMAT}"
+        )
+    if objective is not None and extras["objective"] != objective:
+        raise MedweaveError(
+            f"{path}: pretrained with objective {extras['objective']}; this needs objective {objective} "
+            f"(medweave-pretrain pretrain/objective={objective})"
+        )
+    if extras.get("backbone", {}).get("class") != "EventTransformer":
+        raise MedweaveError(
+            f"{path}: backbone {extras.get('backbone', {}).get('class')}; expected EventTransformer "
+            "(a checkpoint of another architecture)"
+        )
+    prefix = "backbone."
+    state = {k[len(prefix) :]: v for k, v in saved["state_dict"].items() if k.startswith(prefix)}
+    backbone = EventTransformer(**extras["backbone"]["args"])
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
+        raise MedweaveError(
+            f"{path}: the weights do not fit the EventTransformer the checkpoint names "
+            f"({detail[:300]}); expected a checkpoint of the same architecture"
+        ) from None
+    return {**extras, "module": backbone, "path": str(path)}
+
+
+class PretrainedEvents(nn.Module):
+    """Task-cache events ({codes, values, days}) -> pooled [B, out_dim] through a pretrained backbone.
+
+    Args:
+        path: the medweave-pretrain checkpoint.
+        codes: the cohort vocabulary's code names (cohort id = index + 2).
+        code_stats: the cohort's {code: [mean, sd]} its z-scores were made with.
+        out_dim: output width (a linear map from the backbone's width if they differ; None: the
+            backbone's).
+        freeze: keep the backbone's weights (and its dropout off); only the recency term and the
+            projection train. With a linear task head, a linear probe.
+        extend_vocab: give codes the checkpoint does not know new embeddings, learnt in
+            fine-tuning, instead of the unknown code.
+        max_unknown: the share of the cohort's codes the checkpoint may not know before it is
+            refused (unless ``extend_vocab``).
+        objective: refuse a checkpoint of another objective (None: either).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        codes: list[str],
+        code_stats: dict,
+        out_dim: int | None = None,
+        freeze: bool = False,
+        extend_vocab: bool = False,
+        max_unknown: float = 0.05,
+        objective: str | None = None,
+    ):
+        super().__init__()
+        ckpt = read_checkpoint(path, objective)
+        self.backbone: EventTransformer = ckpt["module"]
+        self.source = {"path": ckpt["path"], "objective": ckpt["objective"]}
+        vocab = ckpt["vocab"]
+        known = {name: i + 3 for i, name in enumerate(vocab["codes"])}
+        unknown = [n for n in codes if n not in known]
+        share = len(unknown) / max(len(codes), 1)
+        if unknown and not extend_vocab and (share > max_unknown or len(unknown) == len(codes)):
+            raise MedweaveError(
+                f"{path}: the pretrained vocabulary ({len(vocab['codes'])} codes) lacks "
+                f"{len(unknown)} of the cohort's {len(codes)} codes ({share:.0%}, more than "
+                f"max_unknown={max_unknown:.0%}; e.g. {', '.join(sorted(unknown)[:3])}); pass "
+                "model.encoders.ehr_codes.extend_vocab=true to learn them in fine-tuning, or pretrain "
+                "on this cohort"
+            )
+        if unknown:
+            how = "new embeddings" if extend_vocab else "the unknown code"
+            log.warning(
+                "pretrained vocabulary lacks %d of the cohort's %d codes: they get %s",
+                len(unknown),
+                len(codes),
+                how,
+            )
+        extra = {n: self.backbone.vocab_size + i for i, n in enumerate(unknown)} if extend_vocab else {}
+        if extra:
+            old = self.backbone.code
+            grown = nn.Embedding(old.num_embeddings + len(extra), old.embedding_dim, padding_idx=0)
+            with torch.no_grad():
+                grown.weight[: old.num_embeddings] = old.weight
+                grown.weight[old.num_embeddings :] = old.weight[MASK + 1 :].mean(0)
+            self.backbone.code = grown
+        ids = [0, UNK] + [known.get(n, extra.get(n, UNK)) for n in codes]
+        self.register_buffer("id_map", torch.tensor(ids, dtype=torch.long), persistent=False)
+        stats = np.full((len(codes) + 2, 2), np.nan)
+        for i, n in enumerate(codes):
+            if n in code_stats:
+                stats[i + 2] = code_stats[n]
+        self.register_buffer("stats", torch.tensor(stats, dtype=torch.float32), persistent=False)
+        n_edges = vocab["n_bins"] - 1
+        edges = np.full((self.backbone.code.num_embeddings, max(n_edges, 1)), np.inf)
+        has_bins = np.zeros(self.backbone.code.num_embeddings, bool)
+        for n, e in vocab["bins"].items():
+            if n in known and n_edges:
+                edges[known[n]], has_bins[known[n]] = e, True
+        self.register_buffer("edges", torch.tensor(edges, dtype=torch.float32), persistent=False)
+        self.register_buffer("has_bins", torch.tensor(has_bins), persistent=False)
+        self.birth = codes.index(c.BIRTH_CODE) + 2 if c.BIRTH_CODE in codes else -1
+        dim = self.backbone.dim
+        self.recency = nn.Linear(3, dim)  # days before prediction time: learnt from zero
+        nn.init.zeros_(self.recency.weight)
+        nn.init.zeros_(self.recency.bias)
+        out_dim = out_dim or dim
+        self.project = nn.Identity() if out_dim == dim else nn.Linear(dim, out_dim)
+        self.out_dim, self.freeze = out_dim, freeze
+        if freeze:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze:
+            self.backbone.eval()  # frozen: no dropout either
+        return self
+
+    def translate(self, inputs: dict) -> tuple[dict, torch.Tensor]:
+        """Backbone inputs (static events first) and each token's days before prediction time."""
+        codes, values, days = inputs["codes"], inputs["values"], inputs["days"]
+        pad = codes == 0
+        static = torch.isnan(days) & ~pad
+        position = torch.arange(codes.shape[1], device=codes.device).expand_as(codes)
+        key = torch.where(static, -1, torch.where(pad, codes.shape[1], position))
+        order = torch.sort(key, dim=1, stable=True).indices
+        codes, values, days = (t.gather(1, order) for t in (codes, values, days))
+        pad, static = pad.gather(1, order), static.gather(1, order)
+        raw = values * self.stats[codes, 1] + self.stats[codes, 0]
+        ids = self.id_map[codes]
+        above = (raw.unsqueeze(-1) > self.edges[ids]).sum(-1)
+        bins = torch.where(~torch.isnan(raw) & self.has_bins[ids], 1 + above, torch.zeros_like(above))
+        birth_days = torch.where(codes == self.birth, days, torch.full_like(days, float("nan")))
+        birth_days = torch.nan_to_num(birth_days, nan=-1.0).amax(1, keepdim=True)
+        age = torch.where(
+            (birth_days >= 0) & ~static & ~pad, birth_days - days, torch.full_like(days, float("nan"))
+        )
+        previous = torch.cat([days[:, :1], days[:, :-1]], 1)
+        first_timed = torch.cat([torch.ones_like(static[:, :1]), static[:, :-1]], 1)
+        delta = torch.where(first_timed, torch.zeros_like(days), (previous - days).clamp(min=0))
+        delta = torch.where(static | pad, torch.full_like(days, float("nan")), delta)
+        ids = ids.masked_fill(pad, 0)
+        return {"codes": ids, "bins": bins, "age": age, "delta": delta}, days
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        tokens, days = self.translate(inputs)
+        pad = tokens["codes"] == 0
+        log_days = torch.log1p(torch.nan_to_num(days).clamp(min=0)) / 10
+        recency = torch.stack([log_days, log_days**2, torch.isnan(days).to(days.dtype)], -1)
+        x = self.backbone.embed(**tokens) + self.recency(recency.to(self.recency.weight.dtype))
+        h = self.backbone.encode(x, pad)
+        keep = (~pad).unsqueeze(-1).to(h.dtype)
+        return self.project((h * keep).sum(1) / keep.sum(1).clamp(min=1))

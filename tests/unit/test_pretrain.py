@@ -1,0 +1,300 @@
+"""Pretraining: the objectives' losses by hand, masking, the leakage rule of the token store, and
+the checks a pretrained checkpoint must pass before a task model starts from it."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medweave.data import contract as c
+from medweave.data.ehr import pretrain as store
+from medweave.errors import MedweaveError
+from medweave.models.pretrain.objectives import MaskedEvents, NextEvent, exponential_nll
+
+NAN = float("nan")
+T0 = datetime(2000, 1, 1)
+
+
+# ------------------------------------------------------------------------------ objectives
+def test_exponential_nll_by_hand():
+    # rate 2 per year, a wait of half a year: -(log 2 - 2 * 0.5) = 1 - log 2
+    got = exponential_nll(torch.tensor([math.log(2.0)]), torch.tensor([0.5]))
+    assert got.item() == pytest.approx(1 - math.log(2), abs=1e-6)
+
+
+def test_next_event_targets_and_loss_by_hand():
+    # static SEX (5), then codes 3, 4, 6 at 0, 10 and 11 days; then padding
+    batch = {
+        "codes": torch.tensor([[5, 3, 4, 6, 0]]),
+        "bins": torch.zeros(1, 5, dtype=torch.long),
+        "age": torch.full((1, 5), NAN),
+        "delta": torch.tensor([[NAN, 0.0, 10.0, 1.0, NAN]]),
+    }
+    objective = NextEvent(dim=2, vocab_size=7, time_weight=1.0, min_wait_days=0.5)
+    _, targets = objective.prepare(batch)
+    assert targets["valid"].tolist() == [[True, True, True, False, False]]
+    assert targets["code"][0, :3].tolist() == [3, 4, 6]
+    assert targets["wait"][0, :3].tolist() == pytest.approx([0.5 / 365.25, 10 / 365.25, 1 / 365.25])
+    with torch.no_grad():
+        objective.code_head.weight.zero_()
+        objective.code_head.bias.zero_()
+        objective.wait_head.weight.zero_()
+        objective.wait_head.bias.fill_(math.log(3.0))
+    loss, parts = objective.loss(torch.zeros(1, 5, 2), targets)
+    code = math.log(7)  # uniform over 7 ids
+    waits = np.array([0.5, 10, 1]) / 365.25
+    time = float(np.mean(3 * waits - math.log(3)))
+    assert parts["code_loss"].item() == pytest.approx(code, abs=1e-5)
+    assert parts["time_loss"].item() == pytest.approx(time, abs=1e-5)
+    assert loss.item() == pytest.approx(code + time, abs=1e-5)
+    assert int(parts["tokens"]) == 3
+
+
+def test_masking_hides_only_timed_events_at_least_one_per_window():
+    torch.manual_seed(0)
+    n, w = 400, 40
+    codes = torch.randint(3, 50, (n, w))
+    codes[:, 30:] = 0  # padding
+    delta = torch.rand(n, w)
+    delta[:, :2] = NAN  # two static events per window
+    batch = {
+        "codes": codes,
+        "bins": torch.ones(n, w, dtype=torch.long),
+        "age": torch.zeros(n, w),
+        "delta": delta,
+    }
+    objective = MaskedEvents(dim=4, vocab_size=50, n_bins=10, mask_prob=0.15)
+    inputs, targets = objective.prepare(batch)
+    chosen = targets["valid"]
+    assert not chosen[:, :2].any() and not chosen[:, 30:].any()
+    assert chosen.any(1).all()
+    share = chosen[:, 2:30].float().mean().item()
+    assert 0.13 < share < 0.18
+    assert (inputs["bins"][chosen] == 11).all()  # the masked value bin
+    masked_token = (inputs["codes"] == store.MASK) & chosen
+    assert 0.75 < masked_token.sum().item() / chosen.sum().item() < 0.85
+    assert torch.equal(inputs["codes"][~chosen], codes[~chosen])
+    assert torch.equal(targets["code"], codes)
+
+
+# ------------------------------------------------------------------------ leakage rule
+def write_cohort(root, n_train=6):
+    """Train subjects 1..n_train; held-out 100 (labelled, prediction at day 50) and 101 (no
+    label); tuning 200 (labelled at day 20). Each has SEX, a birth, then events every 10 days."""
+    rows = []
+    for sid in [*range(1, n_train + 1), 100, 101, 200]:
+        rows.append((sid, None, "SEX//F", None))
+        rows.append((sid, T0, c.BIRTH_CODE, None))
+        for k in range(10):
+            rows.append(
+                (sid, T0 + timedelta(days=10 * (k + 1)), f"ICD//{k % 4}", float(k) if k % 2 else None)
+            )
+    events = pd.DataFrame(rows, columns=["subject_id", "time", "code", "numeric_value"])
+    events["time"] = pd.to_datetime(events["time"]).astype("datetime64[us]")
+    events["numeric_value"] = events["numeric_value"].astype("float32")
+    (root / "data").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    (root / "labels").mkdir()
+    events.to_parquet(root / "data" / "0.parquet", index=False)
+    splits = [(i, "train") for i in range(1, n_train + 1)] + [
+        (100, "held_out"),
+        (101, "held_out"),
+        (200, "tuning"),
+    ]
+    pd.DataFrame(splits, columns=["subject_id", "split"]).to_parquet(root / c.SUBJECT_SPLITS, index=False)
+    labels = pd.DataFrame(
+        {
+            "subject_id": [100, 200, 200],
+            "prediction_time": pd.to_datetime(
+                [T0 + timedelta(days=50), T0 + timedelta(days=20), T0 + timedelta(days=90)]
+            ),
+            "boolean_value": [True, False, True],
+        }
+    )
+    labels.to_parquet(root / "labels" / "x.parquet", index=False)
+    return root
+
+
+def every_token(folders, vocab, width=64):
+    tokens = store.TokenStore(folders, vocab, width)
+    batch = tokens.batch(tokens.samples)
+    return tokens.samples[:, 3], batch
+
+
+@pytest.mark.parametrize("mode", ["cut", "exclude"])
+def test_no_event_of_an_evaluation_subject_after_its_prediction_time(tmp_path, mode):
+    root = write_cohort(tmp_path / "cohort")
+    folders = store.build_store(root, tmp_path / "cache", mode)
+    vocab = store.fit_vocab(folders, min_subjects=2, n_bins=4)
+    ids, batch = every_token(folders, vocab)
+    real = batch["codes"] != store.PAD
+    seen = {int(i): int(real[ids == i].sum()) for i in np.unique(ids)}
+    assert all(seen[i] == 12 for i in range(1, 7))  # train: static + birth + 10 events, all of them
+    assert 101 not in seen  # held out without a prediction time: nothing
+    if mode == "exclude":
+        assert not {100, 200} & set(seen)
+        return
+    cut = {
+        100: np.datetime64(T0 + timedelta(days=50), "us"),
+        200: np.datetime64(T0 + timedelta(days=20), "us"),
+    }
+    for sid, when in cut.items():  # the earliest prediction time of any label file
+        times = batch["time"][ids == sid][real[ids == sid]]
+        timed = times[times != store.NO_TIME]
+        assert len(timed) and (timed < when.astype(np.int64)).all()
+    assert seen[100] == 6 and seen[200] == 3  # static, birth, and the events before: 4 and 1
+
+
+def test_store_time_features_and_value_bins(tmp_path):
+    root = write_cohort(tmp_path / "cohort")
+    folders = store.build_store(root, tmp_path / "cache", "cut")
+    vocab = store.fit_vocab(folders, min_subjects=2, n_bins=4)
+    assert set(vocab["codes"]) == {c.BIRTH_CODE, "SEX//F", "ICD//0", "ICD//1", "ICD//2", "ICD//3"}
+    assert sorted(vocab["bins"]) == ["ICD//1", "ICD//3"]  # the codes with values
+    tokens = store.TokenStore(folders, vocab, width=64)
+    row = np.flatnonzero(tokens.samples[:, 3] == 1)
+    batch = tokens.batch(tokens.samples[row])
+    assert np.isnan(batch["age"][0, 0]) and np.isnan(batch["delta"][0, 0])  # static first
+    assert batch["age"][0, 1:4].tolist() == [0, 10, 20] and batch["delta"][0, 1:4].tolist() == [0, 10, 10]
+    assert batch["bins"][0, 2] == 0 and batch["bins"][0, 3] >= 1  # no value / a binned value
+
+
+def test_windows_cover_every_event_once(tmp_path):
+    root = write_cohort(tmp_path / "cohort")
+    folders = store.build_store(root, tmp_path / "cache", "cut")
+    vocab = store.fit_vocab(folders, min_subjects=2, n_bins=4)
+    ids, batch = every_token(folders, vocab, width=4)  # 1 static + 3 timed per window
+    real = (batch["codes"] != 0) & (batch["time"] != store.NO_TIME)
+    assert int(real[ids == 1].sum()) == 11  # birth + 10 events, each once
+    assert (batch["codes"][:, 0] == vocab["codes"].index("SEX//F") + 3).all()  # static in every window
+
+
+def test_bad_eval_subjects_is_one_line(tmp_path):
+    with pytest.raises(MedweaveError, match=r"eval_subjects=keep: expected one of \['cut', 'exclude'\]"):
+        store.eval_cutoffs(tmp_path, "keep")
+
+
+# --------------------------------------------------------------- pretrained checkpoints
+OBJECTIVE_CLASS = {"next_event": "NextEvent", "masked": "MaskedEvents"}
+
+
+def save_checkpoint(path, codes, objective="next_event", kind="pretrain", drop=None):
+    from omegaconf import OmegaConf
+
+    from medweave.cli.pretrain import build_module
+
+    cfg = OmegaConf.create(
+        {
+            "pretrain": {
+                "objective": {
+                    "_target_": f"medweave.models.pretrain.objectives.{OBJECTIVE_CLASS[objective]}",
+                    "_partial_": True,
+                }
+            },
+            "model": {
+                "backbone": {
+                    "_target_": "medweave.models.pretrain.backbone.EventTransformer",
+                    "_partial_": True,
+                    "dim": 8,
+                    "n_layers": 1,
+                    "n_heads": 2,
+                },
+                "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True},
+                "warmup_steps": 1,
+            },
+        }
+    )
+    vocab = {"codes": codes, "bins": {codes[0]: [1.0, 2.0, 3.0]}, "n_bins": 4}
+    module = build_module(cfg, vocab, 4)
+    extras = {**module.checkpoint_extras, "kind": kind}
+    state = {k: v for k, v in module.state_dict().items() if k != drop}
+    torch.save({"state_dict": state, "medweave": extras}, path)
+    return path
+
+
+def encoder(path, codes, **kw):
+    from medweave.models.encoders.ehr_codes import EHRCodesEncoder
+
+    return EHRCodesEncoder(len(codes) + 2, dim=8, pretrained=str(path), codes=codes, code_stats={}, **kw)
+
+
+def test_vocabulary_mismatch_names_the_unknown_codes_and_extends(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "p.ckpt", ["A", "B", "C", "D"])
+    cohort = ["A", "B", "X", "Y"]
+    with pytest.raises(MedweaveError, match=r"lacks 2 of the cohort's 4 codes \(50%.*extend_vocab=true"):
+        encoder(ckpt, cohort)
+    grown = encoder(ckpt, cohort, extend_vocab=True)
+    assert grown.pretrained.backbone.code.num_embeddings == 4 + 3 + 2
+    assert grown.pretrained.id_map.tolist() == [0, 1, 3, 4, 7, 8]
+    out = grown(
+        {
+            "codes": torch.tensor([[2, 4, 5, 0]]),
+            "values": torch.full((1, 4), NAN),
+            "days": torch.tensor([[30.0, 20, 1, 0]]),
+        }
+    )
+    assert out.shape == (1, 8) and torch.isfinite(out).all()
+    assert encoder(ckpt, ["A", "B", "C", "D", "X"], max_unknown=0.25).pretrained.id_map[-1] == store.UNK
+
+
+def test_wrong_checkpoints_are_refused_in_one_line(tmp_path):
+    codes = ["A", "B"]
+    with pytest.raises(MedweaveError, match="does not exist"):
+        encoder(tmp_path / "none.ckpt", codes)
+    masked = save_checkpoint(tmp_path / "m.ckpt", codes, objective="masked")
+    with pytest.raises(MedweaveError, match="objective masked; this needs objective next_event"):
+        encoder(masked, codes, objective="next_event")
+    assert encoder(masked, codes).pretrained.source["objective"] == "masked"
+    task = save_checkpoint(tmp_path / "t.ckpt", codes, kind=None)
+    with pytest.raises(MedweaveError, match="not a medweave checkpoint|a medweave-train checkpoint"):
+        encoder(task, codes)
+    other = save_checkpoint(tmp_path / "o.ckpt", codes, drop="backbone.norm.weight")
+    with pytest.raises(MedweaveError, match="do not fit the EventTransformer"):
+        encoder(other, codes)
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    with pytest.raises(MedweaveError, match="not a readable checkpoint"):
+        encoder(tmp_path / "junk.ckpt", codes)
+
+
+def test_task_cache_events_read_as_pretraining_read_them(tmp_path):
+    """Birth at 10,000 days before prediction, A (value 2.5) at 500, B at 100, static SEX last (as
+    the task cache orders them) -> static first, age and days since previous as in the store."""
+    codes = [c.BIRTH_CODE, "A", "B", "SEX//F"]
+    ckpt = save_checkpoint(tmp_path / "p.ckpt", ["A", c.BIRTH_CODE, "B", "SEX//F"])  # bins for A: 1, 2, 3
+    enc = encoder(ckpt, codes, freeze=True).pretrained
+    enc.stats[3] = torch.tensor([2.0, 0.5])  # A's mean and sd in the cohort: z = 1 means 2.5
+    inputs = {
+        "codes": torch.tensor([[2, 3, 4, 5, 0]]),
+        "values": torch.tensor([[NAN, 1.0, NAN, NAN, NAN]]),
+        "days": torch.tensor([[10000.0, 500, 100, NAN, 0]]),
+    }
+    tokens, _ = enc.translate(inputs)
+    assert tokens["codes"].tolist() == [[6, 4, 3, 5, 0]]  # checkpoint ids: SEX, birth, A, B
+    assert tokens["age"][0, :4].nan_to_num(-1).tolist() == [-1, 0, 9500, 9900]
+    assert tokens["delta"][0, :4].nan_to_num(-1).tolist() == [-1, 0, 9500, 400]
+    assert tokens["bins"][0].tolist() == [0, 0, 3, 0, 0]  # 2.5 lies in A's third bin
+    enc.train()
+    assert not enc.backbone.training and not any(p.requires_grad for p in enc.backbone.parameters())
+
+
+@pytest.mark.parametrize("objective", ["next_event", "masked"])
+def test_pretrain_config_composes_and_its_callbacks_instantiate(tmp_path, objective):
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    from tests.conftest import compose
+
+    overrides = ["data.root=/x", f"pretrain/objective={objective}", f"paths.log_dir={tmp_path}"]
+    overrides.append("trainer=ddp")
+    cfg = compose("pretrain", [*overrides, "pretrain.eval_subjects=exclude"])
+    assert cfg.data.eval_subjects == "exclude" and cfg.trainer.strategy == "ddp"
+    assert cfg.pretrain.objective._target_.endswith(OBJECTIVE_CLASS[objective])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    callbacks = [instantiate(node) for node in cfg.callbacks.values()]
+    assert cfg.callbacks.model_checkpoint.monitor == "val/loss" and all(callbacks[:2])
