@@ -91,7 +91,7 @@ def write_cohort(out: Path, years: int, seed: int = 0) -> dict:
             {
                 "subject_id": pa.array(sid[keep], pa.int64()),
                 "prediction_time": pa.array(list(pred[keep]), pa.timestamp("us")),
-                **{k: v[keep] for k, v in values.items()},
+                **{k: pa.array(v[keep]) for k, v in values.items()},
             }
         )
         full = pa.table(
@@ -103,11 +103,11 @@ def write_cohort(out: Path, years: int, seed: int = 0) -> dict:
         )
         pq.write_table(full, out / c.LABELS_DIR / f"{task}.parquet")
 
-    write(f"death_{years}y", known, {"boolean_value": pa.array(death & (days <= horizon))})
+    write(f"death_{years}y", known, {"boolean_value": death & (days <= horizon)})
     write(
         "death_survival",
         np.ones(n, bool),
-        {"boolean_value": pa.array(death), "float_value": pa.array(days, pa.float32())},
+        {"boolean_value": death, "float_value": days.astype(np.float32)},
     )
     positives = int((death & (days <= horizon))[known].sum())
     return {"subjects": n, "labelled": int(known.sum()), "positives": positives, "events": len(rows)}
