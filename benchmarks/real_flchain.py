@@ -113,6 +113,42 @@ def write_cohort(out: Path, years: int, seed: int = 0) -> dict:
     return {"subjects": n, "labelled": int(known.sum()), "positives": positives, "events": len(rows)}
 
 
+def reference_logistic(cohort: Path, years: int) -> dict:
+    """Held-out AUROC of a logistic regression on flchain's own columns, read from the source
+    frame, not through medweave: a check on the baseline arms, and how much age alone carries."""
+    import pyarrow.parquet as pq
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sksurv.datasets import load_flchain
+
+    from medweave.data import contract as c
+    from medweave.importers.cohort_writer import hashed_subject_id
+
+    x, _ = load_flchain()
+    labels = pq.read_table(cohort / c.LABELS_DIR / f"death_{years}y.parquet").to_pandas()
+    splits = pq.read_table(cohort / c.SUBJECT_SPLITS).to_pandas().set_index("subject_id")["split"]
+    sid = np.array([hashed_subject_id(f"flchain-{i}", "flchain-public-data") for i in range(len(x))])
+    frame = x.assign(subject_id=sid).merge(labels[["subject_id", "boolean_value"]], on="subject_id")
+    frame["split"] = frame["subject_id"].map(splits)
+    cols = {"age": frame["age"], "male": (frame["sex"] == "M").astype(float)}
+    cols["mgus"] = (frame["mgus"] == "yes").astype(float)
+    for lab in ("kappa", "lambda", "creatinine"):
+        cols[lab] = np.log(frame[lab].astype(float))
+        cols[f"{lab}_missing"] = cols[lab].isna().astype(float)
+    table = np.column_stack([v.to_numpy(float) for v in cols.values()])
+    train = (frame["split"] == c.TRAIN_SPLIT).to_numpy()
+    table = np.where(np.isnan(table), np.nanmean(table[train], 0), table)
+    sd = table[train].std(0)
+    table = (table - table[train].mean(0)) / np.where(sd > 0, sd, 1.0)
+    held = (frame["split"] == c.HELD_OUT_SPLIT).to_numpy()
+    y = frame["boolean_value"].to_numpy(bool)
+    out = {}
+    for name, use in (("age only", [0]), ("age and sex", [0, 1]), ("all columns", list(range(len(cols))))):
+        model = LogisticRegression(max_iter=1000).fit(table[train][:, use], y[train])
+        out[name] = round(float(roc_auc_score(y[held], model.predict_proba(table[held][:, use])[:, 1])), 4)
+    return out
+
+
 def run_arm(name: str, overrides: list[str], cohort: Path, work: Path, task: str) -> dict:
     """One medweave-train run; its held-out figures from evaluation.json."""
     run_dir = work / name.split(" ")[0].replace("(", "")
@@ -167,13 +203,15 @@ def main() -> None:
     print(json.dumps({"cohort": str(cohort), **counts}))
     if args.only_cohort:
         return
+    reference = reference_logistic(cohort, args.years)
+    print(json.dumps({"reference logistic regression, held-out AUROC": reference}))
     arms = dict(ARMS)
     if args.arm:
         arms = {a.split(":", 1)[0]: a.split(":", 1)[1].split() for a in args.arm}
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
     results = HERE / "results" / f"{stamp}-real_flchain.jsonl"
     for name, overrides in arms.items():
-        record = {"dataset": "flchain", "task": f"death_{args.years}y", **counts}
+        record = {"dataset": "flchain", "task": f"death_{args.years}y", **counts, "reference": reference}
         record |= run_arm(name, overrides, cohort, args.out, f"death_{args.years}y")
         print(json.dumps(record), flush=True)
         with open(results, "a") as f:
