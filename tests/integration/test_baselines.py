@@ -22,6 +22,7 @@ def test_baseline_arms_join_the_ablation_table(tiny_cohort, tmp_path):
         f"data.root={tiny_cohort}",
         "ablation=baseline_gbm,baseline_linear",
         cwd=tmp_path,
+        OMP_NUM_THREADS="1",  # XGBoost's threads: all cores, busy-waiting, on a shared 2-core machine
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     [sweep] = list((tmp_path / "logs").glob("*/multiruns/*"))
@@ -46,10 +47,19 @@ def test_baseline_arms_join_the_ablation_table(tiny_cohort, tmp_path):
 
 
 @pytest.mark.parametrize("baseline", ["gbm", "linear"])
-def test_survival_baseline_reports_c_index(smoke_cfg, tmp_path, baseline):
+def test_survival_baseline_reports_c_index(smoke_cfg, tiny_cohort, tmp_path, baseline):
+    """On a cohort of EHR events alone, with data.modalities left at all four (a baseline reads
+    the events only)."""
+    import shutil
+
     from medweave.cli.train import train
 
-    cfg = smoke_cfg(f"baseline={baseline}", "task=cvd_survival", "logger=csv")
+    events_only = tmp_path / "events_only"
+    shutil.copytree(tiny_cohort, events_only, ignore=shutil.ignore_patterns("imaging", "genomics"))
+    cfg = smoke_cfg(f"baseline={baseline}", "task=cvd_survival", "logger=csv", f"data.root={events_only}")
+    if baseline == "gbm":
+        cfg.baseline.model.threads = 1
+    assert len(cfg.data.modalities) == 4
     value = train(cfg)
     summary = json.loads((tmp_path / "run" / "evaluation" / "evaluation.json").read_text())
     assert summary["task_kind"] == "survival"

@@ -22,9 +22,20 @@ from medweave.data import contract as c
 log = logging.getLogger("medweave")
 
 
-def fit_baseline(cfg) -> float | None:
-    from hydra.utils import instantiate
+def events_only(cfg) -> None:
+    """A baseline reads the EHR events alone: data.modalities becomes [ehr_codes] (also in the
+    config the run logs, and so in the comparison table's modalities column)."""
     from omegaconf import open_dict
+
+    if list(cfg.data.modalities) != [c.EHR_CODES]:
+        log.info("baseline=%s reads EHR events only: data.modalities=[%s]", cfg.baseline.name, c.EHR_CODES)
+        with open_dict(cfg):
+            cfg.data.modalities = [c.EHR_CODES]
+
+
+def fit_baseline(cfg) -> float | None:
+    """Fit, choose and report one baseline arm (the module docstring); returns the tuning metric."""
+    from hydra.utils import instantiate
 
     from medweave.baselines.features import build_features
     from medweave.baselines.models import check_kind, tuning_score
@@ -34,10 +45,6 @@ def fit_baseline(cfg) -> float | None:
     model = instantiate(cfg.baseline.model)
     kind = str(cfg.task.type)
     check_kind(kind, model.name)
-    if list(cfg.data.modalities) != [c.EHR_CODES]:
-        log.info("baseline=%s reads EHR events only: data.modalities=[%s]", model.name, c.EHR_CODES)
-        with open_dict(cfg):
-            cfg.data.modalities = [c.EHR_CODES]
     datamodule = instantiate(cfg.data)
     datamodule.encoder_inputs()  # labels, splits and the EHR vocabulary (fitted on train), prepared once
     cohort = datamodule.cohort

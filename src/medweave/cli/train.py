@@ -68,8 +68,12 @@ def whole_checkpoint(method) -> dict:
 
 
 def train(cfg) -> float | None:
-    check_config(cfg)  # before the heavy imports: a typo costs a second, not ten
     if cfg.get("baseline"):  # baseline=gbm|linear: a tabular arm on the same cohort, splits and report
+        from medweave.baselines.run import events_only
+
+        events_only(cfg)  # it reads the EHR events alone
+    check_config(cfg)  # before the heavy imports: a typo costs a second, not ten
+    if cfg.get("baseline"):
         from medweave.baselines.run import fit_baseline
 
         return fit_baseline(cfg)
