@@ -142,3 +142,13 @@ def test_unsupported_task_type_is_one_clear_error():
 
     with pytest.raises(MedweaveError, match="task.type=multiclass is not supported"):
         GradientBoosting().fit("multiclass", None, None, None, None)
+
+
+@pytest.mark.parametrize("arm", ["baseline_gbm", "baseline_linear"])
+def test_ablation_arms_select_the_baseline(arm):
+    from tests.conftest import compose
+
+    cfg = compose("train", ["experiment=ablation", f"ablation={arm}", "data.root=/x"])
+    assert cfg.baseline.name == arm.removeprefix("baseline_")
+    assert list(cfg.data.modalities) == ["ehr_codes"]
+    assert compose("train", ["data.root=/x"]).get("baseline") is None  # the neural model by default

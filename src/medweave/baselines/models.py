@@ -144,7 +144,7 @@ class Linear:
 
     def __init__(
         self,
-        penalties: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1),
+        penalties: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
         max_iter: int = 1000,
         max_dense_cells: float = 2e8,
     ):
