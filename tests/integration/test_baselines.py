@@ -9,6 +9,7 @@ import pytest
 from tests.integration.test_train_eval import mlflow_client, only_run, run_cli
 
 
+@pytest.mark.slow
 def test_baseline_arms_join_the_ablation_table(tiny_cohort, tmp_path):
     """experiment=ablation runs the baselines as arms: each has the report every arm has, and a
     row of the comparison named for the baseline."""
