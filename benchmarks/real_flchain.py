@@ -149,48 +149,6 @@ def reference_logistic(cohort: Path, years: int) -> dict:
     return out
 
 
-def encoder_probe(cache: Path, linear_time: bool, steps: int = 400, lr: float = 3e-3, seed: int = 0) -> dict:
-    """The quickstart's EHR encoder (dim 32, 2 layers) and a linear head, trained full-batch with
-    Adam on a prepared cache (no Lightning, no dropout, no weight decay), the step kept by tuning
-    AUROC: can the architecture and its inputs reach the baselines when optimisation is easy?"""
-    import torch
-    from sklearn.metrics import roc_auc_score
-
-    from medweave.data.datamodule import PreparedCohort
-    from medweave.models.encoders.ehr_codes import EHRCodesEncoder
-
-    torch.manual_seed(seed)
-    cohort = PreparedCohort(cache, ["ehr_codes"])
-    data = {s: cohort.batch(cohort.rows(s)) for s in ("train", "tuning", "held_out")}
-    size = len(cohort.vocab["codes"]) + 2
-    encoder = EHRCodesEncoder(size, dim=32, n_layers=2, n_heads=4, dropout=0.0, linear_time=linear_time)
-    head = torch.nn.Linear(32, 1)
-    params = [*encoder.parameters(), *head.parameters()]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    score = lambda s: head(encoder(data[s]["ehr_codes"])).squeeze(-1)  # noqa: E731
-    best = (-1.0, 0, 0.0)
-    for step in range(1, steps + 1):
-        encoder.train()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(score("train"), data["train"]["targets"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 20 == 0:
-            encoder.eval()
-            with torch.no_grad():
-                auc = {s: roc_auc_score(data[s]["targets"].numpy(), score(s).numpy()) for s in data}
-            if auc["tuning"] > best[0]:
-                best = (auc["tuning"], step, auc["held_out"])
-    return {
-        "linear_time": linear_time,
-        "best_step": best[1],
-        "tuning_auroc": round(best[0], 4),
-        "held_out_auroc": round(best[2], 4),
-        "steps": steps,
-        "lr": lr,
-    }
-
-
 def run_arm(name: str, overrides: list[str], cohort: Path, work: Path, task: str) -> dict:
     """One medweave-train run; its held-out figures from evaluation.json."""
     run_dir = work / name.split(" ")[0].replace("(", "")
@@ -239,12 +197,7 @@ def main() -> None:
     parser.add_argument(
         "--arm", action="append", default=[], help='"name:override override ..." (default: the three arms)'
     )
-    parser.add_argument("--probe", type=Path, help="a prepared cache folder: run encoder_probe on it")
     args = parser.parse_args()
-    if args.probe:
-        for linear_time in (False, True):
-            print(json.dumps(encoder_probe(args.probe, linear_time)), flush=True)
-        return
     cohort = args.out / "cohort"
     counts = write_cohort(cohort, args.years)
     print(json.dumps({"cohort": str(cohort), **counts}))
