@@ -24,6 +24,18 @@ def test_ehr_codes_shape_and_empty_subject_is_finite():
     assert out.shape == (B, 16) and torch.isfinite(out).all()
 
 
+def test_ehr_codes_linear_time_tells_ages_apart():
+    """A birth event at 50 and at 100 years: 0.07 apart on log days, 0.5 apart with linear_time."""
+    days = torch.tensor([[50 * 365.25, 100 * 365.25, float("nan")]])
+    plain = EHRCodesEncoder(vocab_size=20, dim=16, n_layers=1, n_heads=2).time_features(days)
+    enc = EHRCodesEncoder(vocab_size=20, dim=16, n_layers=1, n_heads=2, linear_time=True)
+    linear = enc.time_features(days)
+    assert (plain[0, 1, 0] - plain[0, 0, 0]).item() < 0.075
+    torch.testing.assert_close(linear[0, :, 3], torch.tensor([0.5, 1.0, 0.0]))
+    torch.testing.assert_close(linear[..., :3], plain)
+    assert enc(ehr_batch()).shape == (B, 16)
+
+
 def test_ehr_codes_ignores_padding_content():
     enc = EHRCodesEncoder(vocab_size=20, dim=16, n_layers=1, n_heads=2).eval()
     batch = ehr_batch()

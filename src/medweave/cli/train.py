@@ -6,6 +6,7 @@ medweave-train experiment=quickstart data.root=data/sandbox model/fusion=concat
 medweave-train debug=smoke data.root=data/sandbox        # seconds, what the tests run
 medweave-train ... trainer=ddp trainer.devices=2         # DDP on one node
 medweave-train ... privacy=dp privacy.target_epsilon=4   # DP-SGD with an (epsilon, delta) guarantee
+medweave-train ... baseline=gbm                          # count-based GBM (or baseline=linear) instead
 """
 
 from __future__ import annotations
@@ -67,7 +68,15 @@ def whole_checkpoint(method) -> dict:
 
 
 def train(cfg) -> float | None:
+    if cfg.get("baseline"):  # baseline=gbm|linear: a tabular arm on the same cohort, splits and report
+        from medweave.baselines.run import events_only
+
+        events_only(cfg)  # it reads the EHR events alone
     check_config(cfg)  # before the heavy imports: a typo costs a second, not ten
+    if cfg.get("baseline"):
+        from medweave.baselines.run import fit_baseline
+
+        return fit_baseline(cfg)
 
     from contextlib import nullcontext
 

@@ -69,20 +69,51 @@ def interpolate_survival(curve: np.ndarray, edges: np.ndarray, times: np.ndarray
 
 def evaluate_split(model, datamodule, split: str, task: str, settings, folder: Path) -> dict:
     """Write report.html, evaluation.json and the figures into ``folder``; return the summary."""
-    folder.mkdir(parents=True, exist_ok=True)
     kind = getattr(model.head, "kind", "binary")
     pred = collect_predictions(model, datamodule.split_dataloader(split))
+    fit = cox_baseline(model, datamodule) if kind == "survival" else None
+    attribution = None
+    if settings.attribution and len(model.encoders) > 1 and pred["score"].ndim == 1:  # scalar scores only
+        loader = datamodule.split_dataloader(split)
+        attribution = modality_shapley(model, loader, settings.attribution_max_subjects)
+    names = None
+    if kind in ("multiclass", "multilabel"):
+        names = model.head.classes if kind == "multiclass" else model.head.labels
+    edges = model.head.edges.cpu().numpy() if "survival" in pred else None
+    return evaluate_predictions(
+        pred, kind, datamodule, split, task, settings, folder, fit, attribution, names, edges
+    )
+
+
+def evaluate_predictions(
+    pred: dict,
+    kind: str,
+    datamodule,
+    split: str,
+    task: str,
+    settings,
+    folder: Path,
+    fit: tuple | None = None,
+    attribution: dict | None = None,
+    names: list | None = None,
+    edges: np.ndarray | None = None,
+) -> dict:
+    """The report of any model's predictions on ``split`` (collect_predictions' keys): the neural
+    arms' and the tabular baselines' (baselines/run.py) go through the same metrics and figures.
+    ``fit``: (scores, times, events) on train, for Breslow's baseline of a Cox score;
+    ``edges``: a discrete-time head's bin edges, where ``pred`` holds its survival curves."""
+    folder.mkdir(parents=True, exist_ok=True)
     preds = Predictions(pred["score"], pred["target"].astype(float))
     if kind == "multiclass":
         preds.target = pred["target"].astype(int)
     train = times = None
     if kind == "survival":
-        fit_score, fit_time, fit_event = cox_baseline(model, datamodule)
+        fit_score, fit_time, fit_event = fit
         preds.time = pred["time"].astype(float)
         train = (fit_time, fit_event)
         times = M.evaluation_times(preds.time, preds.target.astype(bool), train[0])
         if "survival" in pred:
-            preds.survival = interpolate_survival(pred["survival"], model.head.edges.cpu().numpy(), times)
+            preds.survival = interpolate_survival(pred["survival"], edges, times)
         else:  # Cox: Breslow's baseline from the training split
             preds.survival = M.breslow_survival(fit_score, fit_time, fit_event, preds.score, times)
         preds.survival_times = times
@@ -99,10 +130,6 @@ def evaluate_split(model, datamodule, split: str, task: str, settings, folder: P
     groups["modalities"] = availability_pattern(
         {k[8:]: v for k, v in pred.items() if k.startswith("present_")}
     )
-    attribution = None
-    if settings.attribution and len(model.encoders) > 1 and preds.score.ndim == 1:  # scalar scores only
-        loader = datamodule.split_dataloader(split)
-        attribution = modality_shapley(model, loader, settings.attribution_max_subjects)
     summary = summarize(
         kind,
         preds,
@@ -124,7 +151,6 @@ def evaluate_split(model, datamodule, split: str, task: str, settings, folder: P
     elif kind == "regression":
         figures, records = report.regression_figure(preds, folder)
     else:
-        names = model.head.classes if kind == "multiclass" else model.head.labels
         figures, records = report.multi_roc_figure(preds, folder, names)
     if attribution is not None:
         more, more_records = report.attribution_figure(summary, folder)
@@ -142,12 +168,17 @@ def report_and_log(model, datamodule, split, task, settings, folder: Path, logge
     (summary.flat_metrics: test/* for held_out, val/* for tuning), at ``step``, the step the
     trainer logged its own test metrics at, so the report's figures are the run's latest values;
     MLflow gets the folder as artifacts under evaluation/."""
+    summary = evaluate_split(model, datamodule, split, task, settings, folder)
+    log_summary(summary, split, folder, loggers, step)
+    return summary
+
+
+def log_summary(summary: dict, split: str, folder: Path, loggers, step: int = 0) -> None:
+    """Every figure of the summary as metrics of each logger's run; the folder as MLflow artifacts."""
     from lightning.pytorch.loggers import MLFlowLogger
 
-    summary = evaluate_split(model, datamodule, split, task, settings, folder)
     metrics = flat_metrics(summary, "test" if split == "held_out" else "val")
     for logger in loggers:
         logger.log_metrics(metrics, step=step)
         if isinstance(logger, MLFlowLogger):
             logger.experiment.log_artifacts(logger.run_id, str(folder), "evaluation")
-    return summary

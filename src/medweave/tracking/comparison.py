@@ -37,6 +37,8 @@ def collect(sweep_dir: Path) -> list[dict]:
             "fusion": config.get("model", {}).get("fusion", {}).get("_target_", "").rsplit(".", 1)[-1],
             "seed": config.get("seed"),
         }
+        if config.get("baseline"):  # a tabular arm has no fusion: its column names the baseline
+            row["fusion"] = f"baseline {config['baseline'].get('name', '')}".strip()
         report = job / "evaluation" / "evaluation.json"
         if report.exists():
             summary = json.loads(report.read_text())

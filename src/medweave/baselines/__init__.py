@@ -1,0 +1,1 @@
+"""Tabular baselines (count features, GBM, logistic / Cox regression): arms beside the neural ones."""
