@@ -454,7 +454,7 @@ def _aces_labels(task: TaskFile, cfg, path: Path, shard: Path):
     from aces import query as aces_query
     from omegaconf import DictConfig
 
-    logging.getLogger("aces").setLevel(logging.WARNING)  # its INFO lines are per predicate and shard
+    logging.getLogger("aces").setLevel(logging.ERROR)  # its lines are per predicate and piece
     try:
         df = aces_predicates.get_predicates_df(cfg, DictConfig({"path": str(path), "standard": "meds"}))
         result = aces_query.query(cfg, df) if df.height else df.head(0)

@@ -7,7 +7,7 @@ those of registry.py (the cohort is everyone alive at their index visit in 2021)
 - **K76** (other diseases of liver, mostly fatty liver disease) is a chronic condition tied to the
   metabolic state m as the metabolic ones in ``registry.CHRONIC`` are: log-odds of ever having it
   ``LIVER_LOGIT[0] + LIVER_LOGIT[1] m``, onset at about ``LIVER_ONSET_AGE`` (3 years earlier per unit
-  of m, +- 12), then ``LIVER_CONTACTS`` diagnosis codes a year until the record ends.
+  of m, +- 10), then ``LIVER_CONTACTS`` diagnosis codes a year until the record ends.
 - **Death** comes after the index visit only (everyone was alive then), at a Gompertz hazard:
   ``DEATH_RATE_AT_60`` a year at age 60, times ``exp(GOMPERTZ)`` per year of age, times
   ``CHRONIC_HR`` per chronic condition (``registry.CHRONIC``) present at the time, ``LIVER_HR``

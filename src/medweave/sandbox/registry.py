@@ -4,7 +4,8 @@ With ``registry_history=true`` the sandbox draws the same people, latent causes,
 censoring and labels as ``subject.py`` (latent.py, outcomes.py), but as arrays over a block of
 ``BLOCK`` people, with no notes, images or genomes written, and each person's EHR is a life-long
 registry history: from 1977 (``registry_start``) or birth, if later, to the end of their record
-(the data cutoff, or loss to follow-up). The history is made of
+(the data cutoff, loss to follow-up, or death: mortality.py, which also draws liver disease,
+K76, on a random stream of its own). The history is made of
 
 - healthcare contacts at a rate that grows with age, scaled by a frailty (log-normal, independent
   of every latent cause) and by the metabolic burden m: each records a diagnosis, sometimes a
@@ -402,7 +403,9 @@ def draw_block(cfg, panel, block: int, n: int) -> dict:
     events.add(everyone[lost], end[lost], vocab.id(ehr.LOST))
     _draw_history(rng, cfg, vocab, k, people, start, end, events)
     _draw_liver_and_death(later, vocab, k, people, start, end, dead, events)
-    truth["death_days"] = np.where(dead, (people.death - people.prediction) / 86400.0, np.inf)
+    # the latent death (recorded unless loss to follow-up came first), as event_days_<disease>
+    alive = people.death >= mortality.NEVER
+    truth["death_days"] = np.where(alive, np.inf, (people.death - people.prediction) / 86400.0)
     truth["liver_onset_age"] = np.where(
         people.liver_onset < mortality.NEVER, (people.liver_onset - people.birth) / SECOND_PER_YEAR, np.inf
     )
