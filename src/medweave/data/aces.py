@@ -13,7 +13,8 @@ is) whose ``metadata`` block, which ACES ignores, carries medweave's task keys::
         end: 2025-12-31         #   (the data cutoff; null: each subject's last event)
 
 One window names ``index_timestamp`` (the prediction time). Labels are computed shard by shard over
-``data/**/*.parquet`` by ACES and cached as a MEDS label file under ``<cache_dir>/labels/<key>/``,
+``data/**/*.parquet`` by ACES (a large shard in pieces of whole subjects, ``CHUNK_ROWS`` events
+each, so memory is bounded whatever the export's shard size; shards in ``workers`` processes), and cached as a MEDS label file under ``<cache_dir>/labels/<key>/``,
 keyed by the file's bytes, the cohort's fingerprint and the ACES version; from there they take
 the same path as any MEDS label file (readers/meds.py). Labels ACES wrote by hand, or any other
 labeller's, need none of this: ``data.labels_dir`` points at them.
