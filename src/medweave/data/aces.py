@@ -14,10 +14,11 @@ is) whose ``metadata`` block, which ACES ignores, carries medweave's task keys::
 
 One window names ``index_timestamp`` (the prediction time). Labels are computed shard by shard over
 ``data/**/*.parquet`` by ACES (a large shard in pieces of whole subjects, ``CHUNK_ROWS`` events
-each, so memory is bounded whatever the export's shard size; shards in ``workers`` processes), and cached as a MEDS label file under ``<cache_dir>/labels/<key>/``,
-keyed by the file's bytes, the cohort's fingerprint and the ACES version; from there they take
-the same path as any MEDS label file (readers/meds.py). Labels ACES wrote by hand, or any other
-labeller's, need none of this: ``data.labels_dir`` points at them.
+each, so memory is bounded whatever the export's shard size; shards in ``workers`` processes),
+and cached as a MEDS label file under ``<cache_dir>/labels/<key>/``, keyed by the file's bytes,
+the cohort's fingerprint and the ACES version; from there they take the same path as any MEDS
+label file (readers/meds.py). Labels ACES wrote by hand, or any other labeller's, need none of
+this: ``data.labels_dir`` points at them.
 
 Faults in the file are one-line errors naming the line and field; a code the cohort never uses is
 a warning with the nearest codes it does use (a typo labels nobody, quietly).
