@@ -106,20 +106,24 @@ def overrides(args, work: Path) -> list[str]:
     ]
 
 
-def tree_rss(proc) -> int:
+def tree_memory(proc) -> tuple[int, int]:
+    """(sum of RSS, sum of PSS) over the process and its children: RSS counts the pages a forked
+    loader worker shares with the trainer once per process, PSS once."""
     import psutil
 
-    total = 0
+    rss = pss = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            info = p.memory_full_info()
         except psutil.Error:
-            pass
-    return total
+            continue
+        rss += info.rss
+        pss += getattr(info, "pss", info.rss)
+    return rss, pss
 
 
-def run_monitored(command: list[str], log: Path, env: dict) -> tuple[float, list[tuple[float, int]], float]:
-    """(wall s, [(time, summed RSS)], CPU s of the child tree) of ``command``."""
+def run_monitored(command: list[str], log: Path, env: dict):
+    """(wall s, [(time, summed RSS, summed PSS)], CPU s of the child tree, start) of ``command``."""
     import psutil
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -129,7 +133,7 @@ def run_monitored(command: list[str], log: Path, env: dict) -> tuple[float, list
         child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         watched = psutil.Process(child.pid)
         while child.poll() is None:
-            samples.append((time.time(), tree_rss(watched)))
+            samples.append((time.time(), *tree_memory(watched)))
             time.sleep(0.2)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -146,8 +150,8 @@ def log_time(log: Path, pattern: str) -> float | None:
     return None
 
 
-def peak(samples, lo: float, hi: float) -> float:
-    inside = [rss for t, rss in samples if lo <= t <= hi]
+def peak(samples, lo: float, hi: float, column: int = 1) -> float:
+    inside = [s[column] for s in samples if lo <= s[0] <= hi]
     return round(max(inside, default=0) / GB, 2)
 
 
@@ -168,13 +172,23 @@ def child_loader(spec: str) -> None:
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     setup_s = time.perf_counter() - start
-    stream = iter(datamodule.train_dataloader())
+    loader = datamodule.train_dataloader()
+    stream = iter(loader)
+
+    def batch():
+        nonlocal stream
+        try:
+            return next(stream)
+        except StopIteration:  # a small cohort: the next epoch
+            stream = iter(loader)
+            return next(stream)
+
     for _ in range(5):
-        next(stream)
+        batch()
     first_s = time.perf_counter() - start
     samples, t0 = 0, time.perf_counter()
     for _ in range(s["batches"]):
-        samples += int(next(stream)["targets"].shape[0])
+        samples += int(batch()["targets"].shape[0])
     rate = samples / (time.perf_counter() - t0)
     out = {"setup_s": round(setup_s, 2), "warm_s": round(first_s, 2), "samples_per_s": round(rate)}
     print(json.dumps(out))
@@ -241,9 +255,10 @@ def main() -> None:
     loader_cmd = [sys.executable, str(HERE), "--cohort", str(args.cohort), "--child-loader"]
     spec = {"overrides": overrides(args, work), "work": str(work), "batches": args.loader_batches}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(
-        [*loader_cmd, json.dumps(spec)], capture_output=True, text=True, env=env, cwd=ROOT, check=True
-    ).stdout
+    proc = subprocess.run([*loader_cmd, json.dumps(spec)], capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode:
+        raise SystemExit(f"the loader child failed:\n{proc.stderr[-3000:]}")
+    out = proc.stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     loader = json.loads(out.strip().splitlines()[-1])
     loader["cpu_s"] = round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1)
@@ -282,6 +297,7 @@ def main() -> None:
             "training": peak(samples, step_t[0], test_start),
             "test_and_report": peak(samples, test_start, end),
         },
+        "peak_pss_gb": peak(samples, t0, end, 2),
         "test_auroc": metrics.get("test/auroc"),
         "test_auprc": metrics.get("test/auprc"),
         "test_c_index": metrics.get("test/c_index"),
