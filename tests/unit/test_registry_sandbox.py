@@ -160,6 +160,7 @@ def test_deaths_follow_age_and_burden_and_k76_follows_the_metabolic_state():
     np.testing.assert_array_equal(np.isfinite(truth), dead)  # the latent death, recorded or not
 
 
+@pytest.mark.slow  # a 2,500-person cohort, ACES three times, two worker processes: 3 s
 def test_death_after_k76_labels_people_and_the_same_whatever_the_pieces_and_workers(tmp_path, monkeypatch):
     """The issue's example task on a registry cohort: some K76 triggers, a few per cent of them
     dead within five years; the same labels from ACES given the events whole, in pieces of
