@@ -160,3 +160,28 @@ def test_ehr_prepare_scale_runs_both_engines_to_the_same_cache(tiny_cohort, tmp_
         figures = result[engine]
         assert figures["wall_s"] > 0 and figures["cpu_s"] > 0 and figures["peak_rss_mb"] > 0
         assert figures["cpu_us_per_event"] > 0 and len(figures["load_average"]) == 2
+
+
+def test_aces_train_scale_trains_the_death_after_k76_task_on_a_registry_cohort(tmp_path):
+    """The 1M benchmark's path on 6,000 people: a registry sandbox with K76 and deaths, the issue's
+    example task file, medweave-train end to end (ACES labels, preparation in two processes,
+    training, the test and the report), then a later launch on the cache."""
+    from medweave.sandbox.generate import SandboxConfig, generate_cohort
+
+    cfg = SandboxConfig(n_subjects=6000, n_variants=20, registry_history=True, events_per_person=15, seed=3)
+    root = generate_cohort(tmp_path / "r", cfg)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/aces_train_scale.py"), "--cohort", str(root),
+         "--task", str(ROOT / "configs/aces/death_5y_after_k76.yaml"), "--results", str(tmp_path),
+         "--max-steps", "12", "--val-every", "6", "--val-batches", "2", "--batch-size", "16",
+         "--max-events", "16", "--loader-workers", "0", "--loader-batches", "3", "--bootstrap", "5",
+         "model.dim=8", "model.encoders.ehr_codes.n_heads=2", "logger=csv"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["task"] == "death_5y_after_k76" and result["steps"] == 12
+    assert 100 < result["label_rows"] < 1000  # the K76 triggers with a year of history
+    assert 0 <= result["test_auroc"] <= 1 and result["peak_rss_gb"]["whole_run"] > 0
+    assert result["labels_s"] > 0 and result["loader_samples_per_s"] > 0
+    assert (tmp_path / "r-train" / "run" / "evaluation" / "report.html").is_file()

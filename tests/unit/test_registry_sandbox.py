@@ -13,11 +13,11 @@ import pytest
 from medweave.cli.hydra_main import config_dir
 from medweave.data import aces
 from medweave.errors import MedweaveError
-from medweave.sandbox import ehr, genomics, registry
+from medweave.sandbox import ehr, genomics, mortality, registry
 from medweave.sandbox.generate import SandboxConfig, generate_cohort
 
 SHIPPED = config_dir() / "aces"
-STATIC = {"SEX//F", "SEX//M", "MEDS_BIRTH", ehr.INDEX, ehr.LOST, "ICD10//I21", "ICD10//E10"}
+STATIC = {"SEX//F", "SEX//M", "MEDS_BIRTH", ehr.INDEX, ehr.LOST, "ICD10//I21", "ICD10//E10", "MEDS_DEATH"}
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +48,24 @@ def test_events_per_person_median_in_the_hundreds_with_a_heavy_tail():
 
 
 def test_history_stays_inside_the_record(registry_cohort):
-    """Every history event in [1977 or birth, cutoff), never after loss to follow-up; prescriptions
-    from 1995 and labs from 2000 on."""
+    """Every history event in [1977 or birth, cutoff), never after loss to follow-up or death;
+    prescriptions from 1995 and labs from 2000 on."""
     ev = _events(registry_cohort)
     birth = ev.filter(pl.col("code") == "MEDS_BIRTH").select("subject_id", birth="time")
     lost = ev.filter(pl.col("code") == ehr.LOST).select("subject_id", lost="time")
+    death = ev.filter(pl.col("code") == "MEDS_DEATH").select("subject_id", death="time")
     history = ev.filter(~pl.col("code").is_in(list(STATIC))).join(birth, on="subject_id")
-    history = history.join(lost, on="subject_id", how="left")
+    history = history.join(lost, on="subject_id", how="left").join(death, on="subject_id", how="left")
     start = pl.max_horizontal(pl.col("birth"), pl.datetime(1977, 1, 1))
-    end = pl.col("lost").fill_null(pl.datetime(2025, 12, 31))
+    end = pl.coalesce("lost", "death", pl.datetime(2025, 12, 31))
     assert history.height > 20_000
     assert history.filter((pl.col("time") < start) | (pl.col("time") >= end)).height == 0
     assert history.filter(pl.col("time").dt.year() == 1977).height > 0  # reaches back to 1977
     assert lost.height > 0 and history.filter(pl.col("lost").is_not_null()).height > 0
+    assert death.height > 0 and history.filter(pl.col("death").is_not_null()).height > 0
+    assert lost.join(death, on="subject_id").height == 0  # a record ends once
+    after = ev.join(death, on="subject_id").filter(pl.col("time") > pl.col("death"))
+    assert after.height == 0  # nothing recorded after death, not even an outcome
     assert history.filter(pl.col("time").is_null()).height == 0
     for system, since in (("ATC//", 1995), ("NPU//", 2000)):  # the registries' own start years
         kind = history.filter(pl.col("code").str.starts_with(system))
@@ -132,3 +137,50 @@ def test_registry_history_is_ehr_only_and_checks_its_options(tmp_path):
         generate_cohort(tmp_path / "e", SandboxConfig(registry_history=True, events_per_person=0))
     with pytest.raises(MedweaveError, match="registry_start"):
         generate_cohort(tmp_path / "s", SandboxConfig(registry_history=True, registry_start="1977-13-01"))
+
+
+def test_deaths_follow_age_and_burden_and_k76_follows_the_metabolic_state():
+    """3,000 people as arrays: deaths only after the index visit, at a few per cent over five
+    years, more often for the old and for people with K76; K76 more often with a high m."""
+    cfg = SandboxConfig(n_subjects=3000, n_variants=20, registry_history=True, events_per_person=20)
+    panel = genomics.make_panel(cfg.n_variants, cfg.ld_rho, cfg.seed)
+    blocks = [registry.draw_block(cfg, panel, b, 1000) for b in range(3)]
+    people = [b["people"] for b in blocks]
+    death = np.concatenate([p.death for p in people])
+    dead = death < mortality.NEVER
+    prediction = np.concatenate([p.prediction for p in people])
+    age = (prediction - np.concatenate([p.birth for p in people])) / mortality.SECOND_PER_YEAR
+    liver = np.concatenate([p.liver_onset for p in people]) < prediction
+    m = np.concatenate([p.metabolic for p in people])
+    assert (death[dead] > prediction[dead]).all() and 0.01 < dead.mean() < 0.12
+    assert dead[age > 65].mean() > 3 * dead[age < 45].mean()
+    assert dead[liver].mean() > 2 * dead[~liver].mean()
+    assert liver[m > 1].mean() > 2 * liver[m < -1].mean()
+    truth = np.concatenate([b["truth"]["death_days"] for b in blocks])
+    np.testing.assert_array_equal(np.isfinite(truth), dead)  # the latent death, recorded or not
+
+
+@pytest.mark.slow  # a 2,500-person cohort, ACES three times, two worker processes: 3 s
+def test_death_after_k76_labels_people_and_the_same_whatever_the_pieces_and_workers(tmp_path, monkeypatch):
+    """The issue's example task on a registry cohort: some K76 triggers, a few per cent of them
+    dead within five years; the same labels from ACES given the events whole, in pieces of
+    whole subjects, or shard by shard in two processes."""
+    cfg = SandboxConfig(n_subjects=2500, n_variants=20, registry_history=True, events_per_person=30, seed=2)
+    root = generate_cohort(tmp_path / "r", cfg)
+    task = aces.read_task_file(SHIPPED / "death_5y_after_k76.yaml")
+    whole = aces.compute_labels(task, root).sort_by("subject_id")
+    assert (
+        50 < whole.num_rows < 500 and 0 < sum(whole.column("boolean_value").to_pylist()) < whole.num_rows / 4
+    )
+    monkeypatch.setattr(aces, "CHUNK_ROWS", 7_000)
+    assert aces.compute_labels(task, root).sort_by("subject_id").equals(whole)
+    monkeypatch.undo()
+    [shard] = (root / "data").glob("*.parquet")
+    table = pq.read_table(shard)
+    shard.unlink()
+    sid = table.column("subject_id").to_numpy()
+    cuts = np.unique(np.r_[np.searchsorted(sid, sid[::30_000]), table.num_rows])  # between subjects
+    for k, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+        pq.write_table(table.slice(lo, hi - lo), root / "data" / f"{k}.parquet")
+    assert len(list((root / "data").glob("*.parquet"))) > 1
+    assert aces.compute_labels(task, root, workers=2).sort_by("subject_id").equals(whole)

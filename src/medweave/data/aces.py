@@ -13,10 +13,12 @@ is) whose ``metadata`` block, which ACES ignores, carries medweave's task keys::
         end: 2025-12-31         #   (the data cutoff; null: each subject's last event)
 
 One window names ``index_timestamp`` (the prediction time). Labels are computed shard by shard over
-``data/**/*.parquet`` by ACES and cached as a MEDS label file under ``<cache_dir>/labels/<key>/``,
-keyed by the file's bytes, the cohort's fingerprint and the ACES version; from there they take
-the same path as any MEDS label file (readers/meds.py). Labels ACES wrote by hand, or any other
-labeller's, need none of this: ``data.labels_dir`` points at them.
+``data/**/*.parquet`` by ACES (a large shard in pieces of whole subjects, ``CHUNK_ROWS`` events
+each, so memory is bounded whatever the export's shard size; shards in ``workers`` processes),
+and cached as a MEDS label file under ``<cache_dir>/labels/<key>/``, keyed by the file's bytes,
+the cohort's fingerprint and the ACES version; from there they take the same path as any MEDS
+label file (readers/meds.py). Labels ACES wrote by hand, or any other labeller's, need none of
+this: ``data.labels_dir`` points at them.
 
 Faults in the file are one-line errors naming the line and field; a code the cohort never uses is
 a warning with the nearest codes it does use (a typo labels nobody, quietly).
@@ -32,12 +34,16 @@ import logging
 import re
 import shutil
 import uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock
+from tqdm.auto import tqdm
 
 from medweave.data import contract as c
 from medweave.errors import MedweaveError
@@ -51,6 +57,7 @@ TASK_KEYS = ("name", "type", "monitor", "survival")
 SURVIVAL_KEYS = ("event", "censor", "end")
 TYPES = ("binary", "survival")  # ACES labels are booleans; survival adds medweave's time
 SPECIAL = ("_ANY_EVENT", "_RECORD_START", "_RECORD_END")
+CHUNK_ROWS = 2_000_000  # events ACES is given at once (about 0.7 GB of its memory)
 
 
 @dataclass(frozen=True)
@@ -337,37 +344,35 @@ def absent_codes(task: TaskFile, codes: set[str]) -> list[str]:
     return warnings
 
 
-def compute_labels(task: TaskFile, root: Path) -> pa.Table:
-    """The task's MEDS labels over every event shard of the cohort (subjects never span shards)."""
+def compute_labels(task: TaskFile, root: Path, workers: int = 1) -> pa.Table:
+    """The task's MEDS labels over every event shard of the cohort (subjects never span shards),
+    a shard at a time in each of ``workers`` processes: only one shard's events and the labels
+    so far are ever held, and the labels are the same whatever the number of workers."""
     import polars as pl
-    from aces import predicates as aces_predicates
-    from aces import query as aces_query
-    from omegaconf import DictConfig
 
     from medweave.data.readers.meds import event_files
 
-    logging.getLogger("aces").setLevel(logging.WARNING)  # its INFO lines are per predicate and shard
-    extra = (task.survival.event, *task.survival.censor) if task.survival else ()
-    cfg = aces_config(task, extra)
+    aces_config(task)  # a fault in the file is said once, here, not once per worker
+    shards = event_files(root)
     codes: set[str] = set()
-    parts = []
-    for shard in event_files(root):
-        codes |= set(pq.read_table(shard, columns=["code"]).column("code").unique().to_pylist())
-        try:
-            df = aces_predicates.get_predicates_df(cfg, DictConfig({"path": str(shard), "standard": "meds"}))
-            result = aces_query.query(cfg, df) if df.height else df.head(0)
-        except Exception as err:  # noqa: BLE001 - ACES and polars raise plain exceptions here
-            message = str(err).replace("\n", " ")
-            raise MedweaveError(f"{task.path}: ACES could not label {shard}: {message}") from None
-        if not result.height:
-            continue
-        result = result.rename({"index_timestamp": "prediction_time"})
-        if task.survival:
-            parts.append(_survival(df, result, task.survival))
-        else:
-            parts.append(result.select("subject_id", "prediction_time", boolean_value=pl.col("label") > 0))
+    parts: list = [None] * len(shards)
+    bar = tqdm(total=len(shards), desc="ACES labels", unit="shard", leave=False, disable=len(shards) < 2)
+    if workers <= 1 or len(shards) <= 1:
+        for i, shard in enumerate(shards):
+            shard_codes, parts[i] = _label_shard(task, shard)
+            codes |= shard_codes
+            bar.update()
+    else:
+        with ProcessPoolExecutor(min(workers, len(shards)), mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_label_shard, task, shard): i for i, shard in enumerate(shards)}
+            for future in as_completed(futures):
+                shard_codes, parts[futures[future]] = future.result()  # a failure names its shard
+                codes |= shard_codes
+                bar.update()
+    bar.close()
     for warning in absent_codes(task, codes):
         log.warning("%s", warning)
+    parts = [pl.from_arrow(p) for p in parts if p is not None and p.num_rows]
     table = pl.concat(parts, how="diagonal").to_arrow() if parts else None
     if table is None or not table.num_rows:
         survival = " (and a survival.end after the prediction times)" if task.survival else ""
@@ -383,6 +388,87 @@ def compute_labels(task: TaskFile, root: Path) -> pa.Table:
             else pa.nulls(table.num_rows, f.type)
         )
     return pa.table(columns, schema=c.LABEL_SCHEMA)
+
+
+def _label_shard(task: TaskFile, shard: Path, rows: int = CHUNK_ROWS) -> tuple[set[str], pa.Table | None]:
+    """(the codes the shard uses, its labels) by ACES over one event shard, ``rows`` events at a
+    time: ACES reads a whole file into memory (several times its size: 5 GB for 15 M events),
+    so a large shard goes to it as pieces of whole subjects, each written to a temporary file."""
+    import tempfile
+
+    import polars as pl
+
+    extra = (task.survival.event, *task.survival.censor) if task.survival else ()
+    cfg = aces_config(task, extra)
+    codes = set(pq.read_table(shard, columns=["code"]).column("code").unique().to_pylist())
+    parts = []
+    with tempfile.TemporaryDirectory(prefix="medweave-aces-") as tmp:
+        for piece in _pieces(shard, rows, Path(tmp)):
+            labels = _aces_labels(task, cfg, piece, shard)
+            if labels is not None:
+                parts.append(labels)
+    return codes, pl.concat(parts, how="diagonal").to_arrow() if parts else None
+
+
+def _pieces(shard: Path, rows: int, tmp: Path):
+    """The shard itself if it is small; else files of about ``rows`` events each, read a batch at
+    a time, never splitting a subject (MEDS shards list each subject's events together; a shard
+    whose subjects are not in order is given to ACES whole)."""
+    file = pq.ParquetFile(shard)
+    if file.metadata.num_rows <= rows:
+        yield shard
+        return
+    ids = pq.read_table(shard, columns=["subject_id"]).column("subject_id").to_numpy()
+    ordered = not (len(ids) and (ids[1:] < ids[:-1]).any())
+    del ids
+    if not ordered:
+        log.info("%s: subjects not in order: given to ACES whole", shard)
+        yield shard
+        return
+    carry, n = None, 0
+    for batch in file.iter_batches(batch_size=rows):
+        table = (
+            pa.Table.from_batches([batch])
+            if carry is None
+            else pa.concat_tables([carry, pa.Table.from_batches([batch])])
+        )
+        sid = table.column("subject_id").to_numpy()
+        last = int(np.searchsorted(sid, sid[-1]))  # where the last subject begins: it may go on
+        carry = table.slice(last)
+        if last:
+            yield _write_piece(table.slice(0, last), tmp / f"piece-{n}.parquet")
+            n += 1
+    if carry is not None and carry.num_rows:
+        yield _write_piece(carry, tmp / f"piece-{n}.parquet")
+
+
+def _write_piece(table: pa.Table, path: Path) -> Path:
+    for old in path.parent.glob("piece-*.parquet"):  # the previous piece is done with
+        old.unlink()
+    pq.write_table(table, path)
+    return path
+
+
+def _aces_labels(task: TaskFile, cfg, path: Path, shard: Path):
+    """ACES's labels for the events in ``path`` (a polars frame), or None if it labels nobody."""
+    import polars as pl
+    from aces import predicates as aces_predicates
+    from aces import query as aces_query
+    from omegaconf import DictConfig
+
+    logging.getLogger("aces").setLevel(logging.ERROR)  # its lines are per predicate and piece
+    try:
+        df = aces_predicates.get_predicates_df(cfg, DictConfig({"path": str(path), "standard": "meds"}))
+        result = aces_query.query(cfg, df) if df.height else df.head(0)
+    except Exception as err:  # noqa: BLE001 - ACES and polars raise plain exceptions here
+        message = str(err).replace("\n", " ")
+        raise MedweaveError(f"{task.path}: ACES could not label {shard}: {message}") from None
+    if not result.height:
+        return None
+    result = result.rename({"index_timestamp": "prediction_time"})
+    if task.survival:
+        return _survival(df, result, task.survival)
+    return result.select("subject_id", "prediction_time", boolean_value=pl.col("label") > 0)
 
 
 def _survival(df, result, spec: Survival):
@@ -419,9 +505,12 @@ def _survival(df, result, spec: Survival):
     )
 
 
-def labels_dir(task_path: str | Path, root: Path, cache_dir: Path, fingerprint: str) -> Path:
+def labels_dir(
+    task_path: str | Path, root: Path, cache_dir: Path, fingerprint: str, workers: int = 1
+) -> Path:
     """The folder holding ``<task name>.parquet`` as ACES computes it, cached (one builder under a
-    lock; built in a temporary sibling and renamed, so nothing half-written is ever read)."""
+    lock; built in a temporary sibling and renamed, so nothing half-written is ever read), over
+    the shards in ``workers`` processes."""
     from importlib.metadata import version
 
     task = read_task_file(task_path)
@@ -446,7 +535,8 @@ def labels_dir(task_path: str | Path, root: Path, cache_dir: Path, fingerprint: 
         tmp = cache / f".labels-{key}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            table = compute_labels(task, Path(root))
+            log.info("ACES: labelling %s over the cohort's event shards", task.name)
+            table = compute_labels(task, Path(root), workers)
             pq.write_table(table, tmp / f"{task.name}.parquet")
             (tmp / "task.yaml").write_bytes(task.path.read_bytes())  # what made them
             out.parent.mkdir(exist_ok=True)

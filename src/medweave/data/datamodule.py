@@ -210,8 +210,8 @@ class CohortDataModule(L.LightningDataModule):
             The cache must have been made from this cohort, task and subjects (checked).
         aces: an ACES task config file (task=<file>): its labels are computed over the cohort's
             events and cached under ``cache_dir/labels/`` (data/aces.py); None reads label files.
-        prepare_workers: processes that prepare the EHR shards (the cache is the same whatever
-            their number; data/ehr/shards.py).
+        prepare_workers: processes that prepare the EHR shards and compute ACES labels over
+            the event shards (the cache is the same whatever their number; data/ehr/shards.py).
 
     Its state in a checkpoint is where training stood in the epoch, so that a resumed run
     continues with the next batch rather than starting the epoch again.
@@ -329,7 +329,7 @@ class CohortDataModule(L.LightningDataModule):
                 "keep one (task=<name> data.labels_dir=... reads ready-made labels)"
             )
         fingerprint = cohort_fingerprint(self.root, self.prepare_config.fingerprint, self.cache_dir)
-        folder = aces.labels_dir(self.aces, self.root, self.cache_dir, fingerprint)
+        folder = aces.labels_dir(self.aces, self.root, self.cache_dir, fingerprint, self.prepare_workers)
         self.prepare_config = dataclasses.replace(self.prepare_config, labels_dir=str(folder))
 
     def encoder_inputs(self) -> dict[str, dict]:

@@ -39,16 +39,14 @@ def subject_groups(
     wanted = [c.BIRTH_CODE] + [code for codes in sex_codes.values() for code in codes]
     sex_of = {code: name for name, codes in sex_codes.items() for code in codes}
     sex, birth = {}, {}
-    # The reader conforms times (units, zones) as training saw them; only these subjects are kept.
-    table = meds.read_events(root, False, bad=BadInput(lenient), subjects=subject_ids)
-    table = table.filter(pc.is_in(table.column("code"), pa.array(wanted)))
-    for sid, time, code in zip(
-        *(table.column(k).to_pylist() for k in ("subject_id", "time", "code")), strict=True
-    ):
-        if code == c.BIRTH_CODE:
-            birth[sid] = time
-        else:
-            sex[sid] = sex_of[code]
+    for table in _demographic_events(root, subject_ids, wanted, lenient):
+        for sid, time, code in zip(
+            *(table.column(k).to_pylist() for k in ("subject_id", "time", "code")), strict=True
+        ):
+            if code == c.BIRTH_CODE:
+                birth[sid] = time
+            else:
+                sex[sid] = sex_of[code]
     edges = sorted(age_bands)
     names = [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:], strict=False)] + [f"{edges[-1]}+"]
     ages = []
@@ -63,6 +61,19 @@ def subject_groups(
         "sex": np.array([sex.get(sid, "unknown") for sid in subject_ids.tolist()], dtype=object),
         "age_band": np.array(ages, dtype=object),
     }
+
+
+def _demographic_events(root: Path, subject_ids: np.ndarray, codes: list[str], lenient: bool):
+    """The birth and sex events of these subjects, a shard at a time: only those few rows are
+    kept between shards, so a national cohort's events are never held at once. The reader
+    conforms times (units, zones) as training saw them."""
+    bad = BadInput(lenient)
+    for path in meds.event_files(root):
+        table = meds.read_event_shard(path, False, bad, subject_ids)
+        if table is not None:
+            yield table.filter(pc.is_in(table.column("code"), pa.array(codes))).select(
+                ["subject_id", "time", "code"]
+            )
 
 
 def availability_pattern(present: dict[str, np.ndarray]) -> np.ndarray:

@@ -4,7 +4,8 @@ With ``registry_history=true`` the sandbox draws the same people, latent causes,
 censoring and labels as ``subject.py`` (latent.py, outcomes.py), but as arrays over a block of
 ``BLOCK`` people, with no notes, images or genomes written, and each person's EHR is a life-long
 registry history: from 1977 (``registry_start``) or birth, if later, to the end of their record
-(the data cutoff, or loss to follow-up). The history is made of
+(the data cutoff, loss to follow-up, or death: mortality.py, which also draws liver disease,
+K76, on a random stream of its own). The history is made of
 
 - healthcare contacts at a rate that grows with age, scaled by a frailty (log-normal, independent
   of every latent cause) and by the metabolic burden m: each records a diagnosis, sometimes a
@@ -36,7 +37,7 @@ import pyarrow.compute as pc
 from scipy.signal import lfilter
 
 from medweave.data import contract as c
-from medweave.sandbox import ehr, registry_genomes
+from medweave.sandbox import ehr, mortality, registry_genomes
 from medweave.sandbox.latent import sigmoid
 
 BLOCK = 1000  # people per random stream
@@ -122,8 +123,8 @@ def vocabulary(seed: int, outcome_codes: tuple[str, ...] = ()) -> Vocabulary:
     ``outcome_codes`` (the diseases' codes) are recorded only at onset, never as background."""
     rng = np.random.default_rng([seed, 404])
     chronic = {code for row in CHRONIC for code in (row[0], row[6], row[7]) if code}
+    chronic |= set(mortality.DESCRIPTIONS)  # K76 and MEDS_DEATH (mortality.py)
     reserved = set(ehr.CODES) | chronic | set(outcome_codes)
-    reserved |= {"ICD10//K76"}  # configs/aces/death_5y_after_k76.yaml stays a task this cohort lacks
     fixed = list(ehr.CODES)
     fixed += sorted((chronic | set(outcome_codes)) - set(ehr.CODES))
     letters = "ABCDEFGHIJKLMNOPQRSTZ"  # the disease chapters; external causes (V-Y) are a registry apart
@@ -141,9 +142,11 @@ def vocabulary(seed: int, outcome_codes: tuple[str, ...] = ()) -> Vocabulary:
         drawn[system] = list(rng.permutation(pool)[: VOCABULARY[system]])  # rank order
     codes = np.array(fixed + drawn["ICD10"] + drawn["ATC"] + drawn["NPU"])
     descriptions = {k: v[0] for k, v in ehr.CODES.items()} | {row[0]: row[1] for row in CHRONIC}
-    descriptions |= CHRONIC_DESCRIPTIONS | {
-        code: f"Outcome {code}" for code in outcome_codes if code not in ehr.CODES
-    }
+    descriptions |= (
+        CHRONIC_DESCRIPTIONS
+        | mortality.DESCRIPTIONS
+        | {code: f"Outcome {code}" for code in outcome_codes if code not in ehr.CODES}
+    )
     names = {"ICD10": "ICD-10 category", "ATC": "ATC substance", "NPU": "NPU-like laboratory test"}
     background, start = {}, len(fixed)
     for system in ("ICD10", "ATC", "NPU"):
@@ -177,15 +180,22 @@ class People:
     lost_days: np.ndarray  # exponential loss to follow-up (days after prediction_time; inf: never)
     frailty: np.ndarray  # N(0, 1): utilisation beyond the latent causes
     chronic_onset: np.ndarray  # int64 [n, C]: onset time, or a time after every record's end
+    liver_onset: np.ndarray | None = None  # int64: K76 onset, or mortality.NEVER (add_mortality)
+    death: np.ndarray | None = None  # int64: death after prediction time, or mortality.NEVER
 
     def record(self, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(start, end, follow-up days): registry events fall in [start, end)."""
+        """(start, end, follow-up days): registry events fall in [start, end); the record ends at
+        the data cutoff, at loss to follow-up or at death, whichever comes first."""
         cutoff = _seconds(cfg.follow_up_end)
         administrative = (cutoff - self.prediction) / 86400.0
         follow_up = np.minimum(administrative, self.lost_days)
         end = np.where(
             follow_up < administrative, self.prediction + (follow_up * 86400).astype(np.int64), cutoff
         )
+        if self.death is not None:  # a death before the cutoff and the loss ends it there
+            dead = self.death < end
+            end = np.where(dead, self.death, end)
+            follow_up = np.where(dead, (self.death - self.prediction) / 86400.0, follow_up)
         start = np.maximum(self.birth, _seconds(cfg.registry_start))
         return start, end, follow_up
 
@@ -214,6 +224,19 @@ def draw_people(rng: np.random.Generator, n: int, loss_per_year: float) -> Peopl
     return People(
         male, birth, prediction, metabolic, symptoms, structural, lost, frailty, np.where(has, onset, never)
     )
+
+
+def add_mortality(rng: np.random.Generator, people: People, cfg) -> None:
+    """K76 onsets and deaths (mortality.py), from their own stream ``rng``."""
+    people.liver_onset = mortality.draw_liver_onset(rng, people.birth, people.metabolic)
+    people.death = mortality.draw_death(rng, people, people.liver_onset, _seconds(cfg.follow_up_end))
+
+
+def died(people: People, cfg) -> np.ndarray:
+    """Whose record ends at death (before the cutoff and before any loss to follow-up)."""
+    if people.death is None:
+        return np.zeros(len(people.birth), bool)
+    return people.death == people.record(cfg)[1]  # record() ends a record at death exactly
 
 
 def _contact_scale(people: People) -> np.ndarray:
@@ -263,10 +286,12 @@ def expected_events(people: People, cfg) -> np.ndarray:
         + LAB_SHARE * (len(STANDARD_LABS) + EXTRA_LABS) * _age_integral(people, lab_start, end)
     )
     dx, rx, lab = _chronic_rates()
-    chronic_scale = np.exp(0.5 * people.frailty - 0.125)
-    chronic = (_chronic_years(people, start, end)[1] * dx * chronic_scale[:, None]).sum(1)
+    scale = np.exp(0.5 * people.frailty - 0.125)
+    chronic = (_chronic_years(people, start, end)[1] * dx * scale[:, None]).sum(1)
     chronic += (_chronic_years(people, start, end, PRESCRIPTIONS_FROM)[1] * rx).sum(1)
     chronic += (_chronic_years(people, start, end, LABS_FROM)[1] * lab).sum(1)
+    if people.liver_onset is not None:
+        chronic += mortality.liver_years(people.liver_onset, start, end)[1] * mortality.LIVER_CONTACTS * scale
     return background + chronic
 
 
@@ -275,6 +300,7 @@ def _reference_mean(registry_start: str, follow_up_end: str, loss_per_year: floa
     """Mean expected history events of a fixed reference population, before scaling."""
     window = SimpleNamespace(registry_start=registry_start, follow_up_end=follow_up_end)
     people = draw_people(np.random.default_rng(REFERENCE_SEED), CALIBRATION_PEOPLE, loss_per_year)
+    add_mortality(np.random.default_rng([REFERENCE_SEED, 2]), people, window)
     return float(expected_events(people, window).mean())
 
 
@@ -334,6 +360,8 @@ def draw_block(cfg, panel, block: int, n: int) -> dict:
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(block, 1)))
     vocab, k = cohort_vocabulary(cfg), rate_scale(cfg)
     people = draw_people(rng, n, cfg.loss_per_year)
+    later = mortality.stream(cfg.seed, block)  # K76 and deaths: a stream apart (mortality.py)
+    add_mortality(later, people, cfg)
     genetic = (  # genomes for a subset: every score from founder mosaics (registry_genomes.py)
         registry_genomes.block_scores(cfg, panel, block, n)
         if cfg.genome_subjects
@@ -374,9 +402,17 @@ def draw_block(cfg, panel, block: int, n: int) -> dict:
     events.add(everyone, static, np.where(people.male, vocab.id("SEX//M"), vocab.id("SEX//F")))
     events.add(everyone, people.birth, vocab.id("MEDS_BIRTH"))
     events.add(everyone, people.prediction, vocab.id(ehr.INDEX))
-    lost = end < _seconds(cfg.follow_up_end)
+    dead = died(people, cfg)
+    lost = (end < _seconds(cfg.follow_up_end)) & ~dead
     events.add(everyone[lost], end[lost], vocab.id(ehr.LOST))
     _draw_history(rng, cfg, vocab, k, people, start, end, events)
+    _draw_liver_and_death(later, vocab, k, people, start, end, dead, events)
+    # the latent death (recorded unless loss to follow-up came first), as event_days_<disease>
+    alive = people.death >= mortality.NEVER
+    truth["death_days"] = np.where(alive, np.inf, (people.death - people.prediction) / 86400.0)
+    truth["liver_onset_age"] = np.where(
+        people.liver_onset < mortality.NEVER, (people.liver_onset - people.birth) / SECOND_PER_YEAR, np.inf
+    )
 
     person, time, code, value = events.arrays()
     # one stable sort on (person, time) packed in an int64, twice as fast as lexsort; ties keep the
@@ -445,6 +481,16 @@ def _draw_history(rng, cfg, vocab: Vocabulary, k: float, people: People, start, 
             if event_code.startswith("NPU//"):
                 value = _standard_lab_value(rng, event_code, people, who, t)
             events.add(who, t, vocab.id(event_code), value)
+
+
+def _draw_liver_and_death(rng, vocab: Vocabulary, k: float, people: People, start, end, dead, events) -> None:
+    """K76 diagnoses from onset to the record's end (as a chronic condition's), and the deaths."""
+    first, years = mortality.liver_years(people.liver_onset, start, end)
+    scale = np.exp(0.5 * people.frailty - 0.125)
+    count = rng.poisson(k * mortality.LIVER_CONTACTS * scale * years)
+    who = np.repeat(np.arange(len(people.birth)), count)
+    events.add(who, _uniform_times(rng, who, first[who], end[who]), vocab.id(mortality.LIVER))
+    events.add(np.flatnonzero(dead), people.death[dead], vocab.id(mortality.DEATH))
 
 
 def _standard_lab_value(rng, code: str, people: People, who, t) -> np.ndarray:

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from medweave.data import contract as c
 from medweave.data.bad_input import BadInput
 from medweave.data.ehr.events import NO_TIME, read_unit
-from medweave.data.ehr.shards import _distinct_pairs, _sorted_dictionary, plan_units
+from medweave.data.ehr.shards import _distinct_subjects, _sorted_dictionary, plan_units
 from medweave.data.readers import meds
 from medweave.errors import MedweaveError
 
@@ -199,7 +199,9 @@ def _write_tokens(table: pa.Table, cutoffs: Cutoffs, tmp: Path, info: dict) -> N
     _save(tmp, "age", age.astype(np.float32))
     _save(tmp, "delta", delta.astype(np.float32))
     _save(tmp, "time", np.where(static, NO_TIME, time).astype(np.int64))
-    _save(tmp, "subjects", _distinct_pairs(code[train[row]], row[train[row]], len(used)).astype(np.int64))
+    t = train[row]  # rows are in subject order, as _distinct_subjects needs
+    subjects, _ = _distinct_subjects(code[t], row[t], np.zeros(int(t.sum()), bool), len(used))
+    _save(tmp, "subjects", subjects.astype(np.int64))
     _save(tmp, "sketch", _value_sketch(code[train[row]], value[train[row]], len(used)))
     (tmp / "codes.json").write_text(json.dumps(shard_names))
     info.update(events=int(len(sid)), subjects=int(len(starts)))
