@@ -3,6 +3,7 @@ the checks a pretrained checkpoint must pass before a task model starts from it.
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timedelta
 
@@ -298,3 +299,43 @@ def test_pretrain_config_composes_and_its_callbacks_instantiate(tmp_path, object
         cfg.paths.output_dir = str(tmp_path)
     callbacks = [instantiate(node) for node in cfg.callbacks.values()]
     assert cfg.callbacks.model_checkpoint.monitor == "val/loss" and all(callbacks[:2])
+
+
+def test_fine_tuning_refuses_samples_predicted_before_what_pretraining_saw(tmp_path):
+    """The checkpoint keeps each evaluation subject's cutoff; a task sample whose subject gave
+    pretraining events at or after its prediction time is counted (an ACES task triggered
+    earlier than the labels pretraining was cut at, or a subject pretrained on whole)."""
+    root = write_cohort(tmp_path / "cohort")
+    rule = store.evaluation_cutoffs(store.eval_cutoffs(root, "cut"))
+    assert rule["subject_ids"].tolist() == [100, 101, 200]  # train subjects are not kept
+    day = lambda d: np.datetime64(T0 + timedelta(days=d), "us").astype(np.int64)  # noqa: E731
+    ids = np.array([100, 100, 200, 200, 101, 3])
+    times = np.array([day(50), day(40), day(20), day(10), day(5), day(10)])
+    assert store.leaked_samples(rule, ids[:1], times[:1]) == 0  # at the cut: nothing after it seen
+    assert store.leaked_samples(rule, ids, times) == 3  # 100 at day 40, 200 at day 10, train 3
+    excluded = store.evaluation_cutoffs(store.eval_cutoffs(root, "exclude"))
+    assert store.leaked_samples(excluded, ids[:5], times[:5]) == 0
+
+
+def test_value_bins_need_min_subjects_with_a_value(tmp_path):
+    root = write_cohort(tmp_path / "cohort")
+    folders = store.build_store(root, tmp_path / "cache", "cut")
+    names = json.loads((folders[0] / "codes.json").read_text())
+    valued = dict(zip(names, np.load(folders[0] / "valued_subjects.npy").tolist(), strict=True))
+    assert valued["ICD//1"] == valued["ICD//3"] == 6 and valued["ICD//0"] == 0  # the 6 train subjects
+    assert sorted(store.fit_vocab(folders, min_subjects=6, n_bins=4)["bins"]) == ["ICD//1", "ICD//3"]
+    np.save(folders[0] / "valued_subjects.npy", np.minimum(np.load(folders[0] / "valued_subjects.npy"), 1))
+    vocab = store.fit_vocab(folders, min_subjects=2, n_bins=4)
+    assert "ICD//1" in vocab["codes"] and not vocab["bins"]  # one person's values make no edges
+
+
+def test_a_frozen_backbone_cannot_extend_its_vocabulary(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "p.ckpt", ["A", "B"])
+    with pytest.raises(MedweaveError, match="extend_vocab=true needs freeze=false"):
+        encoder(ckpt, ["A", "B", "X"], extend_vocab=True, freeze=True)
+
+
+def test_linear_probe_imports():
+    from medweave.embeddings.probe import linear_probe
+
+    assert callable(linear_probe)

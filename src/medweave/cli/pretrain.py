@@ -64,8 +64,9 @@ def pretrain(cfg) -> float | None:
         return _fit(cfg, callbacks, preemption)
 
 
-def build_module(cfg, vocab: dict, n_bins: int):
-    """Backbone + objective + module from the config and the fitted vocabulary."""
+def build_module(cfg, vocab: dict, n_bins: int, evaluation_cutoffs: dict | None = None):
+    """Backbone + objective + module from the config and the fitted vocabulary; the evaluation
+    subjects' cutoffs travel in the checkpoint, so fine-tuning can check the leakage rule."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -91,6 +92,7 @@ def build_module(cfg, vocab: dict, n_bins: int):
         "backbone": {"class": type(backbone).__name__, "args": args},
         "vocab": vocab,
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "evaluation_cutoffs": evaluation_cutoffs,
     }
     module = PretrainModule(
         backbone,
@@ -110,6 +112,7 @@ def _fit(cfg, callbacks: list, preemption) -> float | None:
     from hydra.utils import instantiate
 
     from medweave.cli.train import whole_checkpoint
+    from medweave.data.ehr import pretrain as store
     from medweave.tracking.mlflow import log_run_config
     from medweave.training.preemption import resume_checkpoint, trainer_plugins
 
@@ -123,7 +126,8 @@ def _fit(cfg, callbacks: list, preemption) -> float | None:
     datamodule = instantiate(cfg.data, vocab=vocab)
     datamodule.prepare_data()  # every rank: a finished shard is only read (Lightning's own call is rank 0's)
     datamodule.setup()
-    model = build_module(cfg, datamodule.vocab, datamodule.vocab["n_bins"])
+    rule = store.eval_cutoffs(datamodule.root, datamodule.eval_subjects, datamodule.labels_dir)
+    model = build_module(cfg, datamodule.vocab, datamodule.vocab["n_bins"], store.evaluation_cutoffs(rule))
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer = instantiate(cfg.trainer, _partial_=True)(

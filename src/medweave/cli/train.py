@@ -112,6 +112,11 @@ def _fit_and_test(cfg, callbacks: list, preemption) -> float | None:
 
     datamodule = instantiate(cfg.data)
     inputs = datamodule.encoder_inputs()  # prepares the cohort cache once
+    pretrained = OmegaConf.select(cfg, "model.encoders.ehr_codes.pretrained")
+    if pretrained and "ehr_codes" in datamodule.modalities:
+        from medweave.models.pretrain.load import check_leakage
+
+        check_leakage(pretrained, datamodule.cohort.folder)
     extras = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "vocab": datamodule.cohort.vocab,

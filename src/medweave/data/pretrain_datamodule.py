@@ -7,8 +7,9 @@ A batch::
     age    float [B, W]   days since birth (NaN: static event, or no birth event)
     delta  float [B, W]   days since the previous timed event (0 for the first; NaN: static)
 
-Validation holds out ``val_fraction`` of the train-split subjects (chosen by a hash of the id,
-the same in every run): their windows are never trained on. Sampling and resume are the task
+Validation holds out ``val_fraction`` of the store's subjects (chosen by a hash of the id, the
+same in every run; any split, since the store holds only what the leakage rule lets in): their
+windows are never trained on. Sampling and resume are the task
 DataModule's (data/sampler.py: same order on every rank, continued exactly after preemption).
 """
 

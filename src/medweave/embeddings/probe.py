@@ -2,7 +2,7 @@
 
 How much of a binary task a pretrained representation holds, with nothing learnt but one linear
 map: fitted on train, the strength chosen by tuning AUROC, scored on held_out. Rows of the
-embedding cache are the prepared cache's rows (embeddings/cache.py, checked by ``open_cache``).
+embedding cache are the prepared cache's rows (data/embedding_cache.py, checked by ``open_cache``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medweave.data import contract as c
-from medweave.embeddings.cache import open_cache
+from medweave.data.embedding_cache import open_cache
 from medweave.errors import MedweaveError
 
 

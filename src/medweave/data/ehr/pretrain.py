@@ -17,8 +17,10 @@ The leakage rule (``eval_subjects``), applied while a shard is built:
 - ``exclude``: tuning and held-out subjects (and custom splits) contribute nothing at all.
 
 Train-split subjects, and subjects the splits file does not list, contribute their whole
-history. So a model fine-tuned and evaluated on any task of this cohort has never seen an
-evaluation subject's data at or after that subject's prediction time.
+history. Only label files under ``labels/`` (or ``labels_dir``) are seen: a task labelled
+elsewhere (an ACES task file, whose labels are computed into the cache) may predict earlier than
+the cut. So the checkpoint keeps every evaluation subject's cutoff, and fine-tuning refuses a
+task whose tuning or held-out samples predict before it (``leaked_samples``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from medweave.errors import MedweaveError
 log = logging.getLogger(__name__)
 
 STORE = "pretrain"  # under cache_dir
-FORMAT = 1  # bump when a store shard's content changes
+FORMAT = 2  # bump when a store shard's content changes
 DONE = "info.json"  # written last: a folder without it is never used
 EVAL_SUBJECTS = ("cut", "exclude")
 EXCLUDED = np.iinfo(np.int64).min  # cutoff of a subject that contributes nothing
@@ -93,6 +95,24 @@ def eval_cutoffs(root: Path, eval_subjects: str, labels_dir: str | None = None) 
             labelled = ~train & (first[0][at] == ids)
             cutoff[labelled] = first[1][at[labelled]]
     return Cutoffs(ids, cutoff, train)
+
+
+def evaluation_cutoffs(cutoffs: Cutoffs) -> dict:
+    """What a checkpoint keeps of the rule: the cutoff of every listed non-train subject."""
+    return {"subject_ids": cutoffs.subject_ids[~cutoffs.train], "cutoff": cutoffs.cutoff[~cutoffs.train]}
+
+
+def leaked_samples(saved: dict, subject_id: np.ndarray, prediction_time: np.ndarray) -> int:
+    """How many of these (tuning or held-out) samples' subjects gave pretraining events at or
+    after the sample's prediction time: whole histories (not listed as evaluation subjects when
+    pretrained) or a cutoff later than the prediction time (e.g. an ACES task with an earlier
+    trigger than the labels pretraining was cut at)."""
+    ids, cutoff = np.asarray(saved["subject_ids"]), np.asarray(saved["cutoff"])
+    at = np.clip(np.searchsorted(ids, subject_id), 0, max(len(ids) - 1, 0))
+    listed = ids[at] == subject_id if len(ids) else np.zeros(len(subject_id), bool)
+    cut = np.where(listed, cutoff[at] if len(ids) else NO_TIME, NO_TIME)
+    seen_after = (cut == NO_TIME) | ((cut != EXCLUDED) & (cut > prediction_time))
+    return int(seen_after.sum())
 
 
 def earliest_prediction_times(root: Path, labels_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -200,8 +220,9 @@ def _write_tokens(table: pa.Table, cutoffs: Cutoffs, tmp: Path, info: dict) -> N
     _save(tmp, "delta", delta.astype(np.float32))
     _save(tmp, "time", np.where(static, NO_TIME, time).astype(np.int64))
     t = train[row]  # rows are in subject order, as _distinct_subjects needs
-    subjects, _ = _distinct_subjects(code[t], row[t], np.zeros(int(t.sum()), bool), len(used))
+    subjects, valued = _distinct_subjects(code[t], row[t], ~np.isnan(value[t]), len(used))
     _save(tmp, "subjects", subjects.astype(np.int64))
+    _save(tmp, "valued_subjects", valued.astype(np.int64))  # value bins need this many people
     _save(tmp, "sketch", _value_sketch(code[train[row]], value[train[row]], len(used)))
     (tmp / "codes.json").write_text(json.dumps(shard_names))
     info.update(events=int(len(sid)), subjects=int(len(starts)))
@@ -271,28 +292,32 @@ def build_store(
 
 def fit_vocab(folders: list[Path], min_subjects: int, n_bins: int) -> dict:
     """{"codes": sorted names, "bins": {name: [n_bins - 1 inner edges]}, "n_bins"} from the
-    shards' counts over train subjects: a code needs ``min_subjects`` of them, and its values bins
-    only if ``min_subjects`` values (edges as quantiles, merged from the shards' sketches)."""
-    names, subjects, sketches = [], [], []
+    shards' counts over train subjects: a code needs ``min_subjects`` of them, and its value bins
+    ``min_subjects`` with a value (edges as quantiles, merged from the shards' sketches), so no
+    edge is one person's values."""
+    names, subjects, valued, sketches = [], [], [], []
     for f in folders:
         if (f / "codes.json").is_file():
             names += json.loads((f / "codes.json").read_text())
             subjects.append(np.load(f / "subjects.npy"))
+            valued.append(np.load(f / "valued_subjects.npy"))
             sketches.append(np.load(f / "sketch.npy"))
     if not names:
         return {"codes": [], "bins": {}, "n_bins": n_bins}
     unique, inverse = np.unique(np.asarray(names, dtype=object), return_inverse=True)
-    total = np.zeros(len(unique), np.int64)
-    np.add.at(total, inverse.reshape(-1), np.concatenate(subjects))
+    inverse = inverse.reshape(-1)
+    total, total_valued = np.zeros(len(unique), np.int64), np.zeros(len(unique), np.int64)
+    np.add.at(total, inverse, np.concatenate(subjects))
+    np.add.at(total_valued, inverse, np.concatenate(valued))
     sketch = np.concatenate(sketches)
     codes = sorted(str(unique[i]) for i in np.flatnonzero(total >= min_subjects))
     bins = {}
     inner = np.linspace(0, 1, n_bins + 1)[1:-1]
-    for k in np.flatnonzero(total >= min_subjects):
-        parts = sketch[inverse.reshape(-1) == k]
+    by_code = np.argsort(inverse, kind="stable")  # one sort, then each code's sketches are a slice
+    bounds = np.searchsorted(inverse[by_code], np.arange(len(unique) + 1))
+    for k in np.flatnonzero((total >= min_subjects) & (total_valued >= min_subjects)):
+        parts = sketch[by_code[bounds[k] : bounds[k + 1]]]
         counts = parts[:, 0]
-        if counts.sum() < min_subjects:
-            continue
         points = parts[counts > 0, 1:].reshape(-1)
         weights = np.repeat(counts[counts > 0] / SKETCH, SKETCH)
         order = np.argsort(points, kind="stable")

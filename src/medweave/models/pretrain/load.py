@@ -83,6 +83,34 @@ def read_checkpoint(path: str | Path, objective: str | None = None) -> dict:
     return {**extras, "module": backbone, "path": str(path)}
 
 
+def check_leakage(path: str, prepared: Path) -> None:
+    """Refuse fine-tuning when a tuning or held-out sample of this task predicts before what
+    pretraining saw of its subject (the rule in data/ehr/pretrain.py, kept in the checkpoint)."""
+    import numpy as np
+    import torch
+
+    from medweave.data import contract as c
+    from medweave.data.ehr.pretrain import leaked_samples
+
+    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("medweave", {})
+    rule = saved.get("evaluation_cutoffs")
+    if rule is None:
+        log.warning(
+            "%s keeps no evaluation cutoffs (an older checkpoint): the leakage rule is not checked", path
+        )
+        return
+    subjects = np.load(Path(prepared) / "subjects.npz")
+    evaluated = subjects["split"] != c.SPLITS.index(c.TRAIN_SPLIT)
+    n = leaked_samples(rule, subjects["subject_id"][evaluated], subjects["prediction_time"][evaluated])
+    if n:
+        raise MedweaveError(
+            f"{path}: {n} of this task's {int(evaluated.sum())} tuning and held-out samples predict "
+            "before what pretraining saw of their subjects (the pretraining run was cut at other "
+            "labels' prediction times); pretrain with pretrain.eval_subjects=exclude, or with "
+            "data.labels_dir holding this task's labels"
+        )
+
+
 class PretrainedEvents(nn.Module):
     """Task-cache events ({codes, values, days}) -> pooled [B, out_dim] through a pretrained backbone.
 
@@ -113,6 +141,11 @@ class PretrainedEvents(nn.Module):
         objective: str | None = None,
     ):
         super().__init__()
+        if freeze and extend_vocab:
+            raise MedweaveError(
+                "model.encoders.ehr_codes: extend_vocab=true needs freeze=false (a frozen backbone "
+                "never learns the new codes' embeddings)"
+            )
         ckpt = read_checkpoint(path, objective)
         self.backbone: EventTransformer = ckpt["module"]
         self.source = {"path": ckpt["path"], "objective": ckpt["objective"]}
