@@ -66,3 +66,10 @@ def test_pretrain_resume_then_finetune_and_embed(tiny_cohort, tmp_path):
     folder = embed(cfg)
     vectors = np.load(folder / "embeddings.npy")
     assert vectors.shape[1] == 16 and np.isfinite(vectors).all() and np.abs(vectors).sum() > 0
+    fewer = compose_run(
+        "embed",
+        [f"data.root={tiny_cohort}", "modality=ehr_codes", f"model_path={ckpt}", "data.max_events=16"],
+        logs,
+        tmp_path / "embed16",
+    )
+    assert embed(fewer) != folder  # other events in the rows: another cache, not a reuse

@@ -8,6 +8,7 @@ learns it), so the vectors are the pretrained representation itself.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -48,6 +49,17 @@ class PretrainedEHR:
         self.cache = EhrCache(Path(prepared), vocab)
         present = _subjects_present(Path(prepared), self.modality)
         return np.arange(len(present), dtype=np.int64), present
+
+    def input_identity(self, prepared: Path) -> dict:
+        """The rows are indices into the prepared cache's events: its preparation settings
+        (max_events, min_subjects, ...) and vocabulary say what they hold, so they enter the key."""
+        from medweave.data.prepare import MANIFEST
+
+        folder = Path(prepared)
+        return {
+            "config": json.loads((folder / MANIFEST).read_text())["config"],
+            "vocab": hashlib.blake2b((folder / "vocab.json").read_bytes(), digest_size=16).hexdigest(),
+        }
 
     def load(self, device: torch.device) -> None:
         from medweave.models.pretrain.load import PretrainedEvents

@@ -63,6 +63,8 @@ def embed_cohort(
         "format": ec.FORMAT,
         "modality": encoder.modality,
         "input": ec.array_digest(inputs, present),
+        # what the rows stand for when the encoder reads them from the cache itself (ehr_codes)
+        "input_identity": getattr(encoder, "input_identity", lambda _: None)(prepared),
         "origin": origin,
         "model": model_hash,
         "settings": settings,
