@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from tqdm.auto import tqdm
 from medweave.data import contract as c
 from medweave.data.bad_input import BadInput
 from medweave.data.ehr.events import NO_TIME, read_unit
-from medweave.data.ehr.shards import _distinct_subjects, _sorted_dictionary, plan_units
+from medweave.data.ehr.shards import DONE, _distinct_subjects, _save, _sorted_dictionary, plan_units, publish
 from medweave.data.readers import meds
 from medweave.errors import MedweaveError
 
@@ -50,7 +49,6 @@ log = logging.getLogger(__name__)
 
 STORE = "pretrain"  # under cache_dir
 FORMAT = 2  # bump when a store shard's content changes
-DONE = "info.json"  # written last: a folder without it is never used
 EVAL_SUBJECTS = ("cut", "exclude")
 EXCLUDED = np.iinfo(np.int64).min  # cutoff of a subject that contributes nothing
 ARRAYS = ("offsets", "n_static", "code", "value", "age", "delta", "time")
@@ -170,12 +168,7 @@ def build_unit(root: Path, files: list[Path], cutoffs: Cutoffs, lenient: bool, o
         if table is not None:
             _write_tokens(table, cutoffs, tmp, info)
         info["skipped"] = bad.summary()
-        (tmp / DONE).write_text(json.dumps(info, sort_keys=True))
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another process finished the same shard first: identical bytes
-            if not (out / DONE).is_file():
-                raise
+        publish(tmp, out, info)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info
@@ -249,10 +242,6 @@ def _value_sketch(code: np.ndarray, value: np.ndarray, n: int) -> np.ndarray:
         out[k, 0] = len(v)
         out[k, 1:] = np.quantile(v, np.linspace(0, 1, SKETCH))
     return out
-
-
-def _save(folder: Path, name: str, array: np.ndarray) -> None:
-    np.save(folder / f"{name}.npy", array, allow_pickle=False)
 
 
 # ------------------------------------------------------------------------- runner and reduce

@@ -223,12 +223,7 @@ def build_unit(root: Path, files: list[Path], labelled: Labelled, max_events: in
             (tmp / "codes.json").write_text(json.dumps(names))
             info.update(later=kept.later, born_later=len(kept.born_later), events=int(len(rows)))
         info["skipped"] = bad.summary()
-        (tmp / DONE).write_text(json.dumps(info, sort_keys=True))
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another process finished the same shard first: identical bytes
-            if not (out / DONE).is_file():
-                raise
+        publish(tmp, out, info)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info
@@ -247,6 +242,17 @@ def _sorted_dictionary(codes) -> tuple[list[str], np.ndarray]:
 
 def _save(folder: Path, name: str, array: np.ndarray) -> None:
     np.save(folder / f"{name}.npy", array, allow_pickle=False)
+
+
+def publish(tmp: Path, out: Path, info: dict) -> None:
+    """Write the done marker last, then rename the shard folder into place; a process that
+    finished the same shard first wrote identical bytes, so losing that race is fine."""
+    (tmp / DONE).write_text(json.dumps(info, sort_keys=True))
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if not (out / DONE).is_file():
+            raise
 
 
 def _build_one(args) -> tuple[int, dict]:
