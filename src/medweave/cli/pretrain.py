@@ -111,9 +111,8 @@ def _fit(cfg, callbacks: list, preemption) -> float | None:
     import torch
     from hydra.utils import instantiate
 
-    from medweave.cli.train import whole_checkpoint
+    from medweave.cli.train import open_run, whole_checkpoint
     from medweave.data.ehr import pretrain as store
-    from medweave.tracking.mlflow import log_run_config
     from medweave.training.preemption import resume_checkpoint, trainer_plugins
 
     L.seed_everything(cfg.seed, workers=True)
@@ -140,16 +139,7 @@ def _fit(cfg, callbacks: list, preemption) -> float | None:
     }
     if trainer.is_global_zero:
         log.info("Pretraining (%s): %s", model.objective.name, counts)
-        resumed = [lg for lg in loggers if getattr(lg, "resumed", False)]
-        for logger in resumed:
-            logger.reopen()
-        if not resumed:
-            log_run_config(loggers, cfg, output_dir, counts)
-        for logger in loggers:
-            if hasattr(logger, "record_run_id"):
-                logger.record_run_id()
-        if ckpt_path:
-            log.info("Resuming from %s", ckpt_path)
+        open_run(loggers, cfg, output_dir, counts, ckpt_path)
     L.seed_everything(cfg.seed + trainer.global_rank, workers=True, verbose=False)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **whole_checkpoint(trainer.fit))
     if preemption:

@@ -67,6 +67,23 @@ def whole_checkpoint(method) -> dict:
     return {"weights_only": False} if "weights_only" in inspect.signature(method).parameters else {}
 
 
+def open_run(loggers: list, cfg, output_dir: Path, counts: dict, ckpt_path: str | None) -> None:
+    """Rank 0, before fit: reopen a resumed run's loggers, or log the new run's config and
+    counts; record the run id (a requeued job resumes into the same MLflow run)."""
+    from medweave.tracking.mlflow import log_run_config
+
+    resumed = [lg for lg in loggers if getattr(lg, "resumed", False)]
+    for logger in resumed:
+        logger.reopen()
+    if not resumed:  # a resumed run has its params already (MLflow refuses changed ones)
+        log_run_config(loggers, cfg, output_dir, counts)
+    for logger in loggers:
+        if hasattr(logger, "record_run_id"):
+            logger.record_run_id()
+    if ckpt_path:
+        log.info("Resuming from %s", ckpt_path)
+
+
 def train(cfg) -> float | None:
     if cfg.get("baseline"):  # baseline=gbm|linear: a tabular arm on the same cohort, splits and report
         from medweave.baselines.run import events_only
@@ -104,7 +121,6 @@ def _fit_and_test(cfg, callbacks: list, preemption) -> float | None:
     from omegaconf import OmegaConf
 
     from medweave.models.build import build_model
-    from medweave.tracking.mlflow import log_run_config
     from medweave.training.preemption import resume_checkpoint, trainer_plugins
 
     L.seed_everything(cfg.seed, workers=True)
@@ -146,16 +162,7 @@ def _fit_and_test(cfg, callbacks: list, preemption) -> float | None:
     counts["params/total"] = sum(p.numel() for p in model.parameters())
     if trainer.is_global_zero:
         log.info("Parameters: %s", counts)
-        resumed = [lg for lg in loggers if getattr(lg, "resumed", False)]
-        for logger in resumed:
-            logger.reopen()
-        if not resumed:  # a resumed run has its params already (MLflow refuses changed ones)
-            log_run_config(loggers, cfg, output_dir, counts)
-        for logger in loggers:
-            if hasattr(logger, "record_run_id"):
-                logger.record_run_id()
-        if ckpt_path:
-            log.info("Resuming from %s", ckpt_path)
+        open_run(loggers, cfg, output_dir, counts, ckpt_path)
 
     # Ranks share the model's initial weights (seeded above) but not their random draws
     # (dropout, modality dropout); a resumed run restores each rank's state instead.
