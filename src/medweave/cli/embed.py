@@ -28,17 +28,10 @@ def check_config(cfg) -> None:
     """Every fault of the command line at once, before the cohort is read."""
     from omegaconf import OmegaConf
 
-    from medweave.data.contract import require_root
+    from medweave.cli.hydra_main import root_problems
     from medweave.errors import MedweaveError
 
-    problems = []
-    if OmegaConf.is_missing(cfg.data, "root"):
-        problems.append("data.root is not set: pass data.root=<cohort folder>")
-    else:
-        try:
-            require_root(cfg.data.root)
-        except MedweaveError as err:
-            problems.append(str(err))
+    problems = root_problems(cfg)
     if cfg.modality not in EMBEDDABLE:
         problems.append(f"modality={cfg.modality}: expected one of {list(EMBEDDABLE)}")
     if OmegaConf.is_missing(cfg, "model_path"):

@@ -71,6 +71,22 @@ def register_resolvers() -> None:
 register_resolvers()  # on import too: configs composed through Hydra's compose API use them
 
 
+def root_problems(cfg) -> list[str]:
+    """What is wrong with data.root (unset, or not a cohort folder), for a command's config check."""
+    from omegaconf import OmegaConf
+
+    from medweave.data.contract import require_root
+    from medweave.errors import MedweaveError
+
+    if OmegaConf.is_missing(cfg.data, "root"):
+        return ["data.root is not set: pass data.root=<cohort folder>"]
+    try:
+        require_root(cfg.data.root)
+    except MedweaveError as err:
+        return [str(err)]
+    return []
+
+
 def task_file_overrides(args: list[str]) -> list[str]:
     """``task=<path of a .yaml file>`` -> the overrides selecting configs/task/aces.yaml with that
     file (``task=aces task.aces=<file> task.name=... task.type=...``, read from the file by

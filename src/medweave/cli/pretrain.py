@@ -25,20 +25,12 @@ log = logging.getLogger("medweave")
 
 
 def check_config(cfg) -> None:
-    from omegaconf import OmegaConf
-
-    from medweave.data.contract import require_root
+    """Every fault of the command line at once, before the cohort is read."""
+    from medweave.cli.hydra_main import root_problems
     from medweave.data.ehr.pretrain import EVAL_SUBJECTS
     from medweave.errors import MedweaveError
 
-    problems = []
-    if OmegaConf.is_missing(cfg.data, "root"):
-        problems.append("data.root is not set: pass data.root=<cohort folder>")
-    else:
-        try:
-            require_root(cfg.data.root)
-        except MedweaveError as err:
-            problems.append(str(err))
+    problems = root_problems(cfg)
     if cfg.pretrain.eval_subjects not in EVAL_SUBJECTS:
         problems.append(
             f"pretrain.eval_subjects={cfg.pretrain.eval_subjects}: expected one of {list(EVAL_SUBJECTS)}"
