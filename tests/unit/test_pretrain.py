@@ -339,3 +339,20 @@ def test_linear_probe_imports():
     from medweave.embeddings.probe import linear_probe
 
     assert callable(linear_probe)
+
+
+def test_check_leakage_reads_the_task_cache_and_refuses(tmp_path):
+    from medweave.models.pretrain.load import check_leakage
+
+    rule = {"subject_ids": np.array([100, 200]), "cutoff": np.array([50, 20])}
+    ckpt = tmp_path / "p.ckpt"
+    torch.save({"medweave": {"evaluation_cutoffs": rule}}, ckpt)
+    train, held_out = c.SPLITS.index(c.TRAIN_SPLIT), c.SPLITS.index("held_out")
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    fine = dict(subject_id=np.array([3, 100, 200]), split=np.array([train, held_out, held_out]))
+    np.savez(prepared / "subjects.npz", **fine, prediction_time=np.array([0, 50, 20]))
+    check_leakage(str(ckpt), prepared)  # train rows are not evaluated; the others predict at the cut
+    np.savez(prepared / "subjects.npz", **fine, prediction_time=np.array([0, 40, 20]))
+    with pytest.raises(MedweaveError, match="1 of this task's 2 tuning and held-out samples predict before"):
+        check_leakage(str(ckpt), prepared)
