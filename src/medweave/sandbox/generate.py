@@ -67,6 +67,9 @@ class SandboxConfig:
     registry_start: str = "1977-01-01"  # history from this date, or birth if later, to the record's end
     events_per_person: float = 300.0  # mean history events per person (heavy-tailed; median lower)
     genome_subjects: int = 0  # registry_history: this many, drawn at random, sequenced (registry_genomes.py)
+    # registry_history: conditions raise the hazard of others, labs follow them (comorbidity.py);
+    # false: the conditions drawn independently given m, as registry cohorts were before issue 15
+    comorbidity: bool = True
 
     def check(self) -> None:
         problems = []
@@ -205,7 +208,12 @@ def _write(root: Path, cfg: SandboxConfig) -> None:
         _write_labels(root, binary, subject_ids, times, {"boolean_value": onset})
         _write_labels(root, survival, subject_ids, times, {"boolean_value": seen, "float_value": days})
         report = oracle_report(
-            _factor_view(truth), disease, truth[f"risk_{name}"], splits, onset, (days, seen)
+            _factor_view(truth),
+            registry.outcome_disease(cfg, disease),
+            truth[f"risk_{name}"],
+            splits,
+            onset,
+            (days, seen),
         )
         oracle[binary] = {
             k: report[k] for k in ("auroc", "auroc_given_available", "auroc_by_modality", "prevalence")
@@ -482,6 +490,7 @@ def _write_dataset_metadata(root: Path, cfg: SandboxConfig, oracle: dict) -> Non
                         "start": cfg.registry_start,
                         "events_per_person": cfg.events_per_person,
                         "genome_subjects": cfg.genome_subjects,
+                        "comorbidity": cfg.comorbidity,
                     }
                 }
                 if cfg.registry_history

@@ -35,8 +35,9 @@ class Disease:
     intercept: float
     weights: dict[str, float] = field(default_factory=dict)
 
-    def liability(self, x: dict[str, float | np.ndarray]):
-        unknown = set(self.weights) - set(FACTORS)
+    def liability(self, x: dict[str, float | np.ndarray], also: tuple[str, ...] = ()):
+        """``also``: causes beyond FACTORS the caller's ``x`` holds (registry.py's diagnosed conditions)."""
+        unknown = set(self.weights) - set(FACTORS) - set(also)
         if unknown:
             raise ValueError(f"unknown causes {sorted(unknown)}; expected some of {list(FACTORS)}")
         return self.intercept + sum(w * x[f] for f, w in self.weights.items())

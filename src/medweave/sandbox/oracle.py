@@ -17,11 +17,13 @@ import numpy as np
 
 from medweave.data import contract as c
 from medweave.metrics.survival import harrell_c
+from medweave.sandbox.comorbidity import DIAGNOSED
 from medweave.sandbox.latent import FACTORS, Disease, sigmoid
 
-# The causes each modality shows. EHR shows age and sex through birth and sex events.
+# The causes each modality shows. EHR shows age and sex through birth and sex events, and in a
+# registry cohort with comorbidity the conditions diagnosed by the prediction time (comorbidity.py).
 SEEN_BY = {
-    c.EHR_CODES: ("metabolic", "age", "male"),
+    c.EHR_CODES: ("metabolic", "age", "male", *DIAGNOSED),
     c.TEXT: ("symptoms",),
     c.IMAGE: ("structural",),
     c.GENOMICS: ("genetic_cvd", "genetic_t1d"),

@@ -27,7 +27,7 @@ shard draws the blocks it overlaps and keeps its own people, so the output is th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from types import SimpleNamespace
 
@@ -37,8 +37,8 @@ import pyarrow.compute as pc
 from scipy.signal import lfilter
 
 from medweave.data import contract as c
-from medweave.sandbox import ehr, mortality, registry_genomes
-from medweave.sandbox.latent import sigmoid
+from medweave.sandbox import comorbidity, ehr, mortality, registry_genomes
+from medweave.sandbox.latent import Disease, sigmoid
 
 BLOCK = 1000  # people per random stream
 SECOND_PER_YEAR = 365.25 * 86400
@@ -77,6 +77,7 @@ CHRONIC = [
     ("ICD10//G40", "Epilepsy", -4.0, 0.0, 20, 3.0, "ATC//N03AX09", None),
     ("ICD10//F20", "Schizophrenia", -4.3, 0.0, 25, 12.0, "ATC//N05AH03", None),
 ]
+CHRONIC_CODES = [row[0] for row in CHRONIC]
 CHRONIC_DESCRIPTIONS = {
     "ATC//C03CA01": "Furosemide",
     "ATC//B01AF01": "Rivaroxaban",
@@ -182,6 +183,7 @@ class People:
     chronic_onset: np.ndarray  # int64 [n, C]: onset time, or a time after every record's end
     liver_onset: np.ndarray | None = None  # int64: K76 onset, or mortality.NEVER (add_mortality)
     death: np.ndarray | None = None  # int64: death after prediction time, or mortality.NEVER
+    comorbidity: bool = False  # onsets from comorbidity.py: diagnosed at onset, labs drift after it
 
     def record(self, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(start, end, follow-up days): registry events fall in [start, end); the record ends at
@@ -204,8 +206,11 @@ def _seconds(date: str) -> int:
     return int(np.datetime64(date, "s").astype(np.int64))
 
 
-def draw_people(rng: np.random.Generator, n: int, loss_per_year: float) -> People:
-    """Demographics and latent causes as latent.draw_person draws them, plus frailty and chronic onsets."""
+def draw_people(
+    rng: np.random.Generator, n: int, loss_per_year: float, trajectories: np.random.Generator | None = None
+) -> People:
+    """Demographics and latent causes as latent.draw_person draws them, plus frailty and chronic onsets;
+    with ``trajectories`` (a stream apart) the cardiometabolic onsets come from comorbidity.py."""
     birth_day = rng.integers(0, 55 * 365, n) + _seconds("1940-01-01") // 86400
     prediction_day = _seconds("2021-01-01") // 86400 + rng.integers(0, 365, n)
     male = rng.random(n) < 0.5
@@ -221,8 +226,21 @@ def draw_people(rng: np.random.Generator, n: int, loss_per_year: float) -> Peopl
     onset_age = onset_age + rng.normal(0.0, 12.0, (n, len(CHRONIC)))
     onset = birth[:, None] + (np.maximum(onset_age, 0.0) * SECOND_PER_YEAR).astype(np.int64)
     never = np.iinfo(np.int64).max // 2
+    onset = np.where(has, onset, never)
+    if trajectories is not None:  # the same draws as above, then the DAG's onsets replace theirs
+        for code, times in comorbidity.onsets(trajectories, birth, metabolic).items():
+            onset[:, CHRONIC_CODES.index(code)] = times
     return People(
-        male, birth, prediction, metabolic, symptoms, structural, lost, frailty, np.where(has, onset, never)
+        male,
+        birth,
+        prediction,
+        metabolic,
+        symptoms,
+        structural,
+        lost,
+        frailty,
+        onset,
+        comorbidity=trajectories is not None,
     )
 
 
@@ -290,23 +308,30 @@ def expected_events(people: People, cfg) -> np.ndarray:
     chronic = (_chronic_years(people, start, end)[1] * dx * scale[:, None]).sum(1)
     chronic += (_chronic_years(people, start, end, PRESCRIPTIONS_FROM)[1] * rx).sum(1)
     chronic += (_chronic_years(people, start, end, LABS_FROM)[1] * lab).sum(1)
+    if people.comorbidity:  # each condition's diagnosis at onset (or the record's start)
+        chronic += (np.maximum(people.chronic_onset, start[:, None]) < end[:, None]).sum(1)
     if people.liver_onset is not None:
         chronic += mortality.liver_years(people.liver_onset, start, end)[1] * mortality.LIVER_CONTACTS * scale
     return background + chronic
 
 
 @lru_cache(maxsize=8)
-def _reference_mean(registry_start: str, follow_up_end: str, loss_per_year: float) -> float:
+def _reference_mean(
+    registry_start: str, follow_up_end: str, loss_per_year: float, trajectories: bool
+) -> float:
     """Mean expected history events of a fixed reference population, before scaling."""
     window = SimpleNamespace(registry_start=registry_start, follow_up_end=follow_up_end)
-    people = draw_people(np.random.default_rng(REFERENCE_SEED), CALIBRATION_PEOPLE, loss_per_year)
+    dag = np.random.default_rng([REFERENCE_SEED, 4]) if trajectories else None
+    people = draw_people(np.random.default_rng(REFERENCE_SEED), CALIBRATION_PEOPLE, loss_per_year, dag)
     add_mortality(np.random.default_rng([REFERENCE_SEED, 2]), people, window)
     return float(expected_events(people, window).mean())
 
 
 def rate_scale(cfg) -> float:
     """The one constant that makes the mean events per person ``events_per_person``."""
-    reference = _reference_mean(cfg.registry_start, cfg.follow_up_end, float(cfg.loss_per_year))
+    reference = _reference_mean(
+        cfg.registry_start, cfg.follow_up_end, float(cfg.loss_per_year), bool(cfg.comorbidity)
+    )
     return float(cfg.events_per_person) / reference
 
 
@@ -359,7 +384,8 @@ def draw_block(cfg, panel, block: int, n: int) -> dict:
     """Everything about the block's n people: truth, outcomes and their events, sorted by person and time."""
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(block, 1)))
     vocab, k = cohort_vocabulary(cfg), rate_scale(cfg)
-    people = draw_people(rng, n, cfg.loss_per_year)
+    dag = comorbidity.stream(cfg.seed, block) if cfg.comorbidity else None
+    people = draw_people(rng, n, cfg.loss_per_year, dag)
     later = mortality.stream(cfg.seed, block)  # K76 and deaths: a stream apart (mortality.py)
     add_mortality(later, people, cfg)
     genetic = (  # genomes for a subset: every score from founder mosaics (registry_genomes.py)
@@ -381,11 +407,16 @@ def draw_block(cfg, panel, block: int, n: int) -> dict:
     truth = {f"genetic_{name}": v for name, v in genetic.items()}
     truth |= {"metabolic": people.metabolic, "symptoms": people.symptoms, "structural": people.structural}
     truth |= {"age_years": age, "male": x["male"]}
+    if people.comorbidity:  # which conditions the record shows by the prediction time (comorbidity.py)
+        diagnosed = np.maximum(people.chronic_onset, start[:, None]) < people.prediction[:, None]
+        for code, *_ in comorbidity.TRAJECTORIES:
+            x[comorbidity.factor(code)] = diagnosed[:, CHRONIC_CODES.index(code)].astype(float)
+            truth[comorbidity.factor(code)] = x[comorbidity.factor(code)]
     events, outcomes, onset_days = _Events(), {}, {}
     everyone = np.arange(n)
     u = rng.random((n, len(cfg.diseases)))
     for j, (name, disease) in enumerate(cfg.diseases.items()):
-        risk = sigmoid(disease.liability(x))
+        risk = sigmoid(outcome_disease(cfg, disease).liability(x, comorbidity.DIAGNOSED))
         hazard = -np.log1p(-np.minimum(risk, 1 - 1e-12)) / cfg.horizon_days
         days = -np.log1p(-u[:, j]) / hazard
         truth[f"risk_{name}"], truth[f"event_days_{name}"] = risk, days
@@ -451,7 +482,7 @@ def _draw_history(rng, cfg, vocab: Vocabulary, k: float, people: People, start, 
         if code == "NPU//NPU18016":
             age_at = (pt - people.birth[pw]) / SECOND_PER_YEAR
             value = value + CREATININE_PER_DECADE * (age_at - 60) / 10
-        events.add(pw, pt, vocab.id(code), value)
+        events.add(pw, pt, vocab.id(code), value + _lab_drift(people, code, pw, pt))
     extra = 1 + rng.poisson(EXTRA_LABS - 1, len(pw))
     ew, et = np.repeat(pw, extra), np.repeat(pt, extra)
     lab = _zipf(rng, vocab, "NPU", len(ew))
@@ -470,6 +501,10 @@ def _draw_history(rng, cfg, vocab: Vocabulary, k: float, people: People, start, 
         (lab_rate[None, :], _chronic_years(people, start, end, LABS_FROM), 7),
     )
     for j, condition in enumerate(CHRONIC):
+        if people.comorbidity:  # diagnosed at onset, or at the record's start if it began before
+            first = np.maximum(people.chronic_onset[:, j], start)
+            who = everyone[first < end]
+            events.add(who, first[who], vocab.id(condition[0]))
         for rate, (first, years), column in kinds:
             event_code = condition[column]
             if event_code is None:
@@ -481,6 +516,23 @@ def _draw_history(rng, cfg, vocab: Vocabulary, k: float, people: People, start, 
             if event_code.startswith("NPU//"):
                 value = _standard_lab_value(rng, event_code, people, who, t)
             events.add(who, t, vocab.id(event_code), value)
+
+
+def outcome_disease(cfg, disease: Disease) -> Disease:
+    """The disease as the cohort draws it: with comorbidity, its weights on the conditions diagnosed
+    by the prediction time (comorbidity.OUTCOME_LOG_ODDS) added, so the oracle knows them too."""
+    extra = comorbidity.outcome_weights(disease.code) if cfg.registry_history and cfg.comorbidity else {}
+    return replace(disease, weights=disease.weights | extra) if extra else disease
+
+
+def _lab_drift(people: People, code: str, who: np.ndarray, t: np.ndarray):
+    """How much a lab has moved since the onset of the conditions it follows (comorbidity.LAB_DRIFT)."""
+    shift = 0.0
+    for condition, lab, jump, per_year, years in comorbidity.LAB_DRIFT if people.comorbidity else ():
+        if lab == code:
+            since = (t - people.chronic_onset[who, CHRONIC_CODES.index(condition)]) / SECOND_PER_YEAR
+            shift = shift + np.where(since >= 0, jump + per_year * np.minimum(since, years), 0.0)
+    return shift
 
 
 def _draw_liver_and_death(rng, vocab: Vocabulary, k: float, people: People, start, end, dead, events) -> None:
@@ -498,7 +550,7 @@ def _standard_lab_value(rng, code: str, people: People, who, t) -> np.ndarray:
     value = base + per_m * people.metabolic[who] + rng.normal(0.0, sd, len(who))
     if code == "NPU//NPU18016":
         value = value + CREATININE_PER_DECADE * ((t - people.birth[who]) / SECOND_PER_YEAR - 60) / 10
-    return value
+    return value + _lab_drift(people, code, who, t)
 
 
 def draw_shard(cfg, panel, start: int, ids: np.ndarray) -> dict:
