@@ -110,12 +110,13 @@ def outcome_weights(code: str) -> dict[str, float]:
 
 
 def hazard_ratios(root, adjust_for_m: bool = True) -> dict[tuple[str, str], dict[str, float]]:
-    """Each DAG edge's hazard ratio as set (1 without comorbidity) and as recovered from a written registry cohort's events:
-    a Poisson regression of each child's first diagnosis on person-time split by year of age (the
-    log-hazard linear in age, as Gompertz), with the parents' diagnoses so far as exposures and, if
-    ``adjust_for_m``, the metabolic state from the ground truth (a confounder of every edge). Time at
-    risk runs from the record's start (1977 or birth) to the child's first code, the record's end or
-    death; someone whose first code is at the record's start had it before and is left out."""
+    """Each DAG edge's hazard ratio as set (1 without comorbidity) and as recovered from the events
+    of a written registry cohort: a Poisson regression of each child's first diagnosis on
+    person-time split by year of age (log-hazard linear in age, as Gompertz), with the parents'
+    diagnoses so far as exposures and, if ``adjust_for_m``, the metabolic state from the ground
+    truth (a confounder of every edge). Time at risk runs from the record's start (1977 or birth)
+    to the child's first code, the record's end or death; a first code at the record's start
+    began before it, and that person is left out."""
     import json
     from pathlib import Path
 
