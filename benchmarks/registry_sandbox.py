@@ -3,6 +3,7 @@
     python benchmarks/registry_sandbox.py                            # 10k and 100k people
     python benchmarks/registry_sandbox.py --subjects 1000000 --keep /tmp/registry-sandbox
     python benchmarks/registry_sandbox.py --subjects 2000            # seconds, a check
+    python benchmarks/registry_sandbox.py --comorbidity false        # conditions independent given m
 
 Runs ``medweave-sandbox registry_history=true`` as a child process per size and samples the memory
 of its process tree (the parent and its workers) every 0.2 s (_measure.py): the sum of resident
@@ -28,10 +29,12 @@ import numpy as np
 import polars as pl
 from _measure import measure
 
+from medweave.data import contract as c
+
 RESULTS = Path(__file__).parent / "results"
 
 
-def generate(n: int, events: float, workers: int, out: Path) -> tuple[list[str], dict]:
+def generate(n: int, events: float, workers: int, out: Path, comorbidity: str) -> tuple[list[str], dict]:
     command = [
         sys.executable,
         "-m",
@@ -41,6 +44,7 @@ def generate(n: int, events: float, workers: int, out: Path) -> tuple[list[str],
         "registry_history=true",
         f"events_per_person={events}",
         f"workers={workers}",
+        f"comorbidity={comorbidity}",
         "overwrite=true",
     ]
     env = os.environ | {"TQDM_DISABLE": "1"}
@@ -91,6 +95,7 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--events-per-person", type=float, default=300)
     parser.add_argument("--workers", type=int, default=0, help="0: one per core")
+    parser.add_argument("--comorbidity", choices=["true", "false"], default="true")
     parser.add_argument(
         "--keep", type=Path, help="leave the cohorts here (as n<subjects>) instead of deleting them"
     )
@@ -104,7 +109,7 @@ def main() -> None:
         out = (args.keep or work) / f"n{n}"
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            command, result = generate(n, args.events_per_person, args.workers, out)
+            command, result = generate(n, args.events_per_person, args.workers, out, args.comorbidity)
             counts = events_per_person(out)
             size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
             meta = json.loads((out / "metadata/dataset.json").read_text())["medweave"]
@@ -128,6 +133,11 @@ def main() -> None:
             "cohort_gb": round(size / 1e9, 2),
             "oracle_auroc_held_out": {
                 task: o["auroc"].get("held_out") for task, o in meta["oracle"].items() if "auroc" in o
+            },
+            "oracle_auroc_ehr_only_held_out": {
+                task: o["auroc_by_modality"][c.EHR_CODES].get("held_out")
+                for task, o in meta["oracle"].items()
+                if "auroc" in o
             },
             "command": " ".join(["medweave-sandbox", *command[3:]]),
             "machine": machine,

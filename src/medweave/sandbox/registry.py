@@ -12,13 +12,18 @@ K76, on a random stream of its own). The history is made of
   prescription and a lab panel (the three NPU labs of ehr.py and a few others), with codes drawn
   from long-tailed (Zipf) ICD-10, ATC and NPU vocabularies;
 - chronic conditions, whose presence and onset age follow m (metabolic ones) or chance (the others):
-  after onset, repeated diagnosis codes, regular prescriptions and disease-specific labs.
+  after onset, repeated diagnosis codes, regular prescriptions and disease-specific labs. With
+  ``comorbidity`` (the default) the cardiometabolic ones follow comorbidity.py's trajectories
+  instead (a DAG of hazard ratios, hazards growing with age), every condition is diagnosed at
+  onset, HbA1c and creatinine drift after E11 and N18, and I21's risk weighs the conditions
+  diagnosed by the prediction time (``outcome_disease``).
 
 People with several chronic conditions and high frailty make the heavy tail (thousands of events);
 the mean per person is ``events_per_person``, set by one constant calibrated on a fixed reference
-population (so it never depends on who is in the cohort). The history sees only m, age, sex and
-noise, as ``SEEN_BY[ehr_codes]`` in oracle.py says, so the oracle figures stay the ceilings. It
-never records an outcome's code (I21, E10), so labels and ACES tasks are those of the latent model.
+population (so it never depends on who is in the cohort). The history sees only m, age, sex, the
+diagnosed conditions and noise, as ``SEEN_BY[ehr_codes]`` in oracle.py says, so the oracle figures
+stay the ceilings. It never records an outcome's code (I21, E10), so labels and ACES tasks are
+those of the latent model.
 
 Randomness comes from ``SeedSequence(seed, spawn_key=(block, 1))`` per block of ``BLOCK`` people; a
 shard draws the blocks it overlaps and keeps its own people, so the output is the same whatever
