@@ -82,7 +82,7 @@ def test_hba1c_and_creatinine_rise_after_their_condition(comorbid_cohort):
         assert after.mean() - earlier.mean() > jump, (condition, lab)
 
 
-@pytest.mark.slow  # two 5,000-person cohorts, eight Poisson regressions each: 60 s at a load of 17
+@pytest.mark.slow  # two 5,000-person cohorts, eight Poisson regressions each: 37-61 s at load 11-17
 def test_hazard_ratios_set_are_recovered_from_the_written_history_and_absent_without(tmp_path):
     """The structure a pretrained model can learn: in 5,000 people the incidence of a child
     condition after its parent's first code, adjusted for age and m, is the hazard ratio set;
