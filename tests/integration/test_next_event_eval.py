@@ -11,6 +11,8 @@ import pytest
 from medweave.errors import MedweaveError
 from tests.conftest import compose_run
 
+pytestmark = pytest.mark.slow  # two smoke pretrainings: 25 s of CPU, minutes under load
+
 
 def test_medweave_eval_on_a_next_event_checkpoint(tiny_cohort, tmp_path):
     from medweave.cli.eval import evaluate
