@@ -104,7 +104,7 @@ def simulated_futures(
     wall = time.perf_counter() - start
     simulated = sim.first_simulated(traj, code_ids, len(rows), samples)
     eligible, observed = sim.first_observed(cohort, rows, names)
-    bands = list(age_bands)
+    bands = [0, *age_bands] if age_bands[0] > 0 else list(age_bands)  # children get a band too
     band = sim.age_band(cohort.age_days[rows], bands)
     band_names = [f"{lo}-{hi}" for lo, hi in zip(bands, bands[1:], strict=False)] + [f"{bands[-1]}+"]
     points = sim.incidence_points(
