@@ -135,6 +135,7 @@ def simulated_futures(
             ),
         },
         "incidence_points": points,
+        "incidence_spearman": incidence_rank_correlation(points),
         "foreseen": foreseen,
         "reference": reference_note(s),
         "wall_s": wall,
@@ -145,6 +146,15 @@ def simulated_futures(
             points, folder / "incidence.png", title
         )
     }
+
+
+def incidence_rank_correlation(points: list[dict]) -> float:
+    """Spearman's rank correlation of observed and simulated incidence over the points."""
+    from scipy.stats import spearmanr
+
+    if len(points) < 3:
+        return float("nan")
+    return float(spearmanr([p["observed"] for p in points], [p["simulated"] for p in points]).statistic)
 
 
 def reference_note(s) -> str:
@@ -230,7 +240,9 @@ def write(folder: Path, summary: dict, figures: dict[str, str]) -> Path:
             f"{_num(g['truncated_share'])} of trajectories stopped at {g['max_steps']} steps before the "
             f"horizon. Events per subject-year: {_num(g['events_per_subject_year'], 2)} simulated. "
             f"Incident diagnoses per subject-year: {_num(inc['observed'])} observed, "
-            f"{_num(inc['simulated'])} simulated.</p>",
+            f"{_num(inc['simulated'])} simulated. Incidence: {len(g['incidence_points'])} code x age "
+            f"band points, Spearman's rank correlation {_num(g['incidence_spearman'])} (a point with no "
+            "case on one side is drawn at the lower edge).</p>",
             report.figure_html({k: v for k, v in figures.items() if k != "Per-code AUROC"}),
             "<h3>Observed diagnoses foreseen, per year ahead</h3>",
             "<p>Of the observed incident diagnoses (a code's first event after the prediction time, "
