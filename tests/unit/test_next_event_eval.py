@@ -124,3 +124,41 @@ def test_foreseen_share_and_the_marginal_incidence_reference():
     assert by[("a", "young")]["observed"] == 1.0 and by[("a", "young")]["simulated"] == pytest.approx(0.75)
     assert ("b", "young") not in by  # no case, observed or simulated
     assert by[("b", "old")]["observed"] == 1.0 and by[("b", "old")]["simulated"] == 0.5
+
+
+def test_history_is_the_tail_of_what_pretraining_saw(tiny_cohort, tmp_path):
+    """The evaluation's window of each held-out subject is the end of that subject's timeline in
+    the pretraining store (same tokens, bins, ages and gaps), all before its prediction time."""
+    from medweave.data.ehr import pretrain as store
+    from medweave.data.ehr.events import NO_TIME
+
+    folders = store.build_store(tiny_cohort, tmp_path / "pt", "cut")
+    vocab = store.fit_vocab(folders, 2, 4)
+    ids, times = ne.choose_subjects(tiny_cohort, "held_out", None, 0, 0)
+    got_ids, window = ne.last_windows(ne.build_history(tiny_cohort, tmp_path / "ev", ids, times), vocab, 12)
+    whole = store.TokenStore(folders, vocab, 10**6)  # one window per subject: the whole timeline
+    assert len(got_ids) > 5
+    for i, sid in enumerate(got_ids):
+        (at,) = np.flatnonzero(whole.samples[:, 3] == sid)
+        full = whole.batch(whole.samples[[at]])
+        n = int((window["codes"][i] != 0).sum())
+        n_static = int(((window["time"][i] == NO_TIME) & (window["codes"][i] != 0)).sum())
+        total = int((full["codes"][0] != 0).sum())
+        for key in ("codes", "bins", "age", "delta", "time"):
+            np.testing.assert_array_equal(window[key][i, :n_static], full[key][0, :n_static])
+            np.testing.assert_array_equal(
+                window[key][i, n_static:n], full[key][0, total - (n - n_static) : total]
+            )
+        assert (window["time"][i, n_static:n] < times[np.searchsorted(ids, sid)]).all()
+
+
+def test_an_evaluated_subject_whose_future_was_pretrained_on_is_refused():
+    from medweave.errors import MedweaveError
+    from medweave.evaluation.next_event_report import check_leakage
+
+    extras = {"evaluation_cutoffs": {"subject_ids": np.array([1, 2]), "cutoff": np.array([100, 200])}}
+    check_leakage("ckpt", extras, np.array([1, 2]), np.array([100, 250]))  # cut at or before t: fine
+    with pytest.raises(MedweaveError, match="1 of the 2 evaluated subjects"):
+        check_leakage("ckpt", extras, np.array([1, 2]), np.array([50, 250]))  # subject 1 seen up to 100
+    with pytest.raises(MedweaveError, match="1 of the 1"):
+        check_leakage("ckpt", extras, np.array([3]), np.array([50]))  # a whole history pretrained on
