@@ -162,3 +162,61 @@ def test_an_evaluated_subject_whose_future_was_pretrained_on_is_refused():
         check_leakage("ckpt", extras, np.array([1, 2]), np.array([50, 250]))  # subject 1 seen up to 100
     with pytest.raises(MedweaveError, match="1 of the 1"):
         check_leakage("ckpt", extras, np.array([3]), np.array([50]))  # a whole history pretrained on
+
+
+def test_cached_window_gives_the_full_causal_forward():
+    """Tokens appended through the key-value cache get the hidden state the whole-window forward
+    gives them, also after right padding and with a row dropped."""
+    from medweave.models.pretrain.backbone import EventTransformer
+
+    torch.manual_seed(0)
+    backbone = EventTransformer(vocab_size=20, n_bins=3, dim=16, n_layers=2, n_heads=2, dropout=0.0).eval()
+    nan = float("nan")
+    batch = {
+        "codes": torch.tensor([[4, 5, 6, 7], [4, 8, 0, 0], [9, 5, 6, 0]]),
+        "bins": torch.tensor([[0, 1, 2, 0], [0, 3, 0, 0], [0, 0, 1, 0]]),
+        "age": torch.tensor([[nan, 9e3, 9.1e3, 9.2e3], [nan, 2e4, nan, nan], [nan, 3e3, 3.5e3, nan]]),
+        "delta": torch.tensor([[nan, 0.0, 100.0, 100.0], [nan, 0.0, nan, nan], [nan, 0.0, 500.0, nan]]),
+    }
+
+    def full_last(b):
+        return ne.last_hidden(ne.NextEventModel(backbone, None, {}, 8, {}), b)
+
+    with torch.no_grad():
+        cache = sim.CachedWindow(backbone, batch)
+        torch.testing.assert_close(cache.hidden, full_last(batch), atol=1e-5, rtol=1e-4)
+        rows = torch.tensor([0, 2])  # row 1 has finished
+        code, age, delta = torch.tensor([11, 12]), torch.tensor([9.3e3, 3.6e3]), torch.tensor([100.0, 100.0])
+        got = cache.append(rows, code, age, delta)
+        longer = sim.append_event(
+            {
+                k: torch.cat(
+                    [
+                        v,
+                        torch.zeros_like(v[:, :1])
+                        if k in ("codes", "bins")
+                        else torch.full_like(v[:, :1], nan),
+                    ],
+                    1,
+                )[rows]
+                for k, v in batch.items()
+            },
+            torch.tensor([1, 1]),
+            code,
+            age,
+            delta,
+        )
+        torch.testing.assert_close(got, full_last(longer), atol=1e-5, rtol=1e-4)
+        again = cache.append(
+            torch.tensor([1]), torch.tensor([13]), torch.tensor([3.7e3]), torch.tensor([100.0])
+        )
+        last = sim.append_event(
+            {k: torch.cat([v[1:], v[1:, :1] * 0], 1) for k, v in longer.items()},
+            torch.tensor([1]),
+            torch.tensor([13]),
+            torch.tensor([3.7e3]),
+            torch.tensor([100.0]),
+        )
+        torch.testing.assert_close(again, full_last(last), atol=1e-5, rtol=1e-4)
+    trimmed = sim.trim(batch, torch.tensor([1, 1, 1]), 3)
+    assert trimmed["codes"].tolist() == [[4, 6, 7], [4, 8, 0], [9, 5, 6]]

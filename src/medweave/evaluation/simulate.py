@@ -5,9 +5,11 @@ incidence per code and age band, and count the observed diagnoses the simulation
 Sampling: from the last event before the prediction time t, the wait to the next event is drawn
 from Exp(rate) and its code from the softmax (padding, unknown and mask ids left out); by the
 exponential's lack of memory the first sampled event is at t + wait. Each sampled event is
-appended with its age and the days since the previous event, and the model is run again on the
-window (static events kept, the oldest timed events dropped beyond the pretraining width), until
-the event falls past the horizon or ``max_steps`` is reached. Generated events carry no value
+appended with its age and the days since the previous event and the model reads it on (one
+token's forward, keys and values of the earlier tokens cached: CachedWindow), until the event
+falls past the horizon or ``max_steps`` is reached. The context is the static events and the
+latest timed ones, between half the pretraining width and the width: when it fills, the cache
+restarts from the latest half. Generated events carry no value
 bin (bin 0, "no value"): a sampled lab code is a lab taken, not a result.
 """
 
@@ -19,7 +21,21 @@ from tqdm.auto import tqdm
 
 from medweave.data.ehr.events import NO_TIME
 from medweave.data.ehr.pretrain import MASK, US_PER_DAY
-from medweave.evaluation.next_event import DAYS_PER_YEAR, Cohort, NextEventModel, heads, model_batch
+from medweave.evaluation.next_event import DAYS_PER_YEAR, Cohort, NextEventModel, model_batch
+
+
+def trim(batch: dict, n_static: torch.Tensor, m: int) -> dict:
+    """Each row cut to its static events and its latest timed ones, ``m`` tokens at most."""
+    codes = batch["codes"]
+    n, w = codes.shape
+    length = (codes != 0).sum(1)
+    skip = (length - m).clamp(min=0).unsqueeze(1)
+    pos = torch.arange(m).expand(n, m)
+    source = torch.where(pos < n_static.unsqueeze(1), pos, pos + skip)
+    valid = source < length.unsqueeze(1)
+    source = source.clamp(max=w - 1)
+    fill = {"codes": 0, "bins": 0, "age": float("nan"), "delta": float("nan")}
+    return {k: v.gather(1, source).masked_fill(~valid, fill[k]) for k, v in batch.items()}
 
 
 def append_event(batch: dict, n_static: torch.Tensor, code, age, delta) -> dict:
@@ -79,13 +95,17 @@ def sample_trajectories(
             ).clamp(min=0)
             elapsed = torch.zeros(len(who), dtype=torch.float64)  # days after t of the last sampled event
             active = torch.ones(len(who), dtype=torch.bool)
+            cache, hidden = None, None
             for step in range(max_steps):
                 idx = active.nonzero(as_tuple=True)[0]
                 if not len(idx):
                     break
                 sub = {k: v[idx] for k, v in batch.items()}
-                log_rate, logits = heads(model, sub)
-                logits = logits.float()
+                if cache is None or cache.valid.shape[1] >= width:  # (re)start from the window's latest half
+                    cache = CachedWindow(model.backbone, trim(sub, n_static[idx], max(width // 2, 1)))
+                    hidden = cache.hidden
+                log_rate = model.objective.wait_head(hidden).squeeze(-1)
+                logits = model.objective.code_head(hidden).float()
                 logits[:, : MASK + 1] = float("-inf")
                 code = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
                 rate = torch.exp(log_rate.double().clamp(-20, 20))  # per year
@@ -105,6 +125,9 @@ def sample_trajectories(
                 for k in batch:
                     batch[k][idx] = grown[k]
                 active[idx[~inside]] = False
+                keep = inside.nonzero(as_tuple=True)[0]
+                if len(keep):
+                    hidden = cache.append(keep, code[keep], age[keep].float(), gap[keep].float())
             truncated += int(active.sum())
     out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in found.items()}
     out["truncated"] = truncated / max(len(subject), 1)
@@ -217,3 +240,65 @@ def marginal_incidence(
             cases = (eligible[sel] & (observed[sel] > lo) & (observed[sel] <= hi)).sum(0)
             out[b, k] = np.where(at_risk > 0, cases / np.maximum(at_risk, 1), 0.0)
     return out
+
+
+class CachedWindow:
+    """The backbone's causal forward one token at a time: each layer's keys and values of the
+    tokens so far are kept, so a new token costs one token's forward, not the window's. The
+    hidden state of an appended token equals that of the full causal forward over the same
+    tokens (tested). Rows are right-padded; appended tokens go after the padding, which stays
+    masked (the backbone has no positions, only times).
+
+    Args:
+        backbone: the EventTransformer (eval mode).
+        batch: codes, bins, age, delta [B, L] of the starting tokens.
+    """
+
+    def __init__(self, backbone, batch: dict[str, torch.Tensor]):
+        self.backbone = backbone
+        self.valid = batch["codes"] != 0
+        x = backbone.embed(batch["codes"], batch["bins"], batch["age"], batch["delta"])
+        n = x.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        mask = (causal.unsqueeze(0) & self.valid.unsqueeze(1)).unsqueeze(1)  # [B, 1, L, L]
+        self.keys, self.values = [], []
+        for layer in backbone.transformer.layers:
+            q, k, v = self._qkv(layer, layer.norm1(x))
+            x = x + self._attend(layer, q, k, v, mask)
+            x = x + layer._ff_block(layer.norm2(x))
+            self.keys.append(k)
+            self.values.append(v)
+        last = (self.valid.sum(1) - 1).clamp(min=0)
+        self.hidden = backbone.norm(x)[torch.arange(len(x)), last]  # [B, dim] after the last token
+
+    @staticmethod
+    def _qkv(layer, y: torch.Tensor):
+        attn = layer.self_attn
+        b, n, d = y.shape
+        h = attn.num_heads
+        q, k, v = torch.nn.functional.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+        return (t.reshape(b, n, h, d // h).transpose(1, 2) for t in (q, k, v))
+
+    @staticmethod
+    def _attend(layer, q, k, v, mask) -> torch.Tensor:
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        b, h, n, dh = a.shape
+        return layer.self_attn.out_proj(a.transpose(1, 2).reshape(b, n, h * dh))
+
+    def append(self, rows: torch.Tensor, codes, age, delta) -> torch.Tensor:
+        """Keep only ``rows`` (positions in the cache, in that order) and append one timed event
+        (no value bin) to each; their new hidden states [len(rows), dim]."""
+        bins = torch.zeros_like(codes)
+        x = self.backbone.embed(codes[:, None], bins[:, None], age[:, None], delta[:, None])
+        valid = torch.cat([self.valid[rows], torch.ones(len(rows), 1, dtype=torch.bool)], 1)
+        mask = valid[:, None, None, :]
+        for i, layer in enumerate(self.backbone.transformer.layers):
+            q, k, v = self._qkv(layer, layer.norm1(x))
+            keys = torch.cat([self.keys[i][rows], k], 2)
+            values = torch.cat([self.values[i][rows], v], 2)
+            x = x + self._attend(layer, q, keys, values, mask)
+            x = x + layer._ff_block(layer.norm2(x))
+            self.keys[i], self.values[i] = keys, values
+        self.valid = valid
+        self.hidden = self.backbone.norm(x)[:, 0]
+        return self.hidden
