@@ -8,6 +8,12 @@ The checkpoint carries the model config, modalities, task and fitted vocabularie
 is mapped exactly as in training. Metrics are logged as test/* (held_out) or val/* (tuning).
 With evaluation.enabled=true (the default) it also writes <run dir>/evaluation/report.html: metrics with
 bootstrap CIs, ROC/PR/calibration or Kaplan-Meier figures, subgroups and modality attribution.
+
+A medweave-pretrain next_event checkpoint has no task: medweave-eval then writes the next-event
+report (the risk of every diagnosis code within a horizon, a per-code AUROC table, simulated
+futures; settings in evaluation.next_event):
+
+    medweave-eval ckpt_path=logs/pretrain/runs/<time>/checkpoints/last.ckpt data.root=data/sandbox
 """
 
 from __future__ import annotations
@@ -117,6 +123,9 @@ def evaluate(cfg) -> dict[str, float]:
     one_log_stream()
     if cfg.split not in EVAL_SPLITS:
         raise MedweaveError(f"split='{cfg.split}': expected one of {list(EVAL_SPLITS)}")
+    path = checkpoint_path(cfg)
+    if checkpoint_kind(path) == "pretrain":
+        return evaluate_pretrained(cfg, path)
     ckpt, datamodule, model = restore_for_inference(cfg)
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
@@ -138,6 +147,47 @@ def evaluate(cfg) -> dict[str, float]:
         results.update({f"{prefix}/{k}": v["value"] for k, v in summary["overall"].items()})
     shown = {k: round(v, 4) for k, v in sorted(results.items())}
     L.pytorch.utilities.rank_zero_info(f"Eval on {cfg.split}: {shown}")
+    return results
+
+
+def checkpoint_kind(path: str) -> str | None:
+    """``medweave.kind`` of a checkpoint ("pretrain": medweave-pretrain's), None if unreadable
+    (load_checkpoint then says why)."""
+    import torch
+
+    try:
+        saved = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # torch raises many types for a bad file
+        return None
+    extras = saved.get("medweave") if isinstance(saved, dict) else None
+    return extras.get("kind") if isinstance(extras, dict) else None
+
+
+def evaluate_pretrained(cfg, path: str) -> dict[str, float]:
+    """A medweave-pretrain checkpoint has no task: the next-event report instead (per-code risks
+    and AUROCs, simulated futures: evaluation/next_event_report.py), logged like the task report."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from medweave.data import contract as c
+    from medweave.evaluation import next_event_report as ner
+    from medweave.tracking.mlflow import log_run_config
+
+    loggers = [instantiate(x) for x in (cfg.get("logger") or {}).values()]
+    log_run_config(loggers, cfg, Path(cfg.paths.output_dir), {"eval.kind": "next_event"})
+    folder = Path(cfg.paths.output_dir) / "evaluation"
+    root = c.require_root(cfg.data.root)
+    summary = ner.evaluate_next_event(
+        path, root, Path(cfg.data.cache_dir), cfg.split, cfg.evaluation, cfg.evaluation.age_bands, folder
+    )
+    results = ner.flat_metrics(summary, "test" if cfg.split == "held_out" else "val")
+    for logger in loggers:
+        logger.log_metrics(results, step=0)
+        if isinstance(logger, MLFlowLogger):
+            logger.experiment.log_artifacts(logger.run_id, str(folder), "evaluation")
+    log.info(
+        "Next-event evaluation on %s: %s", cfg.split, {k: round(v, 4) for k, v in sorted(results.items())}
+    )
     return results
 
 

@@ -252,6 +252,55 @@ def _group_table(title: str, entries: dict, metric_names: list[str], min_size: i
     )
 
 
+STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+    "th{background:#f3f3f3}figure{display:inline-block;margin:0.5em}img{max-width:500px}"
+)
+
+
+def html_page(title: str, parts: list[str]) -> str:
+    """One report page: the title, the parts (HTML) in order, the shared style."""
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>{''.join(parts)}{LOADED_SCRIPT}</body></html>"
+    )
+
+
+def figure_html(figures: dict[str, str]) -> str:
+    return "".join(
+        f'<figure><img src="{html.escape(file)}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for caption, file in figures.items()
+    )
+
+
+def auroc_histogram(aurocs: list[float], path: Path, title: str) -> str:
+    """Histogram of per-code AUROCs, the mean and chance marked."""
+    plt, fig, ax = _figure()
+    ax.hist(aurocs, bins=np.linspace(0, 1, 41), color="#4477aa")
+    if aurocs:
+        ax.axvline(float(np.mean(aurocs)), color="#cc3311", label=f"mean {np.mean(aurocs):.3f}")
+    ax.axvline(0.5, ls="--", color="grey", label="chance")
+    ax.set(xlabel="AUROC", ylabel="codes", title=title)
+    ax.legend(loc="upper left")
+    return _save(plt, fig, path)
+
+
+def incidence_figure(points: list[dict], path: Path, title: str) -> str:
+    """Observed against simulated incidence, one point per code x age band, log axes, diagonal."""
+    plt, fig, ax = _figure()
+    obs = np.array([p["observed"] for p in points], float)
+    sim = np.array([p["simulated"] for p in points], float)
+    floor = min([v for v in np.r_[obs, sim] if v > 0], default=1e-3) / 2
+    ax.scatter(np.maximum(sim, floor), np.maximum(obs, floor), s=10, alpha=0.6, color="#4477aa")
+    ax.plot([floor, 1], [floor, 1], "--", color="grey", label="simulated = observed")
+    ax.set(xscale="log", yscale="log", xlabel="simulated incidence", ylabel="observed incidence", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(plt, fig, path)
+
+
 def write_report(folder: Path, summary: dict, figures: dict[str, str], title: str) -> Path:
     """report.html and evaluation.json in ``folder`` (figures already saved there)."""
     names = list(summary["overall"])
@@ -264,11 +313,7 @@ def write_report(folder: Path, summary: dict, figures: dict[str, str], title: st
         _metric_table(summary["overall"]),
         _oracle_table(summary.get("oracle")),
         "<h2>Figures</h2>",
-        *(
-            f'<figure><img src="{html.escape(file)}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-            for caption, file in figures.items()
-        ),
+        figure_html(figures),
         "<h2>Subgroups</h2>",
         *(
             _group_table(group_titles.get(g, g), entries, names, summary["min_group_size"])
@@ -288,16 +333,7 @@ def write_report(folder: Path, summary: dict, figures: dict[str, str], title: st
             f"mean score with no modality: {a['mean_empty_score']:.4f}.</p>",
             f"<table><tr><th>modality</th><th>mean |&phi;|</th><th>mean &phi;</th></tr>{rows}</table>",
         ]
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "th{background:#f3f3f3}figure{display:inline-block;margin:0.5em}img{max-width:500px}"
-    )
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body>{''.join(parts)}{LOADED_SCRIPT}</body></html>"
-    )
+    page = html_page(title, parts)
     (folder / "evaluation.json").write_text(json.dumps(summary, indent=2, default=float))
     path = folder / "report.html"
     path.write_text(page)
