@@ -175,6 +175,31 @@ def test_windows_cover_every_event_once(tmp_path):
     assert (batch["codes"][:, 0] == vocab["codes"].index("SEX//F") + 3).all()  # static in every window
 
 
+def test_concurrent_builders_build_each_store_shard_once(tmp_path, monkeypatch):
+    """Under DDP every rank calls build_store at once: each shard is built by one of them (a
+    lock per shard), and both get the same finished folders."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = write_cohort(tmp_path / "cohort")
+    events = pd.read_parquet(root / "data" / "0.parquet")
+    (root / "data" / "0.parquet").unlink()
+    for k, (_, part) in enumerate(events.groupby("subject_id")):  # one store shard per subject
+        part.to_parquet(root / "data" / f"{k}.parquet", index=False)
+    built, build = [], store.build_unit
+
+    def counted(*args):
+        built.append(args[-1].name)
+        time.sleep(0.05)  # the two builders overlap
+        return build(*args)
+
+    monkeypatch.setattr(store, "build_unit", counted)
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: store.build_store(root, tmp_path / "cache", "cut"), range(2)))
+    assert runs[0] == runs[1] and len(runs[0]) == 9
+    assert sorted(built) == sorted(f.name for f in runs[0])  # each once, none twice
+
+
 def test_bad_eval_subjects_is_one_line(tmp_path):
     with pytest.raises(MedweaveError, match=r"eval_subjects=keep: expected one of \['cut', 'exclude'\]"):
         store.eval_cutoffs(tmp_path, "keep")
