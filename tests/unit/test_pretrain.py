@@ -56,6 +56,55 @@ def test_next_event_targets_and_loss_by_hand():
     assert int(parts["tokens"]) == 3
 
 
+def test_blocked_code_cross_entropy_is_cross_entropy_and_its_gradients():
+    from medweave.models.pretrain import objectives
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50)
+    h = torch.randn(2 * objectives.CHUNK + 7, 8, requires_grad=True)  # three blocks, the last short
+    target = torch.randint(0, 50, (len(h),))
+    blocked = objectives.code_cross_entropy(head, h, target)
+    plain = torch.nn.functional.cross_entropy(head(h), target)
+    assert torch.allclose(blocked, plain, atol=1e-6)
+    for a, b in zip(
+        torch.autograd.grad(2 * blocked, [h, head.weight, head.bias]),
+        torch.autograd.grad(2 * plain, [h, head.weight, head.bias]),
+    ):
+        assert torch.allclose(a, b, atol=1e-7)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_backbone_attention_is_multihead_attentions_with_the_merged_masks(causal):
+    """EventLayer attends with MultiheadAttention's parameters but its own SDPA call, and the
+    causal path gives SDPA no padding mask: every real token's output and gradient are what the
+    stock layer gives with a causal and a padding mask merged."""
+    from medweave.models.encoders.ehr_codes import SDPAEncoderLayer
+    from medweave.models.pretrain.backbone import EventTransformer
+
+    torch.manual_seed(0)
+    net = EventTransformer(20, 3, dim=16, n_layers=2, n_heads=2, dropout=0.0, causal=causal)
+    stock = torch.nn.TransformerEncoder(
+        SDPAEncoderLayer(16, 2, 64, 0.0, batch_first=True, norm_first=True, activation="gelu"),
+        2,
+        enable_nested_tensor=False,
+    )
+    stock.load_state_dict(net.transformer.state_dict())  # the same keys
+    codes = torch.zeros(4, 7, dtype=torch.long)
+    for row, n in enumerate([7, 3, 1, 0]):  # right-padded, one row empty
+        codes[row, :n] = torch.randint(3, 20, (n,))
+    pad, x = codes == 0, torch.randn(4, 7, 16, requires_grad=True)
+    seen = pad.clone()
+    seen[:, 0] &= ~seen.all(1)
+    float_pad = torch.zeros(pad.shape).masked_fill(seen, float("-inf"))
+    mask = torch.full((7, 7), float("-inf")).triu(1) if causal else None
+    expected = net.norm(stock(x, mask=mask, src_key_padding_mask=float_pad, is_causal=causal))
+    got = net.encode(x, pad)
+    real = ~pad
+    assert torch.allclose(got[real], expected[real], atol=1e-5)
+    (g1,), (g2,) = (torch.autograd.grad(y[real].square().sum(), [x]) for y in (got, expected))
+    assert torch.allclose(g1, g2, atol=1e-5)
+
+
 def test_masking_hides_only_timed_events_at_least_one_per_window():
     torch.manual_seed(0)
     n, w = 400, 40
