@@ -72,10 +72,12 @@ def launch(root: Path, work: Path, world: int, batch: int, steps: int, warmup: i
         f"+callbacks.timer.out={out}", "logger=csv",
     ]  # fmt: skip
     if pretrain:
-        command = [sys.executable, "-m", "medweave.cli.pretrain", *(["debug=pretrain_smoke"] if smoke else []), *common]
+        model = ["debug=pretrain_smoke"] if smoke else []
+        command = [sys.executable, "-m", "medweave.cli.pretrain", *model, *common]
     else:
         model = "debug=smoke" if smoke else "experiment=quickstart"
-        command = [sys.executable, "-m", "medweave.cli.train", model, *common, "test=false", "evaluation.enabled=false"]
+        command = [sys.executable, "-m", "medweave.cli.train", model, *common]
+        command += ["test=false", "evaluation.enabled=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -151,8 +153,9 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if args.pretrain:
-        result["tokens_per_s"] = {"1_process": one["tokens_per_s"], "2_processes": two["tokens_per_s"]}
-        result["tokens_per_cpu_s"] = {"1_process": one["tokens_per_cpu_s"], "2_processes": two["tokens_per_cpu_s"]}
+        for key in ("tokens_per_s", "tokens_per_cpu_s"):
+            result[key] = {"1_process": one[key], "2_processes": two[key]}
+        result["tokens_weak_scaling_efficiency"] = two["tokens_per_s"] / (2 * one["tokens_per_s"])
         result["tokens_per_cpu_s_ratio"] = two["tokens_per_cpu_s"] / one["tokens_per_cpu_s"]
     print(json.dumps(result))
 

@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--vocab", type=int, default=16384, help="code ids (a national registry's ICD, ATC, labs)")
+    parser.add_argument("--vocab", type=int, default=16384, help="code ids (registry ICD, ATC, labs)")
     parser.add_argument("--n-bins", type=int, default=10)
     parser.add_argument("--width", type=int, default=512, help="tokens per window")
     parser.add_argument("--batch", type=int, default=64, help="windows per GPU per step")

@@ -69,6 +69,7 @@ def test_blocked_code_cross_entropy_is_cross_entropy_and_its_gradients():
     for a, b in zip(
         torch.autograd.grad(2 * blocked, [h, head.weight, head.bias]),
         torch.autograd.grad(2 * plain, [h, head.weight, head.bias]),
+        strict=True,
     ):
         assert torch.allclose(a, b, atol=1e-7)
 

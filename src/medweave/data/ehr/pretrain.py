@@ -263,7 +263,8 @@ def build_store(
         bar = tqdm(todo, desc="pretraining store", unit="shard", leave=False, disable=len(todo) < 2 or wait)
         for i in bar:
             try:
-                with FileLock(str(folders[i].with_name(f".{folders[i].name}.lock")), timeout=-1 if wait else 0):
+                lock = FileLock(str(folders[i].with_name(f".{folders[i].name}.lock")), timeout=-1 if wait else 0)
+                with lock:
                     if not (folders[i] / DONE).is_file():
                         build_unit(root, units[i], cutoffs, lenient, folders[i])
             except Timeout:

@@ -38,8 +38,8 @@ class EventLayer(SDPAEncoderLayer):
         out = nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=attn.dropout if self.training else 0.0, is_causal=causal
         )
-        out = nn.functional.linear(out.transpose(1, 2).reshape(b, n, d), attn.out_proj.weight, attn.out_proj.bias)
-        return self.dropout1(out)
+        out = out.transpose(1, 2).reshape(b, n, d)
+        return self.dropout1(nn.functional.linear(out, attn.out_proj.weight, attn.out_proj.bias))
 
 
 def time_features(age: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

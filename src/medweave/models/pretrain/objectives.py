@@ -9,7 +9,6 @@ from torch import nn
 
 from medweave.data.ehr.pretrain import MASK
 
-
 CHUNK = 1024  # tokens per block of the code head's logits (fits a CPU cache: 1024 x vocab floats)
 
 
