@@ -126,9 +126,7 @@ def main() -> None:
         # The same 2-process launch without the Preemption callback (its flag all-reduce before
         # every batch): what that check costs, measured in this run.
         bare = launch(world=2, callbacks="none", **run)
-    one, two = (
-        {key: statistics.median(r[key] for r in sides[w]) for key in sides[w][0]} for w in (1, 2)
-    )
+    one, two = ({key: statistics.median(r[key] for r in sides[w]) for key in sides[w][0]} for w in (1, 2))
     batch = args.batch
     result = {
         "benchmark": "ddp_weak_scaling",

@@ -263,8 +263,8 @@ def build_store(
         bar = tqdm(todo, desc="pretraining store", unit="shard", leave=False, disable=len(todo) < 2 or wait)
         for i in bar:
             try:
-                lock = FileLock(str(folders[i].with_name(f".{folders[i].name}.lock")), timeout=-1 if wait else 0)
-                with lock:
+                lock = folders[i].with_name(f".{folders[i].name}.lock")
+                with FileLock(str(lock), timeout=-1 if wait else 0):
                     if not (folders[i] / DONE).is_file():
                         build_unit(root, units[i], cutoffs, lenient, folders[i])
             except Timeout:
