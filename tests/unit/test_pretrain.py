@@ -376,6 +376,47 @@ def test_pretrain_config_composes_and_its_callbacks_instantiate(tmp_path, object
     assert cfg.callbacks.model_checkpoint.monitor == "val/loss" and all(callbacks[:2])
 
 
+def test_fsdp_config_shards_each_backbone_layer_and_keeps_the_checkpoint_keys(tmp_path):
+    """trainer=fsdp's wrap policy makes every transformer layer its own FSDP unit, and the full
+    state dict it saves has the plain backbone's keys (load.py reads it like any other). Lightning
+    runs FSDP on GPUs only, so this wraps with torch's FSDP itself, one CPU rank over gloo."""
+    import torch.distributed as dist
+    from hydra.utils import instantiate
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from medweave.models.pretrain.backbone import EventTransformer
+    from medweave.models.pretrain.objectives import NextEvent
+    from tests.conftest import compose
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.objective = EventTransformer(50, 3, 16, 3, 2, 0.0), NextEvent(16, 50)
+
+        def forward(self, batch):
+            inputs, targets = self.objective.prepare(batch)
+            return self.objective.loss(self.backbone(inputs), targets)[0]
+
+    policy = instantiate(compose("pretrain", ["data.root=/x", "trainer=fsdp"]).trainer.strategy).kwargs
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        plain = Step()
+        keys = set(plain.state_dict())
+        model = FSDP(plain, auto_wrap_policy=policy["auto_wrap_policy"], device_id=torch.device("cpu"))
+        units = [name for name, m in model.named_modules() if isinstance(m, FSDP)]
+        assert len(units) == 4 and all(f"transformer.layers.{i}" in units[i + 1] for i in range(3))
+        codes = torch.randint(3, 50, (2, 8))
+        batch = {"codes": codes, "bins": torch.zeros_like(codes), "age": torch.rand(2, 8) * 1e4}
+        model({**batch, "delta": torch.rand(2, 8)}).backward()
+        full = FullStateDictConfig(offload_to_cpu=False, rank0_only=False)
+        with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, full):
+            assert set(model.state_dict()) == keys
+    finally:
+        dist.destroy_process_group()
+
+
 def test_fine_tuning_refuses_samples_predicted_before_what_pretraining_saw(tmp_path):
     """The checkpoint keeps each evaluation subject's cutoff; a task sample whose subject gave
     pretraining events at or after its prediction time is counted (an ACES task triggered
