@@ -15,7 +15,11 @@ if ! "$PY" -c "import torch, numpy, pyarrow, filelock, meds, tqdm"; then
   exit 1
 fi
 gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
-run() { timeout "${STEP_TIMEOUT:-240}" "$@" | tee -a "$out"; }
+run() {
+  timeout "${STEP_TIMEOUT:-240}" "$@" | tee -a "$out"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || echo "gpu_pretrain.sh: exit $rc$([ "$rc" = 124 ] && echo ' (timed out)'): $*" >&2
+}
 "$PY" -c "import torch; print('torch', torch.__version__, 'GPUs', torch.cuda.device_count())" >&2
 if [ "${DRY:-0}" = 1 ] || [ "$gpus" = 0 ]; then
   run "$PY" benchmarks/gpu_pretrain.py --dry

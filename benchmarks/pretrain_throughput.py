@@ -9,8 +9,8 @@ Builds the token store (data/ehr/pretrain.py) and times whole optimizer steps (b
 the store, forward, backward, AdamW) of the default backbone and objective from
 configs/pretrain.yaml, both objectives side by side in alternating rounds (the machine is
 noisy). ``--before`` adds the next-event step as it was until 2026-12-04 (nn.MultiheadAttention's
-path, float causal + padding masks merged, the code head's logits whole: before_encode and
-before_loss below, the same math), ``--compile`` one with
+path, float causal + padding masks merged: before_encode below, the same math), ``--compile`` one
+with
 the backbone under torch.compile. Tokens are real events, not padding. Prints one JSON line with
 wall and CPU time and the load average, so the figures can be judged; ``--profile N`` first
 prints torch.profiler's table of N steps of each side (to stderr).
@@ -42,21 +42,6 @@ def before_encode(self, x, padding):
     mask = torch.full((n, n), float("-inf"), device=x.device, dtype=x.dtype).triu(1)
     padding = torch.zeros(padding.shape, device=x.device, dtype=x.dtype).masked_fill(padding, float("-inf"))
     return self.norm(self.transformer(x, mask=mask, src_key_padding_mask=padding, is_causal=True))
-
-
-def before_loss(self, hidden, targets):
-    """NextEvent.loss as it was until 2026-12-04: the code head's logits of every valid token at
-    once, then cross_entropy (the same math as the blocked code_cross_entropy)."""
-    from torch import nn
-
-    from medweave.models.pretrain.objectives import exponential_nll
-
-    valid = targets["valid"]
-    h = hidden[valid]
-    code_loss = nn.functional.cross_entropy(self.code_head(h).float(), targets["code"][valid])
-    log_rate = self.wait_head(h).squeeze(-1).float().clamp(-20, 20)
-    time_loss = exponential_nll(log_rate, targets["wait"][valid]).mean()
-    return code_loss + self.time_weight * time_loss, {"tokens": valid.sum()}
 
 
 def make_module(root: Path, cache: Path, objective: str, args):
@@ -157,7 +142,6 @@ def main() -> None:
         module, loader = make_module(root, work, kind.split("_before")[0].split("_compiled")[0], args)
         if kind.endswith("_before"):
             module.backbone.encode = types.MethodType(before_encode, module.backbone)
-            module.objective.loss = types.MethodType(before_loss, module.objective)
             for layer in module.backbone.transformer.layers:  # MultiheadAttention's own path
                 layer._sa_block = types.MethodType(SDPAEncoderLayer._sa_block, layer)
         if kind.endswith("_compiled"):

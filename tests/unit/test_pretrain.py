@@ -56,24 +56,6 @@ def test_next_event_targets_and_loss_by_hand():
     assert int(parts["tokens"]) == 3
 
 
-def test_blocked_code_cross_entropy_is_cross_entropy_and_its_gradients():
-    from medweave.models.pretrain import objectives
-
-    torch.manual_seed(0)
-    head = torch.nn.Linear(8, 50)
-    h = torch.randn(2 * objectives.CHUNK + 7, 8, requires_grad=True)  # three blocks, the last short
-    target = torch.randint(0, 50, (len(h),))
-    blocked = objectives.code_cross_entropy(head, h, target)
-    plain = torch.nn.functional.cross_entropy(head(h), target)
-    assert torch.allclose(blocked, plain, atol=1e-6)
-    for a, b in zip(
-        torch.autograd.grad(2 * blocked, [h, head.weight, head.bias]),
-        torch.autograd.grad(2 * plain, [h, head.weight, head.bias]),
-        strict=True,
-    ):
-        assert torch.allclose(a, b, atol=1e-7)
-
-
 @pytest.mark.parametrize("causal", [True, False])
 def test_backbone_attention_is_multihead_attentions_with_the_merged_masks(causal):
     """EventLayer attends with MultiheadAttention's parameters but its own SDPA call, and the

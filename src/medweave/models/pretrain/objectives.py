@@ -9,54 +9,6 @@ from torch import nn
 
 from medweave.data.ehr.pretrain import MASK
 
-CHUNK = 1024  # tokens per block of the code head's logits (fits a CPU cache: 1024 x vocab floats)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``h @ weight.T + bias`` against ``target``, a block of tokens at a
-    time: each block's logits give its loss and, at once, its gradients (softmax - one-hot), so
-    the [tokens, vocab] logits are never held whole nor read again in backward. The same sums as
-    cross_entropy(linear(h)), in another order."""
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, target):
-        n = len(h)
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_h, grad_w, grad_b = torch.empty_like(h), torch.zeros_like(weight), torch.zeros_like(bias)
-        for lo in range(0, n, CHUNK):
-            hc, tc = h[lo : lo + CHUNK], target[lo : lo + CHUNK]
-            logits = torch.addmm(bias, hc, weight.t())
-            lse = torch.logsumexp(logits, 1)
-            loss += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
-            p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            p[torch.arange(len(tc), device=h.device), tc] -= 1
-            p /= n
-            grad_h[lo : lo + CHUNK] = p @ weight
-            grad_w.addmm_(p.t(), hc)
-            grad_b += p.sum(0)
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
-        return loss / n
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        return grad_h * grad, grad_w * grad, grad_b * grad, None
-
-
-def code_cross_entropy(head: nn.Linear, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """cross_entropy(head(h), target), blocked (_LinearCrossEntropy) when it trains in one
-    precision; under autocast (bf16 on GPUs) or without gradients, the plain form."""
-    blocked = (
-        torch.is_grad_enabled()
-        and h.requires_grad
-        and len(h) > 0
-        and not torch.is_autocast_enabled(h.device.type)
-        and h.dtype == head.weight.dtype == torch.float32
-    )
-    if blocked:
-        return _LinearCrossEntropy.apply(h, head.weight, head.bias, target)
-    return nn.functional.cross_entropy(head(h).float(), target)
-
 
 def exponential_nll(log_rate: torch.Tensor, wait: torch.Tensor) -> torch.Tensor:
     """Negative log-likelihood of waiting ``wait`` under an exponential with rate exp(log_rate):
@@ -101,7 +53,7 @@ class NextEvent(nn.Module):
     def loss(self, hidden: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict]:
         valid = targets["valid"]
         h = hidden[valid]
-        code_loss = code_cross_entropy(self.code_head, h, targets["code"][valid])
+        code_loss = nn.functional.cross_entropy(self.code_head(h).float(), targets["code"][valid])
         log_rate = self.wait_head(h).squeeze(-1).float().clamp(-20, 20)
         time_loss = exponential_nll(log_rate, targets["wait"][valid]).mean()
         total = code_loss + self.time_weight * time_loss
@@ -152,5 +104,5 @@ class MaskedEvents(nn.Module):
 
     def loss(self, hidden: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict]:
         valid = targets["valid"]
-        code_loss = code_cross_entropy(self.code_head, hidden[valid], targets["code"][valid])
+        code_loss = nn.functional.cross_entropy(self.code_head(hidden[valid]).float(), targets["code"][valid])
         return code_loss, {"code_loss": code_loss.detach(), "tokens": valid.sum()}
