@@ -148,7 +148,7 @@ def main() -> None:
         sync()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     tokens_per_gpu = args.batch * args.width
     step = statistics.median(times)
     flops = flops_per_step(n_matmul, args.layers, args.dim, args.width, tokens_per_gpu)
