@@ -90,7 +90,7 @@ def test_pretraining_under_fsdp_in_bf16_checkpoints_the_backbone_keys(tiny_cohor
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    [last] = (tmp_path / "logs" / "pretrain" / "runs").glob("*/checkpoints/last.ckpt")
+    [last] = (tmp_path / "logs" / "debug" / "runs").glob("*/checkpoints/last.ckpt")
     saved = torch.load(last, weights_only=False)
     assert "backbone.transformer.layers.0.self_attn.in_proj_weight" in saved["state_dict"]
     assert saved["medweave"]["kind"] == "pretrain"
