@@ -85,6 +85,36 @@ def test_ddp_weak_scaling_runs_and_reports():
     assert result["two_processes_without_preemption_step_s"] > 0 and result["preemption_check_cost"] > -1
 
 
+def test_ddp_weak_scaling_of_pretraining_reports_tokens():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/ddp_weak_scaling.py"), "--pretrain", "--smoke"]
+        + ["--subjects", "120", "--steps", "2", "--warmup", "1", "--batch", "8"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["command"] == "medweave-pretrain" and result["timed_steps_per_rank"] == 2
+    assert result["tokens_per_s"]["2_processes"] > 0 and result["tokens_per_cpu_s"]["1_process"] > 0
+
+
+def test_gpu_pretrain_dry_run_on_cpu_prints_flops_and_no_mfu():
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/gpu_pretrain.py"), "--dry", "--no-compile"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    n, width, tokens = result["params"]["multiplying (N)"], result["width"], 4 * result["width"]
+    assert result["flops_per_step_per_process"] == 6 * n * tokens + 12 * 2 * 32 * width * tokens
+    assert result["mfu"] is None and result["tokens_per_s"] > 0  # no peak known for a CPU
+
+
 def _polars_map():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import ehr_polars_map

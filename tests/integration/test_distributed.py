@@ -65,6 +65,38 @@ def test_torchrun_across_two_nodes_trains_one_run(tiny_cohort, tmp_path):
 
 
 @pytest.mark.gpu
+def test_pretraining_under_fsdp_in_bf16_checkpoints_the_backbone_keys(tiny_cohort, tmp_path):
+    """medweave-pretrain trainer=fsdp precision bf16-mixed: the checkpoint is the full state dict
+    under the plain backbone's keys, so fine-tuning loads it like a DDP or one-device one."""
+    devices = min(torch.cuda.device_count(), 2)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medweave.cli.pretrain",
+            "trainer=fsdp",
+            "trainer.accelerator=gpu",
+            f"trainer.devices={devices}",
+            "trainer.precision=bf16-mixed",
+            "debug=pretrain_smoke",
+            f"data.root={tiny_cohort}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            "logger=csv",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [last] = (tmp_path / "logs" / "debug" / "runs").glob("*/checkpoints/last.ckpt")
+    saved = torch.load(last, weights_only=False)
+    assert "backbone.transformer.layers.0.self_attn.in_proj_weight" in saved["state_dict"]
+    assert saved["medweave"]["kind"] == "pretrain"
+
+
+@pytest.mark.gpu
 def test_fsdp_checkpoints_a_full_state_dict(tiny_cohort, tmp_path):
     devices = min(torch.cuda.device_count(), 2)
     proc = subprocess.run(

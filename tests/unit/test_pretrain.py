@@ -56,6 +56,38 @@ def test_next_event_targets_and_loss_by_hand():
     assert int(parts["tokens"]) == 3
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_backbone_attention_is_multihead_attentions_with_the_merged_masks(causal):
+    """EventLayer attends with MultiheadAttention's parameters but its own SDPA call, and the
+    causal path gives SDPA no padding mask: every real token's output and gradient are what the
+    stock layer gives with a causal and a padding mask merged."""
+    from medweave.models.encoders.ehr_codes import SDPAEncoderLayer
+    from medweave.models.pretrain.backbone import EventTransformer
+
+    torch.manual_seed(0)
+    net = EventTransformer(20, 3, dim=16, n_layers=2, n_heads=2, dropout=0.0, causal=causal)
+    stock = torch.nn.TransformerEncoder(
+        SDPAEncoderLayer(16, 2, 64, 0.0, batch_first=True, norm_first=True, activation="gelu"),
+        2,
+        enable_nested_tensor=False,
+    )
+    stock.load_state_dict(net.transformer.state_dict())  # the same keys
+    codes = torch.zeros(4, 7, dtype=torch.long)
+    for row, n in enumerate([7, 3, 1, 0]):  # right-padded, one row empty
+        codes[row, :n] = torch.randint(3, 20, (n,))
+    pad, x = codes == 0, torch.randn(4, 7, 16, requires_grad=True)
+    seen = pad.clone()
+    seen[:, 0] &= ~seen.all(1)
+    float_pad = torch.zeros(pad.shape).masked_fill(seen, float("-inf"))
+    mask = torch.full((7, 7), float("-inf")).triu(1) if causal else None
+    expected = net.norm(stock(x, mask=mask, src_key_padding_mask=float_pad, is_causal=causal))
+    got = net.encode(x, pad)
+    real = ~pad
+    assert torch.allclose(got[real], expected[real], atol=1e-5)
+    (g1,), (g2,) = (torch.autograd.grad(y[real].square().sum(), [x]) for y in (got, expected))
+    assert torch.allclose(g1, g2, atol=1e-5)
+
+
 def test_masking_hides_only_timed_events_at_least_one_per_window():
     torch.manual_seed(0)
     n, w = 400, 40
@@ -173,6 +205,31 @@ def test_windows_cover_every_event_once(tmp_path):
     real = (batch["codes"] != 0) & (batch["time"] != store.NO_TIME)
     assert int(real[ids == 1].sum()) == 11  # birth + 10 events, each once
     assert (batch["codes"][:, 0] == vocab["codes"].index("SEX//F") + 3).all()  # static in every window
+
+
+def test_concurrent_builders_build_each_store_shard_once(tmp_path, monkeypatch):
+    """Under DDP every rank calls build_store at once: each shard is built by one of them (a
+    lock per shard), and both get the same finished folders."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = write_cohort(tmp_path / "cohort")
+    events = pd.read_parquet(root / "data" / "0.parquet")
+    (root / "data" / "0.parquet").unlink()
+    for k, (_, part) in enumerate(events.groupby("subject_id")):  # one store shard per subject
+        part.to_parquet(root / "data" / f"{k}.parquet", index=False)
+    built, build = [], store.build_unit
+
+    def counted(*args):
+        built.append(args[-1].name)
+        time.sleep(0.05)  # the two builders overlap
+        return build(*args)
+
+    monkeypatch.setattr(store, "build_unit", counted)
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: store.build_store(root, tmp_path / "cache", "cut"), range(2)))
+    assert runs[0] == runs[1] and len(runs[0]) == 9
+    assert sorted(built) == sorted(f.name for f in runs[0])  # each once, none twice
 
 
 def test_bad_eval_subjects_is_one_line(tmp_path):
@@ -299,6 +356,47 @@ def test_pretrain_config_composes_and_its_callbacks_instantiate(tmp_path, object
         cfg.paths.output_dir = str(tmp_path)
     callbacks = [instantiate(node) for node in cfg.callbacks.values()]
     assert cfg.callbacks.model_checkpoint.monitor == "val/loss" and all(callbacks[:2])
+
+
+def test_fsdp_config_shards_each_backbone_layer_and_keeps_the_checkpoint_keys(tmp_path):
+    """trainer=fsdp's wrap policy makes every transformer layer its own FSDP unit, and the full
+    state dict it saves has the plain backbone's keys (load.py reads it like any other). Lightning
+    runs FSDP on GPUs only, so this wraps with torch's FSDP itself, one CPU rank over gloo."""
+    import torch.distributed as dist
+    from hydra.utils import instantiate
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from medweave.models.pretrain.backbone import EventTransformer
+    from medweave.models.pretrain.objectives import NextEvent
+    from tests.conftest import compose
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.objective = EventTransformer(50, 3, 16, 3, 2, 0.0), NextEvent(16, 50)
+
+        def forward(self, batch):
+            inputs, targets = self.objective.prepare(batch)
+            return self.objective.loss(self.backbone(inputs), targets)[0]
+
+    policy = instantiate(compose("pretrain", ["data.root=/x", "trainer=fsdp"]).trainer.strategy).kwargs
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        plain = Step()
+        keys = set(plain.state_dict())
+        model = FSDP(plain, auto_wrap_policy=policy["auto_wrap_policy"], device_id=torch.device("cpu"))
+        units = [name for name, m in model.named_modules() if isinstance(m, FSDP)]
+        assert len(units) == 4 and all(f"transformer.layers.{i}" in units[i + 1] for i in range(3))
+        codes = torch.randint(3, 50, (2, 8))
+        batch = {"codes": codes, "bins": torch.zeros_like(codes), "age": torch.rand(2, 8) * 1e4}
+        model({**batch, "delta": torch.rand(2, 8)}).backward()
+        full = FullStateDictConfig(offload_to_cpu=False, rank0_only=False)
+        with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, full):
+            assert set(model.state_dict()) == keys
+    finally:
+        dist.destroy_process_group()
 
 
 def test_fine_tuning_refuses_samples_predicted_before_what_pretraining_saw(tmp_path):

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from medweave.data import contract as c
@@ -255,14 +256,24 @@ def build_store(
     store.mkdir(parents=True, exist_ok=True)
     folders = [store / unit_key(root, files, cutoffs, lenient) for files in units]
     todo = [i for i, f in enumerate(folders) if not (f / DONE).is_file()]
-    for i in tqdm(todo, desc="pretraining store", unit="shard", leave=False, disable=len(todo) < 2):
-        try:
-            build_unit(root, units[i], cutoffs, lenient, folders[i])
-        except (pa.ArrowException, OSError) as err:
-            raise MedweaveError(
-                f"pretraining store: shard {', '.join(p.relative_to(root).as_posix() for p in units[i])} "
-                f"failed: {err}; the shards already written are kept: a rerun reuses them"
-            ) from None
+    # Each shard is built by one process, under a lock beside it: DDP ranks (every rank calls
+    # this), nodes on a shared file system and parallel runs first take the shards no one else
+    # holds (so they share the work), then wait for the others' and build any a crash left.
+    for wait in (False, True):
+        bar = tqdm(todo, desc="pretraining store", unit="shard", leave=False, disable=len(todo) < 2 or wait)
+        for i in bar:
+            try:
+                lock = folders[i].with_name(f".{folders[i].name}.lock")
+                with FileLock(str(lock), timeout=-1 if wait else 0):
+                    if not (folders[i] / DONE).is_file():
+                        build_unit(root, units[i], cutoffs, lenient, folders[i])
+            except Timeout:
+                continue  # another process holds it; the second pass waits for it
+            except (pa.ArrowException, OSError) as err:
+                raise MedweaveError(
+                    f"pretraining store: shard {', '.join(p.relative_to(root).as_posix() for p in units[i])} "
+                    f"failed: {err}; the shards already written are kept: a rerun reuses them"
+                ) from None
     infos = [json.loads((f / DONE).read_text()) for f in folders]
     if not any(i.get("events") for i in infos):
         raise MedweaveError(f"cohort '{root}': no event of any pretraining subject (pretrain.eval_subjects)")
