@@ -46,5 +46,5 @@ def fit_codes(folders: list[Path], min_subjects: int, keep: tuple[str, ...] = ()
         str(unique[i]): [round(float(mean[i]), 6), round(float(sd[i]) or 1.0, 6)]
         for i in np.flatnonzero(fitted)
     }
-    stats |= {str(unique[i]): [0.0, 1.0] for i in np.flatnonzero(kept & ~fitted)}
+    stats |= {str(unique[i]): [0.0, 1.0] for i in np.flatnonzero(kept & ~fitted & (valued > 0))}
     return {"codes": sorted(str(unique[i]) for i in np.flatnonzero(enough | kept)), "code_stats": stats}

@@ -59,7 +59,8 @@ class EHRCodesEncoder(nn.Module):
             held-out AUROC from 0.72 to 0.785 (benchmarks/RESULTS.md).
         age: also give every event the subject's age at prediction time (years / 100, from the
             birth event; 0 and a flag where unknown), so age reaches every token, not only the
-            birth event's.
+            birth event's. Both stay off by default until the sandboxes show no loss with them
+            (benchmarks/RESULTS.md, "The from-scratch EHR model: age").
     """
 
     def __init__(
