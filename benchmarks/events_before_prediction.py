@@ -33,9 +33,10 @@ def main() -> None:
     )
     kept = events[events.time.isna() | (events.time < events.prediction_time)]  # what the cache reads
     n = kept.groupby("subject_id").size()
+    over = (n > args.max_events).mean()
     print(
         f"{args.root} ({args.task}): {len(n)} labelled subjects with events; median {int(n.median())} "
-        f"events before prediction; more than max_events={args.max_events}: {(n > args.max_events).mean():.3f}"
+        f"events before prediction; more than max_events={args.max_events}: {over:.3f}"
     )
 
 
