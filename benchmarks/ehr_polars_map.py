@@ -156,8 +156,17 @@ def _write_unit(frames: list[pl.LazyFrame], labelled: Labelled, max_events: int,
     counts[:, 3] = np.bincount(code[valued], v, n)
     counts[:, 4] = np.bincount(code[valued], v**2, n)
     per_row = kept.group_by("row", maintain_order=True).len()
-    truncated = kept.group_by("row", maintain_order=True).tail(max_events)
-    lengths = np.minimum(per_row.get_column("len").to_numpy(), max_events)
+    # the last max_events of each row, the birth event always among them (as shards._last_k)
+    birth = pl.col("code") == (names.index(c.BIRTH_CODE) if c.BIRTH_CODE in names else -1)
+    truncated = (
+        kept.with_columns(
+            pinned=birth.cast(pl.Int64).sum().over("row"),
+            from_end=(~birth).cast(pl.Int64).cum_sum(reverse=True).over("row"),
+        )
+        .filter(birth | (pl.col("from_end") <= (max_events - pl.col("pinned")).clip(lower_bound=0)))
+        .drop("pinned", "from_end")
+    )
+    lengths = truncated.group_by("row", maintain_order=True).len().get_column("len").to_numpy()
     _save(tmp, "subject_row", per_row.get_column("row").to_numpy().astype(np.int64))
     _save(tmp, "offsets", np.r_[0, np.cumsum(lengths)].astype(np.int64))
     _save(tmp, "code", truncated.get_column("code").to_numpy())

@@ -196,7 +196,12 @@ def shard_work(path: str, labels, out: str, max_events: int):
     ).fillna(0)
     counts.index = counts.index.astype(str)
 
-    kept = df.groupby("subject_id", sort=False).tail(max_events)
+    # the last max_events of each subject, the birth event always among them (as medweave keeps)
+    birth = (df.code.astype(str) == "MEDS_BIRTH").to_numpy()
+    pinned = pd.Series(birth, df.index).groupby(df.subject_id, sort=False).transform("sum")
+    other = pd.Series((~birth).astype(np.int64), df.index)
+    from_end = other[::-1].groupby(df.subject_id[::-1], sort=False).cumsum()[::-1]
+    kept = df[birth | (from_end <= (max_events - pinned).clip(lower=0)).to_numpy()]
     days = (kept.prediction_us - kept.time_us) / 8.64e10  # NaN for static events
     events = pa.table(
         {

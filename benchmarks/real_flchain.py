@@ -18,6 +18,7 @@ The ``chapter`` column (cause of death) is never read: it would leak the outcome
     python benchmarks/real_flchain.py --out /tmp/flchain            # cohort + the three arms
     python benchmarks/real_flchain.py --out /tmp/flchain --only-cohort
     python benchmarks/real_flchain.py --out /tmp/flchain --arm "quickstart:experiment=quickstart ..."
+    python benchmarks/real_flchain.py --out /tmp/flchain --ablation age --ablation age+linear_time
 
 Results go to benchmarks/results/<stamp>-real_flchain.jsonl (one line per arm: AUROC with its
 bootstrap CI, wall and CPU seconds, load average).
@@ -44,6 +45,23 @@ ARMS = {
     "neural (quickstart, ehr_codes)": ["experiment=quickstart", "data.modalities=[ehr_codes]"],
     "logistic regression (baseline=linear)": ["baseline=linear"],
     "GBM (baseline=gbm)": ["baseline=gbm"],
+}
+# --ablation: the from-scratch EHR model's inputs and training, one change at a time. Every arm
+# names each setting, so the table reads the same whatever the defaults are now.
+_QUICK = ["experiment=quickstart", "data.modalities=[ehr_codes]"]
+_E = "model.encoders.ehr_codes."
+
+
+def _neural(linear_time: bool, age: bool, *more: str) -> list[str]:
+    return [*_QUICK, f"{_E}linear_time={str(linear_time).lower()}", f"{_E}age={str(age).lower()}", *more]
+
+
+ABLATION = {
+    "old-default": _neural(False, False),
+    "age": _neural(False, True),
+    "age+linear_time": _neural(True, True),
+    "age+linear_time+lr2e-3": _neural(True, True, "model.optimizer.lr=0.002"),
+    "linear_time+lr2e-3": _neural(True, False, "model.optimizer.lr=0.002"),
 }
 
 
@@ -197,6 +215,13 @@ def main() -> None:
     parser.add_argument(
         "--arm", action="append", default=[], help='"name:override override ..." (default: the three arms)'
     )
+    parser.add_argument(
+        "--ablation",
+        action="append",
+        default=[],
+        choices=sorted(ABLATION),
+        help="an arm of the neural ablation (repeatable; see ABLATION)",
+    )
     args = parser.parse_args()
     cohort = args.out / "cohort"
     counts = write_cohort(cohort, args.years)
@@ -206,8 +231,9 @@ def main() -> None:
     reference = reference_logistic(cohort, args.years)
     print(json.dumps({"reference logistic regression, held-out AUROC": reference}))
     arms = dict(ARMS)
-    if args.arm:
+    if args.arm or args.ablation:
         arms = {a.split(":", 1)[0]: a.split(":", 1)[1].split() for a in args.arm}
+        arms |= {name: ABLATION[name] for name in args.ablation}
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
     results = HERE / "results" / f"{stamp}-real_flchain.jsonl"
     for name, overrides in arms.items():

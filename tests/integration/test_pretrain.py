@@ -46,9 +46,12 @@ def test_pretrain_resume_then_finetune_and_embed(tiny_cohort, tmp_path):
         f"model.encoders.ehr_codes.pretrained={ckpt}",
         "model.encoders.ehr_codes.freeze=true",
         "evaluation.enabled=false",
+        "+data.vocab_min_subjects=1000",  # no code passes in this task: only the checkpoint's are kept
     ]
     train(compose_run("train", overrides, logs, task_run))
     (best,) = (task_run / "checkpoints").glob("epoch_*.ckpt")
+    task_codes = torch.load(best, map_location="cpu", weights_only=False)["medweave"]["vocab"]["codes"]
+    assert len(task_codes) > 10 and set(task_codes) <= set(extras["vocab"]["codes"])
     tuned = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
     pretrained = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     prefix = "encoders.ehr_codes.pretrained.backbone."

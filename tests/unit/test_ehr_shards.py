@@ -113,7 +113,8 @@ def test_corrupt_shard_is_named_and_the_rest_kept_for_the_rerun(sharded, tmp_pat
 
 
 def test_batches_hold_each_subjects_last_events_before_prediction(sharded, tmp_path):
-    """The served events, checked against a plain per-subject reading of the cohort."""
+    """The served events, checked against a plain per-subject reading of the cohort: the last
+    events, and the birth event however long the history (it alone carries age)."""
     out = prepare(sharded, tmp_path, cfg(max_events=4))
     vocab = json.loads((out / "vocab.json").read_text())
     ids = np.load(out / "subjects.npz")["subject_id"]
@@ -123,10 +124,40 @@ def test_batches_hold_each_subjects_last_events_before_prediction(sharded, tmp_p
     for i, row in enumerate([0, 5, 7]):
         mine = events[(events.subject_id == ids[row]) & ~events.code.str.startswith("NOTE//")]
         before = mine[mine.time < labels.prediction_time[ids[row]]].sort_values("time", kind="stable")
-        expected = [*before.code, *mine[mine.time.isna()].code][-4:]
+        births = [code for code in before.code if code == c.BIRTH_CODE]
+        others = [*(code for code in before.code if code != c.BIRTH_CODE), *mine[mine.time.isna()].code]
+        assert len(births) == 1 and len(others) > 4  # the birth event would be truncated away
+        expected = births + others[-(4 - len(births)) :]
         index = {code: k + 2 for k, code in enumerate(vocab["codes"])}
         got = batch["codes"][i][batch["codes"][i] > 0].tolist()
         assert got == [index.get(code, 1) for code in expected]
+        born = batch["days"][i][0]  # the birth event's days before prediction: the age
+        assert born == pytest.approx((labels.prediction_time[ids[row]] - before.time.iloc[0]).days, abs=1)
+
+
+def test_vocabulary_keeps_a_pretrained_checkpoints_codes_however_rare(tiny_cohort, tmp_path):
+    """Codes a checkpoint knows enter the task vocabulary below min_subjects (values pass raw);
+    without keep_codes they map to unknown."""
+    # a cut no code of the 120-subject cohort passes: every code is rare in this task's train split
+    cut = json.loads(
+        (prepare(tiny_cohort, tmp_path / "a", cfg(min_subjects=1000)) / "vocab.json").read_text()
+    )
+    wide = json.loads((prepare(tiny_cohort, tmp_path / "b", cfg(min_subjects=1)) / "vocab.json").read_text())
+    rare = sorted(set(wide["codes"]) - set(cut["codes"]))
+    rare_valued = [n for n in rare if n in wide["code_stats"]]
+    assert not cut["codes"] and rare and rare_valued
+    keep = (rare[0], rare_valued[0], "CODE//NEVER_IN_THIS_COHORT")
+    out = prepare(tiny_cohort, tmp_path / "c", cfg(min_subjects=1000, keep_codes=keep))
+    kept = json.loads((out / "vocab.json").read_text())
+    assert kept["codes"] == sorted({rare[0], rare_valued[0]})
+    # too few subjects for statistics of their own: values pass raw
+    assert kept["code_stats"] == {n: [0.0, 1.0] for n in kept["codes"] if n in wide["code_stats"]}
+    assert rare_valued[0] in kept["code_stats"]
+    batch = dense(out)
+    for name in (rare[0], rare_valued[0]):
+        assert (batch["codes"] == kept["codes"].index(name) + 2).any()
+    valued = batch["codes"] == kept["codes"].index(rare_valued[0]) + 2
+    assert np.isfinite(batch["values"][valued]).any()  # raw values, not dropped for want of statistics
 
 
 @pytest.mark.slow  # composes the train config (Hydra) three times

@@ -36,6 +36,32 @@ def test_ehr_codes_linear_time_tells_ages_apart():
     assert enc(ehr_batch()).shape == (B, 16)
 
 
+def test_ehr_codes_age_reaches_every_event():
+    """With age, every event carries the age at prediction time read off the birth event (id 2
+    here), and a subject without one gets 0 with the flag off."""
+    codes = torch.tensor([[5, 2, 6, 0], [5, 6, 7, 8]])
+    days = torch.tensor([[900.0, 60 * 365.25, float("nan"), 0.0], [30.0, 20.0, 10.0, 1.0]])
+    kw = dict(
+        vocab_size=20,
+        dim=16,
+        n_layers=1,
+        n_heads=2,
+        codes=["MEDS_BIRTH", "A", "B"],
+        age=True,
+        linear_time=True,
+    )
+    enc = EHRCodesEncoder(**kw).eval()
+    feats = enc.time_features(days, codes)
+    assert feats.shape == (2, 4, 6)
+    torch.testing.assert_close(feats[0, :, 4], torch.full((4,), 60 * 365.25 / 36525))
+    torch.testing.assert_close(feats[0, :, 5], torch.ones(4))
+    torch.testing.assert_close(feats[1, :, 4:], torch.zeros(4, 2))
+    batch = {"codes": codes, "values": torch.full((2, 4), float("nan")), "days": days}
+    assert enc(batch).shape == (2, 16) and torch.isfinite(enc(batch)).all()
+    plain = EHRCodesEncoder(**{**kw, "age": False}).time_features(days, codes)
+    torch.testing.assert_close(feats[..., :4], plain)
+
+
 def test_ehr_codes_ignores_padding_content():
     enc = EHRCodesEncoder(vocab_size=20, dim=16, n_layers=1, n_heads=2).eval()
     batch = ehr_batch()

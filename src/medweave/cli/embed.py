@@ -58,6 +58,10 @@ def embed(cfg) -> Path:
     # Cheap: the constructor checks the files; weights are read only if the cache must be built.
     encoder = _instantiate(cfg[modality], path=str(model_path))
     data = {"modalities": [modality], "embeddings": {}}
+    if modality == "ehr_codes":  # the task vocabulary keeps every code the checkpoint knows
+        from medweave.models.pretrain.load import pretrained_codes
+
+        data["keep_codes"] = pretrained_codes(model_path)
     if modality == "text":  # a pretrained model reads only its own tokenizer's ids
         given = cfg.data.get("text_tokenizer_path")
         if given and Path(given).expanduser().resolve() != model_path:

@@ -126,12 +126,16 @@ def _fit_and_test(cfg, callbacks: list, preemption) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
 
-    datamodule = instantiate(cfg.data)
-    inputs = datamodule.encoder_inputs()  # prepares the cohort cache once
     pretrained = OmegaConf.select(cfg, "model.encoders.ehr_codes.pretrained")
-    if pretrained and "ehr_codes" in datamodule.modalities:
-        from medweave.models.pretrain.load import check_leakage
+    pretrained = pretrained if pretrained and "ehr_codes" in cfg.data.modalities else None
+    served = {}
+    if pretrained:  # the task vocabulary keeps every code the checkpoint knows
+        from medweave.models.pretrain.load import check_leakage, pretrained_codes
 
+        served["keep_codes"] = pretrained_codes(pretrained)
+    datamodule = instantiate(cfg.data, **served)
+    inputs = datamodule.encoder_inputs()  # prepares the cohort cache once
+    if pretrained:
         check_leakage(pretrained, datamodule.cohort.folder)
     extras = {
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -192,6 +192,9 @@ class CohortDataModule(L.LightningDataModule):
         vocab_min_subjects: codes and note words need this many train subjects to enter a
             vocabulary (rarer ones map to unknown; vocabularies travel inside checkpoints).
         vocab: fitted vocabularies from a checkpoint (evaluation); None fits them on train.
+        keep_codes: EHR codes the fitted vocabulary keeps however few train subjects have them: a
+            pretrained checkpoint's (set by medweave-train and medweave-embed), so that none of
+            the codes pretraining learnt maps to unknown.
         seed: fixes the order of training subjects in every epoch (SubjectSampler).
         sampling: how training batches are drawn: ``shuffle`` (each epoch a permutation, fixed
             batches) or ``poisson`` (each subject joins each step's batch with probability
@@ -236,6 +239,7 @@ class CohortDataModule(L.LightningDataModule):
         vocab_min_subjects: int = 5,
         pin_memory: bool = False,
         vocab: dict | None = None,
+        keep_codes: list[str] | None = None,
         seed: int = 0,
         lenient: bool = False,
         labels_dir: str | None = None,
@@ -277,6 +281,7 @@ class CohortDataModule(L.LightningDataModule):
             image_size=image_size,
             image_modalities=tuple(image_modalities),
             min_subjects=vocab_min_subjects,
+            keep_codes=tuple(sorted(keep_codes or ())),
             lenient=lenient,
             labels_dir=labels_dir,
             label_rows=label_rows,

@@ -67,6 +67,7 @@ class PrepareConfig:
     image_size: int = 64
     image_modalities: tuple[str, ...] = c.RADIOGRAPH_MODALITIES  # index modality values the image reads
     min_subjects: int = 5  # a code or note word enters a vocabulary only if this many train subjects have it
+    keep_codes: tuple[str, ...] = ()  # EHR codes that enter whatever their count (a pretrained checkpoint's)
     lenient: bool = False  # skip bad rows and files with a warning instead of stopping (bad_input.py)
     labels_dir: str | None = None  # label files' folder (relative to the cohort, or absolute); None: labels/
     label_rows: str = "error"  # several prediction times for a subject: keep "first", "last", or "error"
@@ -177,7 +178,16 @@ def _build(root: Path, out: Path, cfg: PrepareConfig, vocab: dict | None, worker
         units = ehr.plan_units(root)
     if c.EHR_CODES in cfg.modalities:
         present[c.EHR_CODES] = ehr.prepare_codes(
-            root, out, labelled, units, cfg.max_events, cfg.min_subjects, cfg.lenient, vocab, workers
+            root,
+            out,
+            labelled,
+            units,
+            cfg.max_events,
+            cfg.min_subjects,
+            cfg.lenient,
+            vocab,
+            workers,
+            cfg.keep_codes,
         )
     if c.TEXT in cfg.modalities:
         present[c.TEXT] = prepare_text(root, units, labelled, bad, cfg, vocab, out)

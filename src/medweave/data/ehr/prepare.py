@@ -34,6 +34,7 @@ def prepare_codes(
     lenient: bool,
     fitted: dict,
     workers: int = 1,
+    keep_codes: tuple[str, ...] = (),
 ) -> np.ndarray:
     """Build (or reuse) the cache shards, fit the code vocabulary into ``fitted`` unless it is
     there, and write the index into ``out``; returns which labelled subjects have code events."""
@@ -50,7 +51,7 @@ def prepare_codes(
     for what, count in skipped.items():  # lenient mode: said again here, as workers log apart
         log.warning("skipped %d: %s (lenient mode)", count, what)
     if "codes" not in fitted:
-        fitted.update(vocab.fit_codes(folders, min_subjects))
+        fitted.update(vocab.fit_codes(folders, min_subjects, keep_codes))
     index = np.full((len(labelled.subject_ids), 2), -1, np.int64)
     for s, folder in enumerate(folders):
         if (folder / "subject_row.npy").is_file():

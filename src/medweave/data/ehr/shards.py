@@ -5,7 +5,8 @@ A unit is one ``data/`` shard (MEDS shards by subject), or the few shards that s
 together. A unit's cache shard is a pure function of its files, the labels and the settings:
 the same bytes whatever the number of workers, written to a temporary folder and renamed into
 place, so a crash leaves nothing half-written and a rerun reuses every shard already finished.
-It holds the last ``max_events`` code events of each labelled subject (codes as a shard-local
+It holds the last ``max_events`` code events of each labelled subject, the birth event always
+among them (it alone carries age, and a long history would push it out; codes as a shard-local
 dictionary, raw values, days before prediction time) and the partial counts the vocabulary is
 fitted from (vocab.py); fitted vocabularies are applied when batches are read (cache.py), so one
 cache shard serves training and every evaluation with a checkpoint's vocabulary.
@@ -42,7 +43,7 @@ from medweave.errors import MedweaveError
 
 log = logging.getLogger(__name__)
 
-SHARD_FORMAT = 1  # bump when a cache shard's content changes
+SHARD_FORMAT = 2  # bump when a cache shard's content changes (2: the birth event survives truncation)
 DONE = "info.json"  # written last: a folder without it is never used
 # counts.npy columns: per shard-local code, over train subjects only
 COUNT_COLUMNS = ("subjects", "valued_subjects", "valued_events", "value_sum", "value_square_sum")
@@ -124,12 +125,17 @@ def unit_key(root: Path, files: list[Path], labelled: Labelled, max_events: int,
 
 
 # --------------------------------------------------------------------------------- one unit
-def _last_k(rows: np.ndarray, k: int) -> np.ndarray:
-    """For events sorted by row, a mask keeping the last k events of each row."""
-    starts = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1]
+def _last_k(rows: np.ndarray, k: int, always: np.ndarray | None = None) -> np.ndarray:
+    """For events sorted by row, a mask keeping the last k events of each row; the events marked
+    ``always`` (the birth event) are kept and count among the k, so the rest give way to them."""
+    always = np.zeros(len(rows), bool) if always is None else always
+    starts = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1] if len(rows) else np.zeros(0, np.int64)
     lengths = np.diff(np.r_[starts, len(rows)])
-    rank = np.arange(len(rows)) - np.repeat(starts, lengths)
-    return rank >= np.repeat(np.maximum(lengths - k, 0), lengths)
+    pinned = np.add.reduceat(always.astype(np.int64), starts) if len(rows) else lengths
+    # rank among the row's other events, counted from the row's start
+    rank = np.cumsum(~always) - 1 - np.repeat(np.cumsum(~always)[starts] - (~always)[starts], lengths)
+    others = lengths - pinned
+    return always | (rank >= np.repeat(np.maximum(others - np.maximum(k - pinned, 0), 0), lengths))
 
 
 def _distinct_subjects(code: np.ndarray, rows: np.ndarray, valued: np.ndarray, n_codes: int):
@@ -210,7 +216,8 @@ def build_unit(root: Path, files: list[Path], labelled: Labelled, max_events: in
             new_index[used] = np.arange(len(used), dtype=np.int32)
             code = new_index[kept_code[codes_sel]]
             counts = partial_counts(code, rows, value, labelled.train, len(names))
-            keep = _last_k(rows, max_events)
+            birth = names.index(c.BIRTH_CODE) if c.BIRTH_CODE in names else -1
+            keep = _last_k(rows, max_events, code == birth)
             rows, code, value, days = rows[keep], code[keep], value[keep], days[keep]
             starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else rows[:0]
             subject_rows = rows[starts]

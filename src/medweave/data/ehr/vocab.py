@@ -4,7 +4,11 @@ Each cache shard holds, per code it saw, counts over its train subjects (shards.
 Subjects never span units, so summing the shards' counts (in unit order: a fixed order of
 floating-point sums) gives what one pass over all train events would: a code (and its value
 statistics) enters the vocabulary only if ``min_subjects`` train subjects have it, since a code or
-a mean that describes one person would travel inside every checkpoint.
+a mean that describes one person would travel inside every checkpoint. ``keep`` names codes that
+enter whatever their count (a pretrained checkpoint's, which passed its own cut on the pretraining
+cohort): fine-tuning on few labels then keeps every code pretraining learnt. Those without enough
+valued train subjects for statistics of their own get [0, 1], so their values pass unchanged (the
+pretrained encoder bins raw values with its own edges).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 
-def fit_codes(folders: list[Path], min_subjects: int) -> dict:
+def fit_codes(folders: list[Path], min_subjects: int, keep: tuple[str, ...] = ()) -> dict:
     """{"codes": sorted names, "code_stats": {name: [mean, sd]}} from the shards' counts."""
     names, counts = [], []
     for folder in folders:
@@ -32,10 +36,15 @@ def fit_codes(folders: list[Path], min_subjects: int) -> dict:
     mean = value_sum / count
     sd = np.sqrt(np.maximum(square / count - mean**2, 0))
     enough = subjects >= min_subjects
-    return {
-        "codes": sorted(str(unique[i]) for i in np.flatnonzero(enough)),
-        "code_stats": {
-            str(unique[i]): [round(float(mean[i]), 6), round(float(sd[i]) or 1.0, 6)]
-            for i in np.flatnonzero(enough & (valued_subjects >= min_subjects))
-        },
+    kept = (
+        np.isin(unique.astype(str), np.asarray(list(keep), dtype=str))
+        if keep
+        else np.zeros(len(unique), bool)
+    )
+    fitted = enough & (valued_subjects >= min_subjects)
+    stats = {
+        str(unique[i]): [round(float(mean[i]), 6), round(float(sd[i]) or 1.0, 6)]
+        for i in np.flatnonzero(fitted)
     }
+    stats |= {str(unique[i]): [0.0, 1.0] for i in np.flatnonzero(kept & ~fitted & (valued > 0))}
+    return {"codes": sorted(str(unique[i]) for i in np.flatnonzero(enough | kept)), "code_stats": stats}

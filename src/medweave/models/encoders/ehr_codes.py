@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medweave.data import contract as c
+
 
 class SDPAEncoderLayer(nn.TransformerEncoderLayer):
     """``nn.TransformerEncoderLayer`` (pre-norm) that always attends through
@@ -26,9 +28,17 @@ class SDPAEncoderLayer(nn.TransformerEncoderLayer):
         return x + self._ff_block(self.norm2(x))
 
 
+def age_at_prediction(codes: torch.Tensor, days: torch.Tensor, birth: int) -> torch.Tensor:
+    """[B] days from the birth event (code id ``birth``) to prediction time; NaN where a subject
+    has none. The task cache keeps the birth event however long the history (data/ehr/shards.py)."""
+    is_birth = (codes == birth) & ~torch.isnan(days)
+    found = torch.where(is_birth, days, torch.full_like(days, -1.0)).amax(1)
+    return torch.where(found >= 0, found, torch.full_like(found, float("nan")))
+
+
 class EHRCodesEncoder(nn.Module):
-    """Each event is code embedding + numeric value + time before prediction; a transformer
-    reads them and a masked mean pools them.
+    """Each event is code embedding + numeric value + time before prediction (+ the subject's
+    age); a transformer reads them and a masked mean pools them.
 
     Args:
         vocab_size: number of code ids (given by the prepared cohort: 0 pad, 1 unknown).
@@ -46,8 +56,11 @@ class EHRCodesEncoder(nn.Module):
         linear_time: also give each event its time before prediction in years / 100, unlogged.
             On log days alone the birth event of a 50- and a 100-year-old differ by 0.07 (an
             age is almost invisible); linearly, by 0.5. On flchain, with lr 2e-3, it lifted
-            held-out AUROC from 0.72 to 0.785 (benchmarks/RESULTS.md); off by default until the
-            sandbox shows no loss.
+            held-out AUROC from 0.72 to 0.785 (benchmarks/RESULTS.md).
+        age: also give every event the subject's age at prediction time (years / 100, from the
+            birth event; 0 and a flag where unknown), so age reaches every token, not only the
+            birth event's. Both stay off by default until the sandboxes show no loss with them
+            (benchmarks/RESULTS.md, "The from-scratch EHR model: age").
     """
 
     def __init__(
@@ -65,10 +78,13 @@ class EHRCodesEncoder(nn.Module):
         codes: list[str] | None = None,
         code_stats: dict | None = None,
         linear_time: bool = False,
+        age: bool = False,
     ):
         super().__init__()
         self.out_dim = dim
-        self.linear_time = linear_time
+        self.linear_time, self.age = linear_time, age
+        names = list(codes or [])
+        self.birth = names.index(c.BIRTH_CODE) + 2 if c.BIRTH_CODE in names else -1
         self.pretrained = None
         if pretrained:
             from medweave.models.pretrain.load import PretrainedEvents
@@ -86,21 +102,32 @@ class EHRCodesEncoder(nn.Module):
             return
         self.code = nn.Embedding(vocab_size, dim, padding_idx=0)
         self.value = nn.Linear(2, dim)  # (z-scored value, has value)
-        # log-days before prediction, its square, is-static (and years / 100 with linear_time)
-        self.time = nn.Linear(4 if linear_time else 3, dim)
+        # log-days before prediction, its square, is-static (+ years / 100 with linear_time,
+        # + age / 100 and has-age with age)
+        self.time = nn.Linear(3 + linear_time + 2 * age, dim)
         layer = SDPAEncoderLayer(
             dim, n_heads, 2 * dim, dropout, batch_first=True, norm_first=True, activation="gelu"
         )
         self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
 
-    def time_features(self, days: torch.Tensor) -> torch.Tensor:
-        """[B, L] days before prediction (NaN = static) -> [B, L, 3 or 4] inputs of ``self.time``."""
+    def time_features(self, days: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, L] days before prediction (NaN = static) -> [B, L, 3 to 6] inputs of ``self.time``;
+        ``codes`` (the event ids) find the birth event for ``age``."""
         static = torch.isnan(days)  # events without a time (sex)
         log_days = torch.log1p(torch.nan_to_num(days).clamp(min=0)) / 10
         parts = [log_days, log_days**2, static.float()]
         if self.linear_time:
             parts.append(torch.nan_to_num(days).clamp(min=0) / 36525.0)
+        if self.age:
+            age = (
+                age_at_prediction(codes, days, self.birth) if codes is not None else days[:, 0] * float("nan")
+            )
+            known = ~torch.isnan(age)
+            parts += [
+                torch.nan_to_num(age / 36525.0).unsqueeze(1).expand_as(days),
+                known.float().unsqueeze(1).expand_as(days),
+            ]
         return torch.stack(parts, -1)
 
     def forward(self, inputs: dict) -> torch.Tensor:
@@ -110,7 +137,7 @@ class EHRCodesEncoder(nn.Module):
         padding = codes == 0  # [B, L], True = no event
         has_value = ~torch.isnan(values)
         value_feats = torch.stack([torch.nan_to_num(values).clamp(-5, 5), has_value.float()], -1)
-        x = self.code(codes) + self.value(value_feats) + self.time(self.time_features(days))
+        x = self.code(codes) + self.value(value_feats) + self.time(self.time_features(days, codes))
         # A subject with no events would make attention all-masked (NaN); let it see one pad token.
         padding = padding.clone()
         padding[:, 0] &= ~padding.all(1)

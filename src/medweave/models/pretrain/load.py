@@ -83,6 +83,12 @@ def read_checkpoint(path: str | Path, objective: str | None = None) -> dict:
     return {**extras, "module": backbone, "path": str(path)}
 
 
+def pretrained_codes(path: str | Path) -> list[str]:
+    """The code names a checkpoint's vocabulary holds (checked as ``read_checkpoint`` does): the
+    task cache keeps them all, however rare among the task's train subjects (data/ehr/vocab.py)."""
+    return list(read_checkpoint(path)["vocab"]["codes"])
+
+
 def check_leakage(path: str, prepared: Path) -> None:
     """Refuse fine-tuning when a tuning or held-out sample of this task predicts before what
     pretraining saw of its subject (the rule in data/ehr/pretrain.py, kept in the checkpoint)."""
