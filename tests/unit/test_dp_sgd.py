@@ -229,3 +229,24 @@ def test_attention_fusion_checkpoints_from_before_modality_tokens_still_load():
     again = AttentionFusion(["a", "b"], dim=8, n_heads=2)
     again.load_state_dict(old)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in new.items())
+
+
+def test_a_masked_event_backbone_runs_with_dp_attention_swapped_in():
+    """The pretrained backbone's own attention path reads MultiheadAttention's packed weights;
+    once DP-SGD swaps in DPAttention it must fall back to the layer's stock path."""
+    from medweave.models.pretrain.backbone import EventTransformer
+    from medweave.training.dp_modules import _replace_attention
+
+    torch.manual_seed(0)
+    backbone = EventTransformer(vocab_size=20, n_bins=3, dim=8, n_layers=1, n_heads=2, causal=False)
+    batch = {
+        "codes": torch.tensor([[3, 4, 5, 0], [6, 7, 0, 0]]),
+        "bins": torch.zeros(2, 4, dtype=torch.long),
+        "age": torch.rand(2, 4) * 20000,
+        "delta": torch.rand(2, 4) * 30,
+    }
+    plain = backbone.eval()(batch)
+    assert _replace_attention(backbone) == 1
+    private = backbone.eval()(batch)  # the new attention module starts in training mode
+    keep = batch["codes"] != 0
+    torch.testing.assert_close(private[keep], plain[keep], atol=1e-5, rtol=1e-4)

@@ -25,6 +25,9 @@ def test_code_risks_are_competing_exponentials():
     np.testing.assert_allclose(
         tiny.numpy(), np.array([[1.0, 0.5, 0.5], [0.08, 0.01, 0.01]]) * 1e-4, rtol=1e-3
     )
+    # A subset of codes keeps its share of the whole vocabulary's softmax (not renormalised).
+    some = ne.code_risks(log_rate, logits, 1.0, np.array([1, 2]))
+    np.testing.assert_allclose(some.numpy(), expected[:, 1:], rtol=1e-5)
 
 
 def test_auroc_table_counts_incident_cases_among_the_eligible_only():

@@ -41,8 +41,13 @@ DAYS_PER_YEAR = 365.25
 
 
 # ----------------------------------------------------------------------------- the formula
-def code_risks(log_rate: torch.Tensor, logits: torch.Tensor, horizon_years: float) -> torch.Tensor:
-    """[n, V] risk of each code within ``horizon_years``: 1 - exp(-rate p(c) H).
+def code_risks(
+    log_rate: torch.Tensor, logits: torch.Tensor, horizon_years: float, code_ids=None
+) -> torch.Tensor:
+    """[n, V] risk of each code within ``horizon_years``: 1 - exp(-rate p(c) H); only the columns
+    ``code_ids`` when given. p is the softmax over the whole vocabulary (a softmax over a subset of
+    codes would give p(c | the next event is one of them), inflating every risk by a factor that
+    differs between subjects).
 
     The next-event head says the next event comes after an exponential wait of rate ``rate``
     (per year) and is code c with probability p(c): competing exponentials, code c's own hazard
@@ -55,6 +60,8 @@ def code_risks(log_rate: torch.Tensor, logits: torch.Tensor, horizon_years: floa
     """
     rate = torch.exp(log_rate.float().clamp(-20, 20)).unsqueeze(-1)
     p = torch.softmax(logits.float(), -1)
+    if code_ids is not None:
+        p = p[:, torch.as_tensor(code_ids)]
     return -torch.expm1(-rate * p * horizon_years)
 
 
@@ -311,7 +318,7 @@ def predict_risks(
     with torch.no_grad():
         for start in tqdm(range(0, len(cohort), batch_size), desc="per-code risks", unit="batch"):
             log_rate, logits = heads(model, model_batch(cohort.inputs, slice(start, start + batch_size)))
-            out.append(code_risks(log_rate, logits[:, code_ids], horizon_years).numpy())
+            out.append(code_risks(log_rate, logits, horizon_years, code_ids).numpy())
     return np.concatenate(out) if out else np.zeros((0, len(code_ids)))
 
 

@@ -28,11 +28,15 @@ class EventLayer(SDPAEncoderLayer):
 
     def _sa_block(self, x, attn_mask, key_padding_mask, is_causal=False):
         attn = self.self_attn
+        if not isinstance(attn, nn.MultiheadAttention):  # swapped out (privacy=dp: DPAttention)
+            return super()._sa_block(x, attn_mask, key_padding_mask, is_causal=is_causal)
         b, n, d = x.shape
         qkv = nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias)
         q, k, v = qkv.view(b, n, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         mask, causal = (None, True) if is_causal else (attn_mask, False)
         if key_padding_mask is not None:
+            if is_causal and attn_mask is None:  # keep causality when padding brings a mask
+                attn_mask = torch.full((n, n), float("-inf"), device=x.device, dtype=x.dtype).triu(1)
             mask = key_padding_mask[:, None, None, :] + (attn_mask if attn_mask is not None else 0)
             causal = False
         out = nn.functional.scaled_dot_product_attention(
