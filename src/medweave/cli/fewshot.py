@@ -186,6 +186,7 @@ def fewshot(cfg) -> dict:
                 "auroc_ci_low": round(auroc["ci_low"], 4),
                 "auroc_ci_high": round(auroc["ci_high"], 4),
                 "epochs": getattr(arm, "epochs", ""),
+                "predict_s": round(arm.predict_s, 2) if hasattr(arm, "predict_s") else "",
                 "wall_s": round(time.perf_counter() - wall, 2),
                 "cpu_s": round(time.process_time() - cpu, 2),
             }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from functools import partial
 
 import lightning as L
@@ -149,7 +150,10 @@ class NeuralArm:
             val_dataloaders=rows_loader(self.cohort, draw.tuning, max(len(draw.tuning), 1), shuffle=False),
         )
         self.epochs = trainer.current_epoch
-        return collect_predictions(model, self.held_out)["score"]
+        started = time.perf_counter()
+        score = collect_predictions(model, self.held_out)["score"]
+        self.predict_s = time.perf_counter() - started  # the one held-out pass (what the sweep repeats most)
+        return score
 
 
 class ProbeArm:
