@@ -19,7 +19,7 @@ def _cohort(n=400, prevalence=0.2, seed=1):
 def test_each_draw_has_k_of_each_class_from_its_own_split():
     target, train, tuning = _cohort()
     draws = make_draws(target, train, tuning, [1, 4, 16], n_draws=3, seed=0)
-    assert [(d.k, d.draw) for d in draws] == [(k, d) for k in (1, 4, 16) for d in range(3)]
+    assert [(d.k, d.draw) for d in draws] == [(k, d) for d in range(3) for k in (1, 4, 16)]
     for d in draws:
         for rows, split in ((d.train, train), (d.tuning, tuning)):
             assert np.isin(rows, split).all() and len(np.unique(rows)) == len(rows)

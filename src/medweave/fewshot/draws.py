@@ -60,7 +60,7 @@ def _pick(rng: np.random.Generator, rows: np.ndarray, target: np.ndarray, k: int
 def make_draws(
     target: np.ndarray, train_rows: np.ndarray, tuning_rows: np.ndarray, ks: list, n_draws: int, seed: int
 ) -> list[Draw]:
-    """Every (k, draw) training set. Each has its own generator, seeded by (seed, k, draw): adding
+    """Every (k, draw) training set, draw by draw ("all" last). Each has its own generator, seeded by (seed, k, draw): adding
     a k or a draw leaves the others as they were, and every arm sees the same subjects."""
     ks = check_ks(ks, target, train_rows)
     y_tune = target[tuning_rows] > 0
@@ -72,12 +72,13 @@ def make_draws(
             int((~y_tune).sum()),
             short,
         )
+    # Draw-major: a sweep cut short has whole curves for its first draws.
     draws = []
-    for k in ks:
-        if k == ALL:
-            draws.append(Draw(ALL, 0, np.sort(train_rows), np.sort(tuning_rows)))
-            continue
-        for d in range(n_draws):
-            rng = np.random.default_rng([seed, k, d])
-            draws.append(Draw(k, d, _pick(rng, train_rows, target, k), _pick(rng, tuning_rows, target, k)))
+    for d in range(n_draws):
+        for k in ks:
+            if k != ALL:
+                rng = np.random.default_rng([seed, k, d])
+                draws.append(Draw(k, d, _pick(rng, train_rows, target, k), _pick(rng, tuning_rows, target, k)))
+    if ALL in ks:  # last: the costliest run
+        draws.append(Draw(ALL, 0, np.sort(train_rows), np.sort(tuning_rows)))
     return draws
