@@ -60,8 +60,9 @@ def _pick(rng: np.random.Generator, rows: np.ndarray, target: np.ndarray, k: int
 def make_draws(
     target: np.ndarray, train_rows: np.ndarray, tuning_rows: np.ndarray, ks: list, n_draws: int, seed: int
 ) -> list[Draw]:
-    """Every (k, draw) training set, draw by draw ("all" last). Each has its own generator, seeded by (seed, k, draw): adding
-    a k or a draw leaves the others as they were, and every arm sees the same subjects."""
+    """Every (k, draw) training set, draw by draw ("all" last). Each has its own generator, seeded
+    by (seed, k, draw): adding a k or a draw leaves the others as they were, and every arm sees
+    the same subjects."""
     ks = check_ks(ks, target, train_rows)
     y_tune = target[tuning_rows] > 0
     short = [k for k in ks if k != ALL and (k > y_tune.sum() or k > (~y_tune).sum())]
@@ -78,7 +79,8 @@ def make_draws(
         for k in ks:
             if k != ALL:
                 rng = np.random.default_rng([seed, k, d])
-                draws.append(Draw(k, d, _pick(rng, train_rows, target, k), _pick(rng, tuning_rows, target, k)))
+                train, tuning = _pick(rng, train_rows, target, k), _pick(rng, tuning_rows, target, k)
+                draws.append(Draw(k, d, train, tuning))
     if ALL in ks:  # last: the costliest run
         draws.append(Draw(ALL, 0, np.sort(train_rows), np.sort(tuning_rows)))
     return draws
