@@ -11,9 +11,8 @@ import pytest
 from medweave.errors import MedweaveError
 from tests.conftest import compose_run
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_fewshot_sweep_writes_curves_for_every_arm(tiny_cohort, tmp_path):
     from medweave.cli.fewshot import fewshot
     from medweave.cli.pretrain import pretrain
