@@ -65,6 +65,13 @@ def test_fewshot_sweep_writes_curves_for_every_arm(tiny_cohort, tmp_path):
         "fewshot/report.html",
     }
 
+    # A time budget stops starting draws; the report covers what was done (here nothing).
+    cut = fewshot(
+        compose_run("fewshot", [*base, "fewshot.max_minutes=0", "fewshot.arms=[gbm]"], logs, tmp_path / "cut")
+    )
+    assert cut["runs_done"] == 0 and cut["runs_planned"] == 2
+    assert "Cut short" in (tmp_path / "cut" / "report.html").read_text()
+
     # k beyond what train holds: the error names k and the counts.
     with pytest.raises(MedweaveError, match=r"k=5000 is more than the train split has: \d+ positive"):
         fewshot(

@@ -170,7 +170,14 @@ def fewshot(cfg) -> dict:
     open_run(loggers, cfg, output_dir, {"fewshot/runs": len(draws) * len(arms)}, None)
     results, table = [], output_dir / "fewshot.csv"
     started = time.perf_counter()
+    budget = None if f.get("max_minutes") is None else 60.0 * float(f.max_minutes)
     for i, draw in enumerate(draws):
+        if budget is not None and time.perf_counter() - started > budget:
+            log.warning(
+                "fewshot.max_minutes=%s reached: %d of %d draws done; the report covers those",
+                f.max_minutes, i, len(draws),
+            )  # fmt: skip
+            break
         for name, arm in arms.items():
             wall, cpu = time.perf_counter(), time.process_time()
             score = arm.fit(draw)
@@ -207,6 +214,8 @@ def fewshot(cfg) -> dict:
         "task": cfg.task.name,
         "arms": list(arms),
         "draws": int(f.draws),
+        "runs_done": len(results),
+        "runs_planned": len(draws) * len(arms),
         "held_out": {"n": int(len(held_out)), "positives": int((y_held_out > 0).sum())},
         "oracle": ceiling,
         "wall_s": round(time.perf_counter() - started, 1),

@@ -99,8 +99,13 @@ def write_html(folder: Path, summary: dict, figure: str) -> Path:
     title = f"Few-shot curves: {summary['task']}"
     parts = [
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>{summary['held_out']['n']} held-out subjects ({summary['held_out']['positives']} positive), "
-        f"{summary['draws']} draw(s) per k of k positive and k negative train subjects (and as many "
+        f"<p>{summary['held_out']['n']} held-out subjects ({summary['held_out']['positives']} positive). "
+        + (
+            f"Cut short (fewshot.max_minutes): {summary['runs_done']} of {summary['runs_planned']} runs. "
+            if summary["runs_done"] < summary["runs_planned"]
+            else ""
+        )
+        + f"{summary['draws']} draw(s) per k of k positive and k negative train subjects (and as many "
         "tuning subjects, for early stopping and the probe's penalty). Cells: mean held-out AUROC "
         "over draws, in brackets a 95 % t-interval over draws (one run: its bootstrap CI).</p>",
         f"<table><tr><th>arm</th>{head}</tr>{''.join(body)}</table>",
