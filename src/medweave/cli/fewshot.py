@@ -203,10 +203,8 @@ def fewshot(cfg) -> dict:
                 i + 1, len(draws), name, draw.k, draw.draw, auroc["value"], auroc["ci_low"], auroc["ci_high"],
                 row["wall_s"],
             )  # fmt: skip
-            with open(table, "w", newline="") as out:  # rewritten per run: a cut sweep keeps its rows
-                writer = csv.DictWriter(out, fieldnames=list(row))
-                writer.writeheader()
-                writer.writerows(results)
+            _write_csv(table, results)  # rewritten per run: a sweep cut short keeps its rows
+    _write_csv(table, results)
 
     oracle = sandbox_oracle(datamodule.root, datamodule.label_tasks[0], c.HELD_OUT_SPLIT)
     ceiling = oracle.get("given ehr_codes alone", oracle.get("true risk")) if oracle else None
@@ -227,6 +225,19 @@ def fewshot(cfg) -> dict:
     _log(loggers, summary, [table, output_dir / "fewshot.json", output_dir / figure, page])
     log.info("Few-shot curves in %s", page)
     return summary
+
+
+COLUMNS = (
+    "task", "arm", "k", "draw", "n_train", "n_tuning", "auroc", "auroc_ci_low", "auroc_ci_high",
+    "epochs", "predict_s", "wall_s", "cpu_s",
+)  # fmt: skip
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _log(loggers: list, summary: dict, files: list[Path]) -> None:
