@@ -68,8 +68,8 @@ def plot(curve: dict, oracle: float | None, path: Path, title: str) -> str:
     if oracle is not None:
         ax.axhline(oracle, ls="--", color="grey", label="oracle")
     ax.set_xscale("log", base=2)
-    ticks = [*numeric, all_x]
-    ax.set_xticks(ticks, [str(k) for k in numeric] + ["all"])
+    has_all = any(p["k"] == ALL for pts in curve.values() for p in pts)
+    ax.set_xticks([*numeric, *([all_x] if has_all else [])], [str(k) for k in numeric] + ["all"] * has_all)
     ax.set_xlabel("k (positive and negative training examples each)")
     ax.set_ylabel("held-out AUROC")
     ax.set_title(title, fontsize=9)
