@@ -27,6 +27,7 @@ def test_medweave_eval_on_a_next_event_checkpoint(tiny_cohort, tmp_path):
         f"data.root={tiny_cohort}",
         "logger=csv",
         "evaluation.next_event.min_cases=1",
+        "evaluation.min_group_size=1",  # a tiny cohort: every cell is small
         "evaluation.next_event.bootstrap=20",
         "evaluation.next_event.simulate.max_subjects=8",
         "evaluation.next_event.simulate.samples=2",

@@ -223,3 +223,23 @@ def test_cached_window_gives_the_full_causal_forward():
         torch.testing.assert_close(again, full_last(last), atol=1e-5, rtol=1e-4)
     trimmed = sim.trim(batch, torch.tensor([1, 1, 1]), 3)
     assert trimmed["codes"].tolist() == [[4, 6, 7], [4, 8, 0], [9, 5, 6]]
+
+
+def test_small_cells_stay_out_of_the_tables():
+    """Disclosure control: no per-code row, incidence point or label check shows 1-19 people."""
+    rng = np.random.default_rng(1)
+    n = 300
+    risks = rng.random((n, 2))
+    events = np.zeros((n, 2), bool)
+    events[:25, 0] = True  # 25 cases, 275 non-cases: shown
+    events[:, 1] = True
+    events[:290, 1] = False  # 10 cases: hidden at min_cell 20, though min_cases is 5
+    eligible = np.ones((n, 2), bool)
+    table = ne.auroc_table(risks, eligible, events, ["A", "B"], min_cases=5, min_cell=20)
+    assert [r["code"] for r in table] == ["A"]
+    assert {r["code"] for r in ne.auroc_table(risks, eligible, events, ["A", "B"], min_cases=5)} == {"A", "B"}
+    observed = np.where(events, 100.0, np.inf)
+    simulated = np.full((n, 2, 2), 100.0)
+    band = np.zeros(n, int)
+    points = sim.incidence_points(eligible, observed, simulated, band, 1, ["A", "B"], ["all"], 20, 20)
+    assert [p["code"] for p in points] == ["A"]

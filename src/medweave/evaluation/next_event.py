@@ -277,6 +277,11 @@ def read_cohort(
     model has nothing to read)."""
     with_history, inputs = last_windows(build_history(root, cache_dir, ids, times), vocab, width)
     keep = np.isin(ids, with_history)
+    if not keep.any():
+        raise MedweaveError(
+            f"next-event evaluation: none of the {len(ids)} subject(s) chosen has an event before "
+            "its prediction time; nothing for the model to read (check the split and the label files)"
+        )
     if not keep.all():
         log.info(
             "next-event evaluation: %d subject(s) with no event before prediction time left out",
@@ -331,9 +336,11 @@ def auroc_table(
     min_cases: int,
     n_boot: int = 0,
     seed: int = 0,
+    min_cell: int = 0,
 ) -> list[dict]:
     """One row per code with at least ``min_cases`` incident cases among its eligible subjects
-    (and a non-case): {code, eligible, cases, auroc, ci_low, ci_high} (no CI: NaN when
+    (and a non-case), and at least ``min_cell`` cases and non-cases (disclosure control: no row
+    reveals a count of fewer people): {code, eligible, cases, auroc, ci_low, ci_high} (no CI: NaN when
     ``n_boot`` is 0), by AUROC, highest first. ``risks``, ``eligible``, ``events``: [n, K]."""
     from sklearn.metrics import roc_auc_score
 
@@ -342,7 +349,7 @@ def auroc_table(
         sel = eligible[:, k]
         y, p = events[sel, k], risks[sel, k]
         cases = int(y.sum())
-        if cases < min_cases or cases == len(y):
+        if cases < max(min_cases, min_cell) or len(y) - cases < max(min_cell, 1):
             continue
         if n_boot:
             entry = with_ci(
@@ -378,10 +385,17 @@ def incidence_matrices(
 
 
 def label_check(
-    root: Path, cohort: Cohort, risks: np.ndarray, names: list[str], pairs: dict, split: str
+    root: Path,
+    cohort: Cohort,
+    risks: np.ndarray,
+    names: list[str],
+    pairs: dict,
+    split: str,
+    min_cell: int = 0,
 ) -> list[dict]:
     """For each (label task, code) of ``pairs`` whose label file exists: the AUROC of the code's
-    risk against that task's labels on the same subjects, beside the sandbox's oracle."""
+    risk against that task's labels on the same subjects, beside the sandbox's oracle. With fewer
+    than ``min_cell`` cases or non-cases the counts show as "<min_cell" and there is no AUROC."""
     from sklearn.metrics import roc_auc_score
 
     from medweave.evaluation.run import sandbox_oracle
@@ -400,6 +414,8 @@ def label_check(
         y, p = value[match].astype(bool), risks[at[match], names.index(code)]
         entry = {"task": task, "code": code, "subjects": int(match.sum()), "cases": int(y.sum())}
         entry["auroc"] = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+        if min(y.sum(), len(y) - y.sum()) < min_cell:
+            entry.update(subjects=f"<{min_cell}", cases=f"<{min_cell}", auroc=float("nan"))
         oracle = sandbox_oracle(root, task, split)
         if oracle:
             entry["oracle_true_risk"] = oracle.get("true risk")

@@ -2,7 +2,8 @@
 next_event checkpoint): the per-code AUROC table and its histogram (next_event.py), the sandbox
 check against the oracle, and the simulated futures (simulate.py), in the task report's page
 style (report.py); evaluation.json holds the same figures. No subject ID reaches it: the tables
-are per code (and age band), with counts of at least ``min_cases`` (``min_subjects``)."""
+are per code (and age band), and none shows a count of fewer than ``evaluation.min_group_size``
+people (20) among its cases or non-cases."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def evaluate_next_event(
     code_ids = np.array([model.vocab["codes"].index(n) + 3 for n in names], np.int64)
     risks = ne.predict_risks(model, cohort, code_ids, horizon_days / ne.DAYS_PER_YEAR, int(s.batch_size))
     eligible, events = ne.incidence_matrices(cohort, names, horizon_days)
-    table = ne.auroc_table(risks, eligible, events, names, int(s.min_cases), int(s.bootstrap), seed)
+    min_cell = int(settings.min_group_size)
+    table = ne.auroc_table(risks, eligible, events, names, int(s.min_cases), int(s.bootstrap), seed, min_cell)
     aurocs = [r["auroc"] for r in table]
     summary = {
         "kind": "next_event",
@@ -54,7 +56,9 @@ def evaluate_next_event(
         "mean_auroc": float(np.mean(aurocs)) if aurocs else float("nan"),
         "median_auroc": float(np.median(aurocs)) if aurocs else float("nan"),
         "per_code": table,
-        "label_check": ne.label_check(root, cohort, risks, names, dict(s.oracle_codes or {}), split),
+        "label_check": ne.label_check(
+            root, cohort, risks, names, dict(s.oracle_codes or {}), split, min_cell
+        ),
     }
     figures = {
         "Per-code AUROC": report.auroc_histogram(
@@ -63,7 +67,7 @@ def evaluate_next_event(
     }
     if s.simulate.enabled:
         summary["simulation"], more = simulated_futures(
-            model, cohort, names, code_ids, root, s, age_bands, seed, folder, split
+            model, cohort, names, code_ids, root, s, age_bands, seed, folder, split, min_cell
         )
         figures |= more
     summary["wall_s"], summary["cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
@@ -90,7 +94,7 @@ def check_leakage(path: str, extras: dict, ids: np.ndarray, times: np.ndarray) -
 
 
 def simulated_futures(
-    model, cohort, names, code_ids, root, s, age_bands, seed, folder, split
+    model, cohort, names, code_ids, root, s, age_bands, seed, folder, split, min_cell
 ) -> tuple[dict, dict]:
     """Trajectories of ``simulate.max_subjects`` subjects; incidence calibration and foreseen share."""
     g = s.simulate
@@ -108,7 +112,15 @@ def simulated_futures(
     band = sim.age_band(cohort.age_days[rows], bands)
     band_names = [f"{lo}-{hi}" for lo, hi in zip(bands, bands[1:], strict=False)] + [f"{bands[-1]}+"]
     points = sim.incidence_points(
-        eligible, observed, simulated, band, years, names, band_names, int(g.min_subjects)
+        eligible,
+        observed,
+        simulated,
+        band,
+        years,
+        names,
+        band_names,
+        int(g.min_subjects),
+        min_cell,
     )
 
     def hit(k: int) -> np.ndarray:

@@ -9,8 +9,12 @@ appended with its age and the days since the previous event and the model reads 
 token's forward, keys and values of the earlier tokens cached: CachedWindow), until the event
 falls past the horizon or ``max_steps`` is reached. The context is the static events and the
 latest timed ones, between half the pretraining width and the width: when it fills, the cache
-restarts from the latest half. Generated events carry no value
-bin (bin 0, "no value"): a sampled lab code is a lab taken, not a result.
+restarts from the latest half. A sampled death (ENDS_RECORD) ends the trajectory. Generated
+events carry no value bin (bin 0, "no value"): a sampled lab code is a lab taken, not a result.
+
+Censoring: the observed side counts a subject whose record ends (death, emigration, the data
+cutoff) before the year as a non-case there; the simulated side stops only at a sampled death.
+Keep ``years`` inside the data's follow-up (the sandbox: 4 to 5 years after t).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from tqdm.auto import tqdm
 from medweave.data.ehr.events import NO_TIME
 from medweave.data.ehr.pretrain import MASK, US_PER_DAY
 from medweave.evaluation.next_event import DAYS_PER_YEAR, Cohort, NextEventModel, model_batch
+
+ENDS_RECORD = ("MEDS_DEATH",)  # codes after which a record, and so a trajectory, has nothing more
 
 
 def trim(batch: dict, n_static: torch.Tensor, m: int) -> dict:
@@ -72,6 +78,11 @@ def sample_trajectories(
     "truncated": the share of trajectories that reached ``max_steps`` before the horizon."""
     generator = torch.Generator().manual_seed(seed)
     horizon = years * DAYS_PER_YEAR
+    # A sampled death ends its trajectory, as a death ends a record (nothing is recorded after it).
+    ending = torch.zeros(len(model.vocab["codes"]) + MASK + 1, dtype=torch.bool)
+    for name in ENDS_RECORD:
+        if name in model.vocab["codes"]:
+            ending[model.vocab["codes"].index(name) + MASK + 1] = True
     position = np.repeat(np.arange(len(rows)), samples)  # into rows
     subject = rows[position]
     draw = np.tile(np.arange(samples), len(rows))
@@ -124,8 +135,9 @@ def sample_trajectories(
                 grown = append_event(sub, n_static[idx], code, age, gap)
                 for k in batch:
                     batch[k][idx] = grown[k]
-                active[idx[~inside]] = False
-                keep = inside.nonzero(as_tuple=True)[0]
+                ended = inside & ending[code]
+                active[idx[~inside | ended]] = False
+                keep = (inside & ~ended).nonzero(as_tuple=True)[0]
                 if len(keep):
                     hidden = cache.append(keep, code[keep], age[keep].float(), gap[keep].float())
             truncated += int(active.sum())
@@ -177,10 +189,12 @@ def incidence_points(
     names: list[str],
     band_names: list[str],
     min_subjects: int,
+    min_cell: int = 0,
 ) -> list[dict]:
     """One point per code x age band with ``min_subjects`` eligible subjects and an observed or
-    simulated case: the share of eligible subjects with a first event within ``years``,
-    observed and simulated (mean over samples). observed [n, K], simulated [n, S, K] in days."""
+    simulated case, and no observed count of 1 to ``min_cell`` - 1 people (disclosure control):
+    the share of eligible subjects with a first event within ``years``, observed and simulated
+    (mean over samples). observed [n, K], simulated [n, S, K] in days."""
     horizon = years * DAYS_PER_YEAR
     seen, drawn = observed <= horizon, (simulated <= horizon).mean(1)
     points = []
@@ -189,6 +203,8 @@ def incidence_points(
         for k, name in enumerate(names):
             sel = in_band & eligible[:, k]
             if sel.sum() < min_subjects or not (seen[sel, k].any() or drawn[sel, k].any()):
+                continue
+            if 0 < seen[sel, k].sum() < min_cell:
                 continue
             points.append(
                 {
