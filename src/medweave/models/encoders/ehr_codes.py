@@ -59,8 +59,9 @@ class EHRCodesEncoder(nn.Module):
             held-out AUROC from 0.72 to 0.785 (benchmarks/RESULTS.md).
         age: also give every event the subject's age at prediction time (years / 100, from the
             birth event; 0 and a flag where unknown), so age reaches every token, not only the
-            birth event's. Both stay off by default until the sandboxes show no loss with them
-            (benchmarks/RESULTS.md, "The from-scratch EHR model: age").
+            birth event's. Both are on in configs/model/encoder/ehr_codes_transformer.yaml (the
+            quickstart sandbox lost nothing with them: benchmarks/RESULTS.md, "The from-scratch
+            EHR model: age") and off here, so older task checkpoints rebuild as they were.
     """
 
     def __init__(
