@@ -40,7 +40,9 @@ def trained(tmp_path_factory):
         str(i)
         for i in pq.read_table(cohort / "metadata/subject_splits.parquet").column("subject_id").to_pylist()
     ]
-    return {"run": base / "run", "logs": base / "logs", "cohort": cohort, "ids": ids}
+    # The best epoch's checkpoint (which epoch depends on the model's defaults) beside last.ckpt.
+    (best,) = [p.name for p in (base / "run" / "checkpoints").glob("epoch_*.ckpt")]
+    return {"run": base / "run", "logs": base / "logs", "cohort": cohort, "ids": ids, "best": best}
 
 
 def manifest(out: Path) -> dict:
@@ -73,7 +75,7 @@ def test_a_clean_run_leaves_checked_and_the_model_only_when_asked(trained, tmp_p
         f"evaluation/{f}" for f in ("evaluation.json", "report.html", "roc.png", "pr.png", "calibration.png")
     }
     assert expected | {"config.yaml", "metrics.json", "evaluation/attribution.png"} == set(exported)
-    assert {r["path"] for r in m["refused"]} == {"checkpoints/epoch_000.ckpt", "checkpoints/last.ckpt"}
+    assert {r["path"] for r in m["refused"]} == {f"checkpoints/{trained['best']}", "checkpoints/last.ckpt"}
     assert all(r["optional"] and "include_model" in r["reason"] for r in m["refused"])
     assert m["subject_ids_checked_against_cohort"] is True
     for path, entry in exported.items():
@@ -99,20 +101,20 @@ def test_a_clean_run_leaves_checked_and_the_model_only_when_asked(trained, tmp_p
     assert (tmp_path / "by-id/metrics.json").read_text() == (out / "metrics.json").read_text()
     assert json.loads((tmp_path / "by-id/evaluation/evaluation.json").read_text()) == summary
     assert refusals(tmp_path / "by-id") == {
-        "model/epoch_000.ckpt": refusals(out)["checkpoints/epoch_000.ckpt"]
+        f"model/{trained['best']}": refusals(out)[f"checkpoints/{trained['best']}"]
     }
 
     # With the model: weights, scrubbed config and vocabularies, no optimiser state.
     from medweave.cli.eval import load_checkpoint
 
     export_run(str(trained["run"]), out, include_model=True)  # an earlier export is replaced whole
-    model = load_checkpoint(str(out / "model/epoch_000.ckpt"))
-    source = load_checkpoint(str(trained["run"] / "checkpoints/epoch_000.ckpt"))
+    model = load_checkpoint(str(out / f"model/{trained['best']}"))
+    source = load_checkpoint(str(trained["run"] / f"checkpoints/{trained['best']}"))
     assert model["state_dict"].keys() == source["state_dict"].keys()
     assert all((model["state_dict"][k] == v).all() for k, v in source["state_dict"].items())
     assert "optimizer_states" not in model and model["medweave"]["config"]["data"]["root"] == "<scrubbed>"
     assert model["medweave"]["vocab"]["codes"] == source["medweave"]["vocab"]["codes"]
-    entry = next(e for e in manifest(out)["exported"] if e["path"] == "model/epoch_000.ckpt")
+    entry = next(e for e in manifest(out)["exported"] if e["path"] == f"model/{trained['best']}")
     flags = " | ".join(entry["flags"])  # what it learnt from the train split is named
     assert "codes, each seen in >= 5 train subjects" in flags and "per-variant dosage mean" in flags
 
@@ -155,7 +157,7 @@ def test_planted_violations_are_listed_and_refused(trained, tmp_path):
         "extra/scatter.png": "a figure without a record of its counts",
         "evaluation/kaplan_meier.png": "no Kaplan-Meier step pools 5 events",
         "evaluation/unrecorded.png": "no record of the counts it was drawn from",
-        "checkpoints/epoch_000.ckpt": "export.include_model=true",
+        f"checkpoints/{trained['best']}": "export.include_model=true",
         "checkpoints/last.ckpt": "export.include_model=true",
     }
     assert set(refused) == set(expected)
