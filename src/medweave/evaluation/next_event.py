@@ -208,13 +208,10 @@ def last_windows(folders: list[Path], vocab: dict, width: int) -> tuple[np.ndarr
     tokens = store.TokenStore(folders, vocab, width)
     rows = []
     for s, f in enumerate(tokens.folders):
-        if not (f / "offsets.npy").is_file():
+        if (geometry := store.shard_windows(f, width)) is None:
             continue
-        offsets, n_static = np.load(f / "offsets.npy"), np.load(f / "n_static.npy")
-        timed = np.diff(offsets) - n_static
-        room = np.maximum(width - np.minimum(n_static, width - 1), 1)
+        timed, room, ids = geometry
         start = np.maximum(timed - room, 0)
-        ids = np.load(f / "subject_id.npy")
         rows.append(np.stack([np.full(len(ids), s), np.arange(len(ids)), start, ids], 1))
     samples = np.concatenate(rows) if rows else np.zeros((0, 4), np.int64)
     samples = samples[np.argsort(samples[:, 3], kind="stable")]

@@ -335,6 +335,18 @@ def value_bins(value: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.where(has, 1 + above, 0).astype(np.int64)
 
 
+def shard_windows(folder: Path, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(timed events, timed room per window, subject ids) of one built store shard, per subject:
+    a window holds its subject's static events and up to ``room`` of its timed ones (None: the
+    shard holds no subjects)."""
+    if not (folder / "offsets.npy").is_file():
+        return None
+    offsets, n_static = np.load(folder / "offsets.npy"), np.load(folder / "n_static.npy")
+    timed = np.diff(offsets) - n_static
+    room = np.maximum(width - np.minimum(n_static, width - 1), 1)
+    return timed, room, np.load(folder / "subject_id.npy")
+
+
 class TokenStore:
     """The store shards of one cohort, read as windows of ``width`` tokens.
 
@@ -348,16 +360,13 @@ class TokenStore:
         self._open: dict[int, dict] = {}
         parts = []
         for s, f in enumerate(self.folders):
-            if not (f / "offsets.npy").is_file():
+            if (geometry := shard_windows(f, width)) is None:
                 continue
-            offsets, n_static = np.load(f / "offsets.npy"), np.load(f / "n_static.npy")
-            timed = np.diff(offsets) - n_static
-            room = np.maximum(width - np.minimum(n_static, width - 1), 1)
+            timed, room, ids = geometry
             n_windows = np.maximum(-(-timed // room), 1)
             subject = np.repeat(np.arange(len(timed)), n_windows)
             first = np.cumsum(n_windows) - n_windows
             window = np.arange(len(subject)) - np.repeat(first, n_windows)
-            ids = np.load(f / "subject_id.npy")
             parts.append(
                 np.stack([np.full(len(subject), s), subject, window * room[subject], ids[subject]], 1)
             )
