@@ -34,11 +34,11 @@ def test_fewshot_sweep_writes_curves_for_every_arm(tiny_cohort, tmp_path):
         "fewshot.train.head_epochs=1",
     ]
     run = tmp_path / "fewshot"
-    summary = fewshot(compose_run("fewshot", base, logs, run))
+    arms = ["scratch", "finetuned", "probe", "gbm", "zeroshot"]
+    summary = fewshot(compose_run("fewshot", [*base, f"fewshot.arms=[{','.join(arms)}]"], logs, run))
 
     with open(run / "fewshot.csv") as f:
         rows = list(csv.DictReader(f))
-    arms = ["scratch", "finetuned", "probe", "gbm"]
     assert sorted({(r["arm"], r["k"], r["draw"]) for r in rows}) == sorted(
         (a, k, "0") for a in arms for k in ("1", "2")
     )
@@ -47,6 +47,8 @@ def test_fewshot_sweep_writes_curves_for_every_arm(tiny_cohort, tmp_path):
         assert 0 <= float(r["auroc"]) <= 1 and float(r["auroc_ci_low"]) <= float(r["auroc_ci_high"])
     assert json.loads((run / "fewshot.json").read_text())["curves"].keys() == set(arms)
     assert [p["k"] for p in summary["curves"]["gbm"]] == [1, 2]
+    zero_shot = {r["auroc"] for r in rows if r["arm"] == "zeroshot"}
+    assert len(zero_shot) == 1 and {r["epochs"] for r in rows if r["arm"] == "zeroshot"} == {"0"}
     assert (run / "fewshot_auroc.png").stat().st_size > 1000
     assert "fewshot_auroc.png" in (run / "report.html").read_text()
     assert summary["oracle"] is not None  # a sandbox knows its ceiling
@@ -92,6 +94,15 @@ def test_fewshot_refuses_pretrained_arms_without_a_checkpoint(tiny_cohort, tmp_p
                 [*base, f"fewshot.pretrained={tmp_path}/nothing.ckpt"],
                 tmp_path / "logs",
                 tmp_path / "b",
+            )
+        )
+    with pytest.raises(MedweaveError, match="zeroshot, which needs fewshot.prior"):
+        fewshot(
+            compose_run(
+                "fewshot",
+                [*base, "fewshot.arms=[zeroshot]", "fewshot.prior=null", "task_name=z"],
+                tmp_path / "logs",
+                tmp_path / "z",
             )
         )
     with pytest.raises(MedweaveError, match="fewshot.arms: unknown \\['lasso'\\]"):

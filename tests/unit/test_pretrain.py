@@ -454,3 +454,121 @@ def test_check_leakage_reads_the_task_cache_and_refuses(tmp_path):
     np.savez(prepared / "subjects.npz", **fine, prediction_time=np.array([0, 40, 20]))
     with pytest.raises(MedweaveError, match="1 of this task's 2 tuning and held-out samples predict before"):
         check_leakage(str(ckpt), prepared)
+
+
+# ------------------------------------------------------------------ last-event pooling and prior
+def test_the_zero_shot_prior_is_the_next_event_risk_of_its_code_at_the_last_event(tmp_path):
+    """pool=last returns the last event's state and prior_logit is logit(1 - exp(-rate p(B) H))
+    from the checkpoint's own heads, read at that state (evaluation/next_event.py's formula)."""
+    from medweave.evaluation.next_event import code_risks
+    from medweave.models.pretrain.load import read_checkpoint
+
+    codes = ["A", "B", "C"]
+    ckpt = save_checkpoint(tmp_path / "p.ckpt", codes)
+    enc = encoder(ckpt, codes, pool="last", prior={"code": "B", "horizon_days": 730}).pretrained
+    inputs = {
+        "codes": torch.tensor([[2, 3, 4, 0], [4, 2, 0, 0]]),
+        "values": torch.full((2, 4), NAN),
+        "days": torch.tensor([[300.0, 200, 10, 0], [90, 5, 0, 0]]),
+    }
+    out = enc.eval()(inputs)
+    tokens, _ = enc.translate(inputs)
+    saved = read_checkpoint(ckpt)
+    heads = NextEvent(8, saved["module"].vocab_size)
+    heads.load_state_dict(saved["objective_state"])
+    hidden = saved["module"].eval()(tokens)
+    last = hidden[torch.arange(2), torch.tensor([2, 1])]
+    torch.testing.assert_close(out, last)
+    wait, logits = heads.wait_head(last).squeeze(-1), heads.code_head(last)
+    risk = code_risks(wait, logits, 2.0 * 365 / 365.25, [3 + codes.index("B")])[:, 0]
+    torch.testing.assert_close(torch.sigmoid(enc.prior_logit), risk)
+    assert not any(p.requires_grad for p in enc.prior.parameters())  # the heads stay as pretrained
+
+
+def prior_model_config(ckpt):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(
+        {
+            "encoders": {
+                "ehr_codes": {
+                    "_target_": "medweave.models.encoders.ehr_codes.EHRCodesEncoder",
+                    "dim": 8,
+                    "pretrained": str(ckpt),
+                    "pool": "last",
+                    "prior": {"code": "A", "horizon_days": 365},
+                }
+            },
+            "fusion": {"_target_": "medweave.models.fusion.attention.AttentionFusion", "n_heads": 2},
+            "head": {"_target_": "medweave.models.heads.binary.BinaryHead"},
+            "module": {"_target_": "medweave.models.module.MultimodalModule", "_partial_": True},
+            "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True},
+        }
+    )
+
+
+def test_a_task_model_with_a_prior_starts_at_the_prior_and_bad_priors_are_refused(tmp_path):
+    from medweave.models.build import build_model
+
+    codes = ["A", "B"]
+    ckpt = save_checkpoint(tmp_path / "p.ckpt", codes)
+    model_cfg = prior_model_config(ckpt)
+    inputs = {c.EHR_CODES: {"vocab_size": 4, "codes": codes, "code_stats": {}}}
+    model = build_model(model_cfg, [c.EHR_CODES], inputs).eval()
+    events = {
+        "codes": torch.tensor([[2, 3, 0]]),
+        "values": torch.full((1, 3), NAN),
+        "days": torch.tensor([[40.0, 3, 0]]),
+    }
+    logit = model({c.EHR_CODES: events, f"{c.EHR_CODES}_mask": torch.tensor([True])})
+    torch.testing.assert_close(logit, model.encoders[c.EHR_CODES].prior_logit)
+    hidden = model({c.EHR_CODES: events, f"{c.EHR_CODES}_mask": torch.tensor([False])})
+    assert hidden.item() == 0.0  # the modality absent: no prior, and the head starts at zero
+
+    model_cfg.head = {"_target_": "medweave.models.heads.survival.CoxHead"}
+    with pytest.raises(MedweaveError, match="zero-shot prior is the logit of a risk, for binary tasks"):
+        build_model(model_cfg, [c.EHR_CODES], inputs)
+    with pytest.raises(MedweaveError, match="pretrained vocabulary has no code Z"):
+        encoder(ckpt, codes, prior={"code": "Z", "horizon_days": 365})
+    masked = save_checkpoint(tmp_path / "m.ckpt", codes, objective="masked")
+    with pytest.raises(MedweaveError, match="needs a next_event checkpoint"):
+        encoder(masked, codes, prior={"code": "A", "horizon_days": 365})
+    with pytest.raises(MedweaveError, match="need pretrained="):
+        from medweave.models.encoders.ehr_codes import EHRCodesEncoder
+
+        EHRCodesEncoder(4, dim=8, codes=codes, pool="last")
+    with pytest.raises(MedweaveError, match="pool='max'"):
+        encoder(ckpt, codes, pool="max")
+
+
+def test_fine_tuning_from_a_prior_starts_at_the_draws_base_rate(tmp_path):
+    """start_at_prior sets the head's bias so the mean risk on the train draw is its share of
+    positives, leaves the weights at zero (the ranking is the prior's) and returns the tuning loss."""
+    from medweave.fewshot.arms import start_at_prior
+    from medweave.models.build import build_model
+
+    codes = ["A", "B"]
+    model = build_model(
+        prior_model_config(save_checkpoint(tmp_path / "p.ckpt", codes)),
+        [c.EHR_CODES],
+        {c.EHR_CODES: {"vocab_size": 4, "codes": codes, "code_stats": {}}},
+    )
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        c.EHR_CODES: {
+            "codes": torch.randint(2, 4, (6, 5), generator=generator),
+            "values": torch.full((6, 5), NAN),
+            "days": torch.rand(6, 5, generator=generator) * 1000,
+        },
+        f"{c.EHR_CODES}_mask": torch.ones(6, dtype=torch.bool),
+        "targets": torch.tensor([1.0, 0, 0, 1, 0, 0]),
+    }
+    loss, state = start_at_prior(model, [batch], [batch])
+    with torch.no_grad():
+        risk = torch.sigmoid(model(batch))
+    assert risk.mean().item() == pytest.approx(2 / 6, abs=1e-6)
+    assert not model.head.net[-1].weight.any()
+    assert loss == pytest.approx(
+        torch.nn.functional.binary_cross_entropy(risk, batch["targets"]).item(), rel=1e-5
+    )
+    assert torch.equal(state["head.net.1.bias"], model.head.net[-1].bias)

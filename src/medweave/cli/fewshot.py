@@ -54,6 +54,11 @@ def check_config(cfg) -> None:
             f"fewshot.pretrained={f.pretrained} does not exist; expected a checkpoint written by "
             "medweave-pretrain (<run>/checkpoints/last.ckpt)"
         )
+    if "zeroshot" in arms and not f.get("prior"):
+        problems.append(
+            "fewshot.arms has zeroshot, which needs fewshot.prior={code, horizon_days} (the task "
+            f"config's `outcome`; task {cfg.task.get('name')} has none)"
+        )
     if problems:
         raise MedweaveError("; ".join(problems))
 
@@ -69,12 +74,17 @@ def build_arms(cfg, datamodule, inputs, held_out_rows) -> dict:
     cohort, f = datamodule.cohort, cfg.fewshot
     asked = list(f.arms)
     out = {}
-    if {"scratch", "finetuned"} & set(asked):
+    if {"scratch", "finetuned", "zeroshot"} & set(asked):
         held_out = list(A.rows_loader(cohort, held_out_rows, int(f.predict_batch_size), shuffle=False))
-        for name in ("scratch", "finetuned"):
+        for name in ("scratch", "finetuned", "zeroshot"):
             if name in asked:
                 model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))  # a copy
-                model_cfg.encoders.ehr_codes.pretrained = str(f.pretrained) if name == "finetuned" else None
+                encoder = model_cfg.encoders.ehr_codes
+                encoder.pretrained = None if name == "scratch" else str(f.pretrained)
+                if name != "scratch":
+                    encoder.pool = f.pool
+                    prior = OmegaConf.to_container(f.prior, resolve=True) if f.prior else None
+                    encoder.prior = prior
                 out[name] = A.NeuralArm(
                     name,
                     model_cfg,
@@ -119,8 +129,9 @@ def frozen_vectors(cfg, datamodule):
 
     path = Path(cfg.fewshot.pretrained).expanduser().resolve()
     settings = {"_target_": "medweave.embeddings.ehr.PretrainedEHR", "max_unknown": 0.05}  # embed.yaml's
+    settings["pool"] = cfg.fewshot.pool
     folder, _ = embed_cohort(
-        PretrainedEHR(str(path), settings["max_unknown"]),
+        PretrainedEHR(str(path), settings["max_unknown"], settings["pool"]),
         prepared=datamodule.cohort.folder,
         root=datamodule.root,
         model_path=path,
@@ -161,6 +172,12 @@ def fewshot(cfg) -> dict:
         cohort.target, rows[c.TRAIN_SPLIT], rows[c.TUNING_SPLIT], list(f.ks), int(f.draws), int(cfg.seed)
     )
     held_out = rows[c.HELD_OUT_SPLIT]
+    if f.get("held_out_subjects") and len(held_out) > int(f.held_out_subjects):
+        import numpy as np
+
+        # One seeded subsample, the same for every arm and draw: each run scores it once.
+        pick = np.random.default_rng(int(cfg.seed)).choice(len(held_out), int(f.held_out_subjects), False)
+        held_out = held_out[np.sort(pick)]
     y_held_out = cohort.target[held_out]
     arms = build_arms(cfg, datamodule, inputs, held_out)
 
@@ -193,6 +210,7 @@ def fewshot(cfg) -> dict:
                 "auroc_ci_low": round(auroc["ci_low"], 4),
                 "auroc_ci_high": round(auroc["ci_high"], 4),
                 "epochs": getattr(arm, "epochs", ""),
+                "best_epoch": getattr(arm, "best_epoch", ""),
                 "predict_s": round(arm.predict_s, 2) if hasattr(arm, "predict_s") else "",
                 "wall_s": round(time.perf_counter() - wall, 2),
                 "cpu_s": round(time.process_time() - cpu, 2),
@@ -229,7 +247,7 @@ def fewshot(cfg) -> dict:
 
 COLUMNS = (
     "task", "arm", "k", "draw", "n_train", "n_tuning", "auroc", "auroc_ci_low", "auroc_ci_high",
-    "epochs", "predict_s", "wall_s", "cpu_s",
+    "epochs", "best_epoch", "predict_s", "wall_s", "cpu_s",
 )  # fmt: skip
 
 

@@ -25,19 +25,22 @@ class PretrainedEHR:
     max_unknown: as for fine-tuning (model.encoders.ehr_codes): codes the checkpoint lacks map to
         its unknown code; more than this share of them is refused (no extend_vocab here: new
         embeddings would be untrained).
+    pool: ``mean`` over the events' states, or the ``last`` event's (models/pretrain/load.py).
     """
 
     modality = "ehr_codes"
     pooling = "mean over the events' final hidden states (pretrained backbone, frozen)"
 
-    def __init__(self, path: str, max_unknown: float = 0.05):
+    def __init__(self, path: str, max_unknown: float = 0.05, pool: str = "mean"):
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_file():
             raise MedweaveError(
                 f"model_path '{path}' does not exist or is not a file; expected a checkpoint written by "
                 "medweave-pretrain (<run>/checkpoints/*.ckpt)"
             )
-        self.max_unknown = max_unknown
+        self.max_unknown, self.pool = max_unknown, pool
+        if pool == "last":
+            self.pooling = "the last event's final hidden state (pretrained backbone, frozen)"
         self.cache, self.module = None, None
 
     def inputs(self, prepared: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +74,7 @@ class PretrainedEHR:
             out_dim=0,
             freeze=True,
             max_unknown=self.max_unknown,
+            pool=self.pool,
         )
         module.project = torch.nn.Identity()
         self.module = module.eval().requires_grad_(False).to(device)

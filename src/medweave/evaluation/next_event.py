@@ -89,9 +89,7 @@ def load_model(path: str) -> NextEventModel:
         )
     backbone = extras["module"]
     objective = NextEvent(backbone.dim, backbone.vocab_size)
-    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
-    prefix = "objective."
-    objective.load_state_dict({k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)})
+    objective.load_state_dict(extras["objective_state"])
     width = int(extras["config"]["data"]["max_events"])
     return NextEventModel(backbone.eval(), objective.eval(), extras["vocab"], width, extras)
 

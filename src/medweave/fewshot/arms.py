@@ -2,7 +2,10 @@
 
 - ``scratch``: medweave-train's model (EHR codes encoder, fusion, head) from random weights.
 - ``finetuned``: the same model with its EHR encoder started from a medweave-pretrain checkpoint
-  (model.encoders.ehr_codes.pretrained), fine-tuned with the recipe below.
+  (model.encoders.ehr_codes.pretrained), fine-tuned with the recipe below. With
+  ``fewshot.prior`` its logit starts from the checkpoint's zero-shot risk of the task's outcome
+  code and the head learns what to add (models/pretrain/load.py ZeroShotPrior).
+- ``zeroshot``: that zero-shot risk alone, nothing fitted (the same at every k).
 - ``probe``: logistic regression on the frozen pretrained embeddings (embeddings/probe.py), the
   vectors cached once by medweave-embed's code (embeddings/embed.py).
 - ``gbm``: the count-based XGBoost baseline (baselines/), its features built once.
@@ -34,8 +37,8 @@ from medweave.fewshot.draws import Draw
 
 log = logging.getLogger("medweave")
 
-ARMS = ("scratch", "finetuned", "probe", "gbm")
-PRETRAINED_ARMS = ("finetuned", "probe")
+ARMS = ("scratch", "finetuned", "probe", "gbm", "zeroshot")
+PRETRAINED_ARMS = ("finetuned", "probe", "zeroshot")
 
 
 def rows_loader(cohort: PreparedCohort, rows: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0):
@@ -76,15 +79,18 @@ class HeadFirst(L.Callback):
 
 class KeepBest(L.Callback):
     """The weights of the epoch with the lowest tuning loss, kept in memory (no checkpoint files:
-    a sweep runs hundreds of fits) and restored at the end of fitting."""
+    a sweep runs hundreds of fits) and restored at the end of fitting; ``start`` (loss, weights)
+    is a candidate from before the first epoch."""
 
-    def __init__(self, monitor: str = "val/loss"):
-        self.monitor, self.best, self.state = monitor, float("inf"), None
+    def __init__(self, monitor: str = "val/loss", start: tuple[float, dict] | None = None):
+        self.monitor, self.best, self.state, self.best_epoch = monitor, float("inf"), None, None
+        if start is not None:
+            (self.best, self.state), self.best_epoch = start, 0
 
     def on_validation_end(self, trainer, pl_module) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if value is not None and float(value) < self.best:
-            self.best = float(value)
+            self.best, self.best_epoch = float(value), trainer.current_epoch + 1
             self.state = copy.deepcopy(pl_module.state_dict())
 
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -92,11 +98,34 @@ class KeepBest(L.Callback):
             pl_module.load_state_dict(self.state)
 
 
+def start_at_prior(model, train, tuning) -> tuple[float, dict]:
+    """A model whose logit is a zero-shot prior plus a zero head: set the head's bias so that the
+    mean predicted risk on the draw's train subjects is their share of positives (k of 2k, where
+    the prior was made for the population's rate; bisection on one number), and return
+    (tuning loss, weights): the start that fine-tuning's epochs must beat on the tuning loss."""
+    model.eval()
+    with torch.no_grad():
+        z, y = [], []
+        for batch in train:
+            model(batch)
+            z.append(model.encoders[c.EHR_CODES].prior_logit.double())
+            y.append(batch["targets"].double())
+        z, target = torch.cat(z), torch.cat(y).mean()
+        low, high = -50.0, 50.0  # the mean risk rises with b: bisection cannot overshoot
+        for _ in range(60):
+            b = (low + high) / 2
+            low, high = (b, high) if torch.sigmoid(z + b).mean() < target else (low, b)
+        model.head.net[-1].bias.fill_((low + high) / 2)
+        losses = [float(model.head.loss(model(batch), batch)) for batch in tuning]
+    return float(np.mean(losses)), copy.deepcopy(model.state_dict())
+
+
 class NeuralArm:
-    """scratch or finetuned: build medweave-train's model, fit on the draw, score held-out.
+    """scratch, finetuned or zeroshot: build medweave-train's model, fit on the draw (zeroshot:
+    not at all), score held-out.
 
     Args:
-        name: ``scratch`` or ``finetuned``.
+        name: ``scratch``, ``finetuned`` or ``zeroshot``.
         model_cfg: ``cfg.model`` (model.encoders.ehr_codes.pretrained set for ``finetuned``).
         trainer_cfg: ``cfg.trainer`` (accelerator, precision, clipping, debug limits).
         inputs, head_inputs: what the datamodule reports for the encoders and the head.
@@ -110,6 +139,7 @@ class NeuralArm:
         self.name, self.model_cfg, self.trainer_cfg = name, model_cfg, trainer_cfg
         self.inputs, self.head_inputs, self.cohort = inputs, head_inputs, cohort
         self.held_out, self.recipe, self.seed = held_out, recipe, seed
+        self.zero_shot = None  # zeroshot's scores: the same for every draw
 
     def fit(self, draw: Draw) -> np.ndarray:
         from hydra.utils import instantiate
@@ -122,13 +152,25 @@ class NeuralArm:
         seed = self.seed + 1000 * draw.draw
         L.seed_everything(seed, workers=True, verbose=False)
         model = build_model(self.model_cfg, [c.EHR_CODES], self.inputs, head_inputs=self.head_inputs)
+        if self.name == "zeroshot":
+            started = time.perf_counter()
+            if self.zero_shot is None:
+                self.zero_shot = collect_predictions(model.eval(), self.held_out)["score"]
+            self.epochs, self.best_epoch, self.predict_s = 0, 0, time.perf_counter() - started
+            return self.zero_shot
         pretrained = model.encoders[c.EHR_CODES].pretrained
         backbone = pretrained.backbone if pretrained is not None else None
         model.optimizer_factory = partial(
             grouped_adamw, backbone=backbone, lr=r.lr, backbone_lr=r.backbone_lr, weight_decay=r.weight_decay
         )
         model.scheduler_factory = None  # constant rate: early stopping decides how long
-        keep = KeepBest()
+        batch = min(int(r.batch_size), len(draw.train))
+        train = rows_loader(self.cohort, draw.train, batch, shuffle=True, seed=seed)
+        tuning = rows_loader(self.cohort, draw.tuning, max(len(draw.tuning), 1), shuffle=False)
+        start = None
+        if pretrained is not None and pretrained.prior is not None:
+            start = start_at_prior(model, train, tuning)
+        keep = KeepBest(start=start)
         callbacks = [EarlyStopping("val/loss", patience=r.patience, mode="min"), keep]
         if backbone is not None and r.head_epochs > 0:
             callbacks.append(HeadFirst(backbone, r.head_epochs))
@@ -143,13 +185,8 @@ class NeuralArm:
             num_sanity_val_steps=0,
             log_every_n_steps=50,
         )
-        batch = min(int(r.batch_size), len(draw.train))
-        trainer.fit(
-            model,
-            train_dataloaders=rows_loader(self.cohort, draw.train, batch, shuffle=True, seed=seed),
-            val_dataloaders=rows_loader(self.cohort, draw.tuning, max(len(draw.tuning), 1), shuffle=False),
-        )
-        self.epochs = trainer.current_epoch
+        trainer.fit(model, train_dataloaders=train, val_dataloaders=tuning)
+        self.epochs, self.best_epoch = trainer.current_epoch, keep.best_epoch  # 0: the start was kept
         started = time.perf_counter()
         score = collect_predictions(model, self.held_out)["score"]
         self.predict_s = time.perf_counter() - started  # the one held-out pass (what the sweep repeats most)

@@ -6,6 +6,7 @@ Train and eval both call this, so a checkpoint is always rebuilt exactly as it w
 from __future__ import annotations
 
 from omegaconf import DictConfig
+from torch import nn
 
 from medweave.errors import MedweaveError
 
@@ -38,6 +39,16 @@ def build_model(
         raise MedweaveError(f"all encoders must output the same width (model.dim); got {dims}")
     fusion = instantiate(model_cfg.fusion, modalities=modalities, dim=next(iter(dims.values())))
     head = instantiate(model_cfg.head, in_dim=fusion.out_dim, **(head_inputs or {}))
+    with_prior = [m for m, e in encoders.items() if getattr(getattr(e, "pretrained", None), "prior", None)]
+    if with_prior:
+        if getattr(head, "kind", None) != "binary":
+            raise MedweaveError(
+                f"model.encoders.{with_prior[0]}.prior: a zero-shot prior is the logit of a risk, for "
+                f"binary tasks; this task's head is {getattr(head, 'kind', type(head).__name__)}"
+            )
+        # The head adds to the prior from zero: the untrained model predicts the prior itself.
+        nn.init.zeros_(head.net[-1].weight)
+        nn.init.zeros_(head.net[-1].bias)
     # The module config is a partial: runtime objects go in here, not through Hydra's recursion.
     make_module = instantiate(model_cfg.module)
     scheduler = instantiate(model_cfg.scheduler) if model_cfg.get("scheduler") else None

@@ -70,7 +70,14 @@ class MultimodalModule(L.LightningModule):
         """The head's output from embeddings and which modalities count as present; attribution
         calls this once per subset of modalities on the same embeddings."""
         hidden = {m: e * masks[m].unsqueeze(-1).to(e.dtype) for m, e in embeddings.items()}
-        return self.head(self.fusion(hidden, masks))
+        out = self.head(self.fusion(hidden, masks))
+        for m, encoder in self.encoders.items():
+            # A pretrained zero-shot prior (models/pretrain/load.py) of the last embed: the logit
+            # starts from it, for the subjects whose modality counts as present.
+            prior = getattr(encoder, "prior_logit", None)
+            if prior is not None:
+                out = out + prior.to(out.dtype) * masks[m].to(out.dtype)
+        return out
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         outputs = self(batch)

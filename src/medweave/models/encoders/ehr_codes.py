@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from medweave.data import contract as c
+from medweave.errors import MedweaveError
 
 
 class SDPAEncoderLayer(nn.TransformerEncoderLayer):
@@ -52,6 +53,8 @@ class EHRCodesEncoder(nn.Module):
         extend_vocab: with ``pretrained``: learn embeddings for codes the checkpoint lacks.
         max_unknown: with ``pretrained``: the share of the cohort's codes it may lack.
         objective: with ``pretrained``: refuse a checkpoint of another objective (null: either).
+        pool, prior: with ``pretrained``: the last event's state instead of the mean, and the
+            zero-shot risk of a code the binary logit starts from (models/pretrain/load.py).
         codes, code_stats: the cohort's code names and value statistics (given by the data module).
         linear_time: also give each event its time before prediction in years / 100, unlogged.
             On log days alone the birth event of a 50- and a 100-year-old differ by 0.07 (an
@@ -80,6 +83,8 @@ class EHRCodesEncoder(nn.Module):
         code_stats: dict | None = None,
         linear_time: bool = False,
         age: bool = False,
+        pool: str = "mean",
+        prior: dict | None = None,
     ):
         super().__init__()
         self.out_dim = dim
@@ -87,6 +92,11 @@ class EHRCodesEncoder(nn.Module):
         names = list(codes or [])
         self.birth = names.index(c.BIRTH_CODE) + 2 if c.BIRTH_CODE in names else -1
         self.pretrained = None
+        if (pool != "mean" or prior) and not pretrained:
+            raise MedweaveError(
+                f"model.encoders.ehr_codes: pool={pool} and prior={prior} need pretrained=<a "
+                "medweave-pretrain checkpoint> (the encoder trained from scratch mean-pools)"
+            )
         if pretrained:
             from medweave.models.pretrain.load import PretrainedEvents
 
@@ -99,6 +109,8 @@ class EHRCodesEncoder(nn.Module):
                 extend_vocab,
                 max_unknown,
                 objective,
+                pool,
+                dict(prior) if prior else None,
             )
             return
         self.code = nn.Embedding(vocab_size, dim, padding_idx=0)
@@ -130,6 +142,11 @@ class EHRCodesEncoder(nn.Module):
                 known.float().unsqueeze(1).expand_as(days),
             ]
         return torch.stack(parts, -1)
+
+    @property
+    def prior_logit(self) -> torch.Tensor | None:
+        """With a pretrained ``prior``: its zero-shot logit for the last forward's subjects."""
+        return None if self.pretrained is None else self.pretrained.prior_logit
 
     def forward(self, inputs: dict) -> torch.Tensor:
         if self.pretrained is not None:

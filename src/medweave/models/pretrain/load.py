@@ -28,6 +28,7 @@ from medweave.models.pretrain.module import FORMAT, KIND
 log = logging.getLogger("medweave")
 
 OBJECTIVES = ("next_event", "masked")
+POOLS = ("mean", "last")
 
 
 def read_checkpoint(path: str | Path, objective: str | None = None) -> dict:
@@ -71,6 +72,7 @@ def read_checkpoint(path: str | Path, objective: str | None = None) -> dict:
         )
     prefix = "backbone."
     state = {k[len(prefix) :]: v for k, v in saved["state_dict"].items() if k.startswith(prefix)}
+    heads = {k[len("objective.") :]: v for k, v in saved["state_dict"].items() if k.startswith("objective.")}
     backbone = EventTransformer(**extras["backbone"]["args"])
     try:
         backbone.load_state_dict(state, strict=True)
@@ -80,7 +82,7 @@ def read_checkpoint(path: str | Path, objective: str | None = None) -> dict:
             f"{path}: the weights do not fit the EventTransformer the checkpoint names "
             f"({detail[:300]}); expected a checkpoint of the same architecture"
         ) from None
-    return {**extras, "module": backbone, "path": str(path)}
+    return {**extras, "module": backbone, "objective_state": heads, "path": str(path)}
 
 
 def pretrained_codes(path: str | Path) -> list[str]:
@@ -133,6 +135,13 @@ class PretrainedEvents(nn.Module):
         max_unknown: the share of the cohort's codes the checkpoint may not know before it is
             refused (unless ``extend_vocab``).
         objective: refuse a checkpoint of another objective (None: either).
+        pool: ``mean`` of the events' hidden states, or the ``last`` event's: in a causal
+            (next_event) backbone the one state that has read the whole history, the one the
+            next-event heads read.
+        prior: ``{code, horizon_days}``: the next_event checkpoint's zero-shot risk of this code
+            within the horizon (``ZeroShotPrior``) is kept as ``prior_logit`` after each forward,
+            and the task model adds it to its binary logit (models/module.py): fine-tuning starts
+            from the pretrained model's own prediction and learns what to add to it.
     """
 
     def __init__(
@@ -145,8 +154,12 @@ class PretrainedEvents(nn.Module):
         extend_vocab: bool = False,
         max_unknown: float = 0.05,
         objective: str | None = None,
+        pool: str = "mean",
+        prior: dict | None = None,
     ):
         super().__init__()
+        if pool not in POOLS:
+            raise MedweaveError(f"model.encoders.ehr_codes.pool={pool!r}: choose from {list(POOLS)}")
         if freeze and extend_vocab:
             raise MedweaveError(
                 "model.encoders.ehr_codes: extend_vocab=true needs freeze=false (a frozen backbone "
@@ -205,9 +218,11 @@ class PretrainedEvents(nn.Module):
         nn.init.zeros_(self.recency.bias)
         out_dim = out_dim or dim
         self.project = nn.Identity() if out_dim == dim else nn.Linear(dim, out_dim)
-        self.out_dim, self.freeze = out_dim, freeze
+        self.out_dim, self.freeze, self.pool = out_dim, freeze, pool
         if freeze:
             self.backbone.requires_grad_(False)
+        self.prior = ZeroShotPrior(ckpt, known, **prior) if prior else None
+        self.prior_logit = None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -248,5 +263,51 @@ class PretrainedEvents(nn.Module):
         recency = torch.stack([log_days, log_days**2, torch.isnan(days).to(days.dtype)], -1)
         x = self.backbone.embed(**tokens) + self.recency(recency.to(self.recency.weight.dtype))
         h = self.backbone.encode(x, pad)
+        last = h[torch.arange(len(h), device=h.device), ((~pad).sum(1) - 1).clamp(min=0)]
+        self.prior_logit = self.prior(last) if self.prior is not None else None
+        if self.pool == "last":
+            return self.project(last)
         keep = (~pad).unsqueeze(-1).to(h.dtype)
         return self.project((h * keep).sum(1) / keep.sum(1).clamp(min=1))
+
+
+class ZeroShotPrior(nn.Module):
+    """The logit of one code's risk within a horizon from a next_event checkpoint's heads, read at
+    the last event: risk = 1 - exp(-rate p(code) H), as evaluation/next_event.py's code_risks
+    (Delphi-2M's zero-shot prediction), so logit = log(-expm1(-x)) + x with x = rate p H. The
+    heads stay frozen: fine-tuning moves the backbone under them and the task head beside them.
+
+    Args:
+        ckpt: what ``read_checkpoint`` returned.
+        known: the checkpoint's {code name: id}.
+        code: the outcome's code (e.g. ICD10//I21).
+        horizon_days: the task's horizon.
+    """
+
+    def __init__(self, ckpt: dict, known: dict, code: str, horizon_days: float):
+        super().__init__()
+        from medweave.models.pretrain.objectives import NextEvent
+
+        where = f"{ckpt['path']}: a zero-shot prior for {code}"
+        if ckpt["objective"] != "next_event":
+            raise MedweaveError(
+                f"{where} needs a next_event checkpoint (its waiting-time head gives the hazard); "
+                f"this one was pretrained with {ckpt['objective']}"
+            )
+        if code not in known:
+            raise MedweaveError(f"{where}: the pretrained vocabulary has no code {code}")
+        if not float(horizon_days) > 0:
+            raise MedweaveError(f"{where}: horizon_days={horizon_days}; expected a positive number")
+        backbone = ckpt["module"]
+        heads = NextEvent(backbone.dim, backbone.vocab_size)
+        heads.load_state_dict(ckpt["objective_state"])
+        self.code_head, self.wait_head = heads.code_head, heads.wait_head
+        self.requires_grad_(False)
+        self.code_id, self.horizon_years = known[code], float(horizon_days) / 365.25
+
+    def forward(self, last: torch.Tensor) -> torch.Tensor:
+        logits = self.code_head(last).float()
+        log_p = logits[:, self.code_id] - torch.logsumexp(logits, -1)
+        log_rate = self.wait_head(last).squeeze(-1).float().clamp(-20, 20)
+        x = (torch.exp(log_rate + log_p) * self.horizon_years).clamp(min=1e-12)
+        return torch.log(-torch.expm1(-x)) + x
