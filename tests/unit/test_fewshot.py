@@ -62,3 +62,24 @@ def test_a_short_tuning_split_gives_what_it_has():
     assert k <= (target[train] > 0).sum()
     (d,) = make_draws(target, train, tuning, [k], n_draws=1, seed=0)
     assert (target[d.tuning] > 0).sum() == tuning_pos and (target[d.tuning] == 0).sum() == k
+
+
+def test_offset_logistic_is_sklearns_without_an_offset_and_keeps_it_under_a_strong_penalty():
+    from sklearn.linear_model import LogisticRegression
+
+    from medweave.embeddings.probe import OffsetLogistic, fit_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4))
+    y = (x[:, 0] + rng.normal(size=300) > 0).astype(int)
+    ours = OffsetLogistic(0.5).fit(x, y, np.zeros(300))
+    theirs = LogisticRegression(C=0.5, max_iter=2000).fit(x, y)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_[0], atol=1e-3)  # both stop at a tolerance
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_[0], atol=1e-3)
+
+    offset = 3.0 * x[:, 1]  # the prior knows another feature
+    weak = OffsetLogistic(1e-6).fit(x, y, offset)
+    assert np.abs(weak.coef_).max() < 1e-3  # nothing learnt: the ranking is the offset's
+    assert np.array_equal(np.argsort(weak.decision_function(x, offset)), np.argsort(offset))
+    predict, chosen = fit_probe(x[:200], y[:200], x[200:], y[200:], offsets=(offset[:200], offset[200:]))
+    assert predict(x[200:], offset[200:]).shape == (100,) and chosen["C"] > 0

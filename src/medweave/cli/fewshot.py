@@ -97,7 +97,17 @@ def build_arms(cfg, datamodule, inputs, held_out_rows) -> dict:
                     int(cfg.seed),
                 )
     if "probe" in asked:
-        out["probe"] = A.ProbeArm(frozen_vectors(cfg, datamodule), cohort.target, held_out_rows)
+        prior = None
+        if f.prior:
+            import torch
+
+            from medweave.embeddings.ehr import PretrainedEHR
+
+            encoder = PretrainedEHR(str(f.pretrained), 0.05, f.pool, OmegaConf.to_container(f.prior))
+            encoder.inputs(datamodule.cohort.folder)
+            encoder.load(torch.device("cpu"))
+            prior = A.PriorLogits(encoder, int(f.predict_batch_size))
+        out["probe"] = A.ProbeArm(frozen_vectors(cfg, datamodule), cohort.target, held_out_rows, prior)
     if "gbm" in asked:
         from medweave.baselines.features import build_features
 

@@ -26,19 +26,21 @@ class PretrainedEHR:
         its unknown code; more than this share of them is refused (no extend_vocab here: new
         embeddings would be untrained).
     pool: ``mean`` over the events' states, or the ``last`` event's (models/pretrain/load.py).
+    prior: {code, horizon_days}: after each call, ``module.prior_logit`` holds the rows' zero-shot
+        logits (the few-shot probe's offset).
     """
 
     modality = "ehr_codes"
     pooling = "mean over the events' final hidden states (pretrained backbone, frozen)"
 
-    def __init__(self, path: str, max_unknown: float = 0.05, pool: str = "mean"):
+    def __init__(self, path: str, max_unknown: float = 0.05, pool: str = "mean", prior: dict | None = None):
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_file():
             raise MedweaveError(
                 f"model_path '{path}' does not exist or is not a file; expected a checkpoint written by "
                 "medweave-pretrain (<run>/checkpoints/*.ckpt)"
             )
-        self.max_unknown, self.pool = max_unknown, pool
+        self.max_unknown, self.pool, self.prior = max_unknown, pool, prior
         if pool == "last":
             self.pooling = "the last event's final hidden state (pretrained backbone, frozen)"
         self.cache, self.module = None, None
@@ -75,6 +77,7 @@ class PretrainedEHR:
             freeze=True,
             max_unknown=self.max_unknown,
             pool=self.pool,
+            prior=self.prior,
         )
         module.project = torch.nn.Identity()
         self.module = module.eval().requires_grad_(False).to(device)

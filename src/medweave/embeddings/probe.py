@@ -18,10 +18,14 @@ from medweave.errors import MedweaveError
 STRENGTHS = (0.001, 0.01, 0.1, 1.0, 10.0)  # logistic C (inverse L2 strength) tried
 
 
-def fit_probe(x_train, y_train, x_tune, y_tune, strengths=STRENGTHS):
+def fit_probe(x_train, y_train, x_tune, y_tune, strengths=STRENGTHS, offsets=None):
     """(predict: x -> decision scores, {"C", "tuning_auroc"}): standardised on train, logistic
     regression for each C, the best tuning AUROC kept (the strongest penalty on a tie, as with
-    the few subjects of a few-shot draw ties are common)."""
+    the few subjects of a few-shot draw ties are common).
+
+    ``offsets`` (train, tune): a fixed logit each subject's decision adds to (a pretrained
+    model's zero-shot prediction); then ``predict(x, offset)``. The strongest penalty leaves the
+    offset's ranking, so the tuning subjects must favour what the few labels add to it."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
@@ -30,15 +34,48 @@ def fit_probe(x_train, y_train, x_tune, y_tune, strengths=STRENGTHS):
     a, b = scale.transform(x_train), scale.transform(x_tune)
     best = None
     for strength in strengths:
-        model = LogisticRegression(C=strength, max_iter=2000).fit(a, y_train)
-        auroc = roc_auc_score(y_tune, model.decision_function(b))
+        if offsets is None:
+            model = LogisticRegression(C=strength, max_iter=2000).fit(a, y_train)
+            auroc = roc_auc_score(y_tune, model.decision_function(b))
+        else:
+            model = OffsetLogistic(strength).fit(a, y_train, offsets[0])
+            auroc = roc_auc_score(y_tune, model.decision_function(b, offsets[1]))
         if best is None or auroc > best[0]:
             best = (auroc, strength, model)
     auroc, strength, model = best
-    return (lambda x: model.decision_function(scale.transform(x))), {
+    return (lambda x, *offset: model.decision_function(scale.transform(x), *offset)), {
         "C": strength,
         "tuning_auroc": float(auroc),
     }
+
+
+class OffsetLogistic:
+    """L2 logistic regression with a fixed offset in the logit, scikit-learn's objective
+    (1/2 |w|^2 + C sum log-loss, the intercept unpenalised), by L-BFGS. scikit-learn's
+    LogisticRegression takes no offset."""
+
+    def __init__(self, C: float):
+        self.C = C
+
+    def fit(self, x: np.ndarray, y: np.ndarray, offset: np.ndarray) -> OffsetLogistic:
+        from scipy.optimize import minimize
+
+        sign = 2.0 * np.asarray(y, np.float64) - 1.0
+
+        def objective(theta):
+            w, b = theta[:-1], theta[-1]
+            margin = sign * (x @ w + b + offset)
+            loss = np.logaddexp(0.0, -margin)
+            g = -sign / (1.0 + np.exp(margin))  # d loss / d logit
+            grad = np.append(w + self.C * (x.T @ g), self.C * g.sum())
+            return 0.5 * w @ w + self.C * loss.sum(), grad
+
+        theta = minimize(objective, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B").x
+        self.coef_, self.intercept_ = theta[:-1], theta[-1]
+        return self
+
+    def decision_function(self, x: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        return x @ self.coef_ + self.intercept_ + offset
 
 
 def linear_probe(embeddings: Path, prepared: Path, root: Path, modality: str = "ehr_codes") -> dict:

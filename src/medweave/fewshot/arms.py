@@ -7,7 +7,8 @@
   code and the head learns what to add (models/pretrain/load.py ZeroShotPrior).
 - ``zeroshot``: that zero-shot risk alone, nothing fitted (the same at every k).
 - ``probe``: logistic regression on the frozen pretrained embeddings (embeddings/probe.py), the
-  vectors cached once by medweave-embed's code (embeddings/embed.py).
+  vectors cached once by medweave-embed's code (embeddings/embed.py); with ``fewshot.prior``, the
+  zero-shot logit is its offset, as it is the fine-tuned model's starting point.
 - ``gbm``: the count-based XGBoost baseline (baselines/), its features built once.
 
 The neural recipe for 2 to 256 examples (configs/fewshot.yaml ``fewshot.train``): a constant
@@ -193,20 +194,43 @@ class NeuralArm:
         return score
 
 
+class PriorLogits:
+    """The zero-shot prior logits of cache rows (a PretrainedEHR built with ``prior``), computed
+    when first asked for and kept: the draws share most of their rows."""
+
+    def __init__(self, encoder, batch_size: int):
+        self.encoder, self.batch_size, self.known = encoder, batch_size, {}
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        todo = np.array(sorted({int(r) for r in rows} - self.known.keys()), dtype=np.int64)
+        with torch.no_grad():
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start : start + self.batch_size]
+                self.encoder(chunk)
+                logits = self.encoder.module.prior_logit.double().cpu().numpy()
+                self.known.update(zip(chunk.tolist(), logits.tolist(), strict=True))
+        return np.array([self.known[int(r)] for r in rows])
+
+
 class ProbeArm:
-    """Logistic regression on the frozen pretrained embeddings, its strength by tuning AUROC."""
+    """Logistic regression on the frozen pretrained embeddings, its strength by tuning AUROC;
+    with ``prior`` (PriorLogits), the zero-shot logit is its offset (embeddings/probe.py)."""
 
     name = "probe"
 
-    def __init__(self, vectors: np.ndarray, target: np.ndarray, held_out: np.ndarray):
-        self.vectors, self.target, self.held_out = vectors, target, held_out
+    def __init__(self, vectors: np.ndarray, target: np.ndarray, held_out: np.ndarray, prior=None):
+        self.vectors, self.target, self.held_out, self.prior = vectors, target, held_out, prior
 
     def fit(self, draw: Draw) -> np.ndarray:
         from medweave.embeddings.probe import fit_probe
 
         x, y = self.vectors, self.target
-        predict, _ = fit_probe(x[draw.train], y[draw.train], x[draw.tuning], y[draw.tuning])
-        return predict(x[self.held_out])
+        if self.prior is None:
+            predict, _ = fit_probe(x[draw.train], y[draw.train], x[draw.tuning], y[draw.tuning])
+            return predict(x[self.held_out])
+        offsets = (self.prior(draw.train), self.prior(draw.tuning))
+        predict, _ = fit_probe(x[draw.train], y[draw.train], x[draw.tuning], y[draw.tuning], offsets=offsets)
+        return predict(x[self.held_out], self.prior(self.held_out))
 
 
 class GbmArm:
