@@ -485,6 +485,41 @@ def test_the_zero_shot_prior_is_the_next_event_risk_of_its_code_at_the_last_even
     assert not any(p.requires_grad for p in enc.prior.parameters())  # the heads stay as pretrained
 
 
+def test_the_query_event_is_read_at_the_prediction_time_after_each_rows_last_event(tmp_path):
+    """query=Q puts one event Q after each row's last (right padding kept): 0 days before prediction,
+    its age the subject's then, its delta the last event's days before; last pooling reads it."""
+    codes = [c.BIRTH_CODE, "A", "Q"]
+    ckpt = save_checkpoint(tmp_path / "p.ckpt", codes)
+    enc = encoder(ckpt, codes, freeze=True, pool="last", query="Q").pretrained.eval()
+    inputs = {  # row 0: birth 10,000 days before prediction, A at 40; row 1: A at 7 only
+        "codes": torch.tensor([[2, 3, 0], [3, 0, 0]]),
+        "values": torch.full((2, 3), NAN),
+        "days": torch.tensor([[10000.0, 40, 0], [7, 0, 0]]),
+    }
+    tokens, days = enc.with_query(*enc.translate(inputs))
+    q = 3 + codes.index("Q")
+    assert tokens["codes"].tolist() == [[3, 4, q, 0], [4, q, 0, 0]]
+    assert tokens["age"][0, 2].item() == 10000 and torch.isnan(tokens["age"][1, 1])  # row 1: no birth
+    assert tokens["delta"][0, 2].item() == 40 and tokens["delta"][1, 1].item() == 7
+    assert days[0, 2].item() == 0 and days[1, 1].item() == 0 and torch.isnan(days[1, 2:]).all()
+    out = enc(inputs)
+    backbone = read_checkpoint_module(ckpt).eval()
+    alone = {k: t[:1, :3] for k, t in tokens.items()}  # row 0 with its query, no padding
+    torch.testing.assert_close(out[0], backbone(alone)[0, 2])
+    with pytest.raises(MedweaveError, match="query='Z' is not in the pretrained vocabulary"):
+        encoder(ckpt, codes, query="Z")
+    with pytest.raises(MedweaveError, match="need pretrained"):
+        from medweave.models.encoders.ehr_codes import EHRCodesEncoder
+
+        EHRCodesEncoder(5, dim=8, codes=codes, query="Q")
+
+
+def read_checkpoint_module(path):
+    from medweave.models.pretrain.load import read_checkpoint
+
+    return read_checkpoint(path)["module"]
+
+
 def prior_model_config(ckpt):
     from omegaconf import OmegaConf
 

@@ -85,6 +85,7 @@ def build_arms(cfg, datamodule, inputs, held_out_rows) -> dict:
                     encoder.pool = f.pool
                     prior = OmegaConf.to_container(f.prior, resolve=True) if f.prior else None
                     encoder.prior = prior
+                    encoder.query = f.query
                 out[name] = A.NeuralArm(
                     name,
                     model_cfg,
@@ -103,7 +104,7 @@ def build_arms(cfg, datamodule, inputs, held_out_rows) -> dict:
 
             from medweave.embeddings.ehr import PretrainedEHR
 
-            encoder = PretrainedEHR(str(f.pretrained), 0.05, f.pool, OmegaConf.to_container(f.prior))
+            encoder = PretrainedEHR(str(f.pretrained), 0.05, f.pool, OmegaConf.to_container(f.prior), f.query)
             encoder.inputs(datamodule.cohort.folder)
             encoder.load(torch.device("cpu"))
             prior = A.PriorLogits(encoder, int(f.predict_batch_size))
@@ -139,9 +140,9 @@ def frozen_vectors(cfg, datamodule):
 
     path = Path(cfg.fewshot.pretrained).expanduser().resolve()
     settings = {"_target_": "medweave.embeddings.ehr.PretrainedEHR", "max_unknown": 0.05}  # embed.yaml's
-    settings["pool"] = cfg.fewshot.pool
+    settings["pool"], settings["query"] = cfg.fewshot.pool, cfg.fewshot.query
     folder, _ = embed_cohort(
-        PretrainedEHR(str(path), settings["max_unknown"], settings["pool"]),
+        PretrainedEHR(str(path), settings["max_unknown"], settings["pool"], query=settings["query"]),
         prepared=datamodule.cohort.folder,
         root=datamodule.root,
         model_path=path,

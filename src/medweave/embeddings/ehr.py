@@ -28,19 +28,27 @@ class PretrainedEHR:
     pool: ``mean`` over the events' states, or the ``last`` event's (models/pretrain/load.py).
     prior: {code, horizon_days}: after each call, ``module.prior_logit`` holds the rows' zero-shot
         logits (the few-shot probe's offset).
+    query: the index event's code, read as one more event at the prediction time (load.py).
     """
 
     modality = "ehr_codes"
     pooling = "mean over the events' final hidden states (pretrained backbone, frozen)"
 
-    def __init__(self, path: str, max_unknown: float = 0.05, pool: str = "mean", prior: dict | None = None):
+    def __init__(
+        self,
+        path: str,
+        max_unknown: float = 0.05,
+        pool: str = "mean",
+        prior: dict | None = None,
+        query: str | None = None,
+    ):
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_file():
             raise MedweaveError(
                 f"model_path '{path}' does not exist or is not a file; expected a checkpoint written by "
                 "medweave-pretrain (<run>/checkpoints/*.ckpt)"
             )
-        self.max_unknown, self.pool, self.prior = max_unknown, pool, prior
+        self.max_unknown, self.pool, self.prior, self.query = max_unknown, pool, prior, query
         if pool == "last":
             self.pooling = "the last event's final hidden state (pretrained backbone, frozen)"
         self.cache, self.module = None, None
@@ -78,6 +86,7 @@ class PretrainedEHR:
             max_unknown=self.max_unknown,
             pool=self.pool,
             prior=self.prior,
+            query=self.query,
         )
         module.project = torch.nn.Identity()
         self.module = module.eval().requires_grad_(False).to(device)

@@ -53,8 +53,9 @@ class EHRCodesEncoder(nn.Module):
         extend_vocab: with ``pretrained``: learn embeddings for codes the checkpoint lacks.
         max_unknown: with ``pretrained``: the share of the cohort's codes it may lack.
         objective: with ``pretrained``: refuse a checkpoint of another objective (null: either).
-        pool, prior: with ``pretrained``: the last event's state instead of the mean, and the
-            zero-shot risk of a code the binary logit starts from (models/pretrain/load.py).
+        pool, prior, query: with ``pretrained``: the last event's state instead of the mean, the
+            zero-shot risk of a code the binary logit starts from, and the index event's code read
+            at the prediction time (models/pretrain/load.py).
         codes, code_stats: the cohort's code names and value statistics (given by the data module).
         linear_time: also give each event its time before prediction in years / 100, unlogged.
             On log days alone the birth event of a 50- and a 100-year-old differ by 0.07 (an
@@ -85,6 +86,7 @@ class EHRCodesEncoder(nn.Module):
         age: bool = False,
         pool: str = "mean",
         prior: dict | None = None,
+        query: str | None = None,
     ):
         super().__init__()
         self.out_dim = dim
@@ -92,9 +94,9 @@ class EHRCodesEncoder(nn.Module):
         names = list(codes or [])
         self.birth = names.index(c.BIRTH_CODE) + 2 if c.BIRTH_CODE in names else -1
         self.pretrained = None
-        if (pool != "mean" or prior) and not pretrained:
+        if (pool != "mean" or prior or query) and not pretrained:
             raise MedweaveError(
-                f"model.encoders.ehr_codes: pool={pool} and prior={prior} need pretrained=<a "
+                f"model.encoders.ehr_codes: pool={pool}, prior={prior} and query={query} need pretrained=<a "
                 "medweave-pretrain checkpoint> (the encoder trained from scratch mean-pools)"
             )
         if pretrained:
@@ -111,6 +113,7 @@ class EHRCodesEncoder(nn.Module):
                 objective,
                 pool,
                 dict(prior) if prior else None,
+                query,
             )
             return
         self.code = nn.Embedding(vocab_size, dim, padding_idx=0)

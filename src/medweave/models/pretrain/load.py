@@ -142,6 +142,11 @@ class PretrainedEvents(nn.Module):
             within the horizon (``ZeroShotPrior``) is kept as ``prior_logit`` after each forward,
             and the task model adds it to its binary logit (models/module.py): fine-tuning starts
             from the pretrained model's own prediction and learns what to add to it.
+        query: a code of the pretrained vocabulary read as one more event at the prediction time
+            (the task's index event: the sandbox's index visit, an ACES task's trigger), which the
+            task cache leaves out (data/ehr/events.py). Without it the last state, which ``last``
+            pooling and the prior read, is the model's state at the last event before: one that
+            has not seen the history's index event, after which pretraining saw the outcomes come.
     """
 
     def __init__(
@@ -156,6 +161,7 @@ class PretrainedEvents(nn.Module):
         objective: str | None = None,
         pool: str = "mean",
         prior: dict | None = None,
+        query: str | None = None,
     ):
         super().__init__()
         if pool not in POOLS:
@@ -222,6 +228,12 @@ class PretrainedEvents(nn.Module):
         if freeze:
             self.backbone.requires_grad_(False)
         self.prior = ZeroShotPrior(ckpt, known, **prior) if prior else None
+        if query is not None and query not in known:
+            raise MedweaveError(
+                f"{path}: model.encoders.ehr_codes.query={query!r} is not in the pretrained vocabulary "
+                f"({len(vocab['codes'])} codes); pass a code pretraining saw, or query=null"
+            )
+        self.query = None if query is None else known[query]
         self.prior_logit = None
 
     def train(self, mode: bool = True):
@@ -256,8 +268,31 @@ class PretrainedEvents(nn.Module):
         ids = ids.masked_fill(pad, 0)
         return {"codes": ids, "bins": bins, "age": age, "delta": delta}, days
 
+    def with_query(self, tokens: dict, days: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """``tokens`` with the query event after each row's last token (right padding kept): at
+        the prediction time (0 days before it), its age the subject's then, its time since the
+        previous event the last timed event's days before."""
+        grown = {k: torch.cat([t, t[:, :1]], 1) for k, t in tokens.items()}  # one more column
+        days = torch.cat([days, days[:, :1]], 1)
+        rows = torch.arange(len(days), device=days.device)
+        n = (tokens["codes"] != 0).sum(1)
+        last = (n - 1).clamp(min=0)
+        before = torch.where(n > 0, days[rows, last], torch.full_like(days[:, 0], float("nan")))
+        timed = ~torch.isnan(before)
+        grown["codes"][rows, n] = self.query
+        grown["bins"][rows, n] = 0
+        grown["age"][rows, n] = torch.where(timed, grown["age"][rows, last] + before, before)
+        grown["delta"][rows, n] = torch.where(timed, before, torch.zeros_like(before))
+        days[rows, n] = 0.0
+        pad = torch.arange(days.shape[1], device=days.device) > n.unsqueeze(1)
+        fill = {"codes": 0, "bins": 0, "age": float("nan"), "delta": float("nan")}
+        grown = {k: t.masked_fill(pad, fill[k]) for k, t in grown.items()}
+        return grown, days.masked_fill(pad, float("nan"))
+
     def forward(self, inputs: dict) -> torch.Tensor:
         tokens, days = self.translate(inputs)
+        if self.query is not None:
+            tokens, days = self.with_query(tokens, days)
         pad = tokens["codes"] == 0
         log_days = torch.log1p(torch.nan_to_num(days).clamp(min=0)) / 10
         recency = torch.stack([log_days, log_days**2, torch.isnan(days).to(days.dtype)], -1)
