@@ -5,7 +5,8 @@
 # The figures are in benchmarks/RESULTS.md ("The foundation model on 100,000 subjects").
 #
 #   bash benchmarks/foundation_r100k.sh [OUT]        # OUT defaults to data/foundation_r100k
-#   STAGE=fewshot bash benchmarks/foundation_r100k.sh # one stage: sandbox, pretrain, eval, fewshot, all
+#   STAGE=fewshot bash benchmarks/foundation_r100k.sh # one stage: sandbox, pretrain, eval, query,
+#                                                     # fewshot, all
 #
 # About 1 h 50 min on 2 quiet cores: sandbox 1 min, pretraining 47 min (about 12k tokens/s),
 # evaluation 5 min, the two k-sweeps in parallel (one thread each) about 45 min, the all-labels
@@ -39,7 +40,13 @@ fi
 if want eval; then
   $BIN/medweave-eval ckpt_path="$CKPT" data.root="$COHORT" paths.log_dir="$OUT/logs" \
     paths.cache_dir="$OUT/cache" paths.output_dir="$OUT/eval" \
-    evaluation.next_event.max_subjects=10000 evaluation.next_event.simulate.max_subjects=1000
+    evaluation.next_event.max_subjects=10000 evaluation.next_event.simulate.max_subjects=1000 \
+    evaluation.next_event.query=SANDBOX//INDEX
+fi
+if want query; then  # the zero-shot AUROC on tuning subjects with and without fewshot.query
+  for task in cvd_onset_1y t1d_onset_1y; do
+    $BIN/python benchmarks/zeroshot_query.py "$CKPT" "${COMMON[@]}" task=$task
+  done | tee "$OUT/zeroshot_query.out"
 fi
 if want fewshot; then
   for task in cvd_onset_1y t1d_onset_1y; do

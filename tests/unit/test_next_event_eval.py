@@ -155,6 +155,32 @@ def test_history_is_the_tail_of_what_pretraining_saw(tiny_cohort, tmp_path):
         assert (window["time"][i, n_static:n] < times[np.searchsorted(ids, sid)]).all()
 
 
+def test_the_index_event_follows_each_rows_last_event_at_the_prediction_time():
+    """evaluation.next_event.query: one column more, the code after each row's last event (a full
+    row keeps all of its own), its time the prediction time, its delta the days since the last
+    timed event (0 without one), its age the subject's at the prediction time."""
+    from medweave.data.ehr.events import NO_TIME
+
+    day = 86_400_000_000
+    inputs = {
+        "codes": np.array([[5, 6, 0], [7, 8, 9], [5, 0, 0]]),
+        "bins": np.zeros((3, 3), np.int64),
+        "age": np.array([[np.nan, 100, np.nan], [np.nan, 50, 60], [np.nan, np.nan, np.nan]], np.float32),
+        "delta": np.zeros((3, 3), np.float32),
+        "time": np.array([[NO_TIME, 10 * day, NO_TIME], [NO_TIME, 20 * day, 30 * day], [NO_TIME] * 3]),
+    }
+    times = np.array([14, 33, 40]) * day
+    last = np.array([10 * day, 30 * day, NO_TIME])
+    out = ne.with_index_event(inputs, 4, times, last, np.array([104.0, 63.0, np.nan]))
+    assert out["codes"].tolist() == [[5, 6, 4, 0], [7, 8, 9, 4], [5, 4, 0, 0]]
+    assert out["time"][[0, 1, 2], [2, 3, 1]].tolist() == times.tolist()
+    assert out["delta"][[0, 1, 2], [2, 3, 1]].tolist() == [4, 3, 0]
+    assert out["age"][0, 2] == 104 and out["age"][1, 3] == 63 and np.isnan(out["age"][2, 1])
+    held = inputs["codes"] != 0  # every event a row had stays where it was
+    for key in inputs:
+        np.testing.assert_array_equal(out[key][:, :3][held], inputs[key][held])
+
+
 def test_an_evaluated_subject_whose_future_was_pretrained_on_is_refused():
     from medweave.errors import MedweaveError
     from medweave.evaluation.next_event_report import check_leakage

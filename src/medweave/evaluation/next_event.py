@@ -267,9 +267,11 @@ def read_cohort(
     width: int,
     prefix: str,
     horizon_days: float,
+    query: str | None = None,
 ) -> Cohort:
     """The Cohort of these subjects; those with no event before their time are left out (the
-    model has nothing to read)."""
+    model has nothing to read). ``query``: a code the model then reads at each prediction time
+    (``with_index_event``)."""
     with_history, inputs = last_windows(build_history(root, cache_dir, ids, times), vocab, width)
     keep = np.isin(ids, with_history)
     if not keep.any():
@@ -288,7 +290,37 @@ def read_cohort(
     timed = np.where(inputs["time"] == NO_TIME, np.iinfo(np.int64).min, inputs["time"])
     last_time = np.where(timed.max(1) == np.iinfo(np.int64).min, NO_TIME, timed.max(1))
     seen = observed_cohort(root, ids, times, prefix, horizon_days)
+    if query is not None:
+        if query not in vocab["codes"]:
+            raise MedweaveError(
+                f"evaluation.next_event.query={query!r} is not in the checkpoint's vocabulary "
+                f"({len(vocab['codes'])} codes); pass a code pretraining saw, or query=null"
+            )
+        code_id = vocab["codes"].index(query) + store.MASK + 1
+        inputs = with_index_event(inputs, code_id, times, last_time, seen.age_days)
+        last_time = times.copy()
     return Cohort(ids, times, inputs, last_time, seen.age_days, seen.first_after, seen.prior)
+
+
+def with_index_event(
+    inputs: dict[str, np.ndarray],
+    code_id: int,
+    times: np.ndarray,
+    last_time: np.ndarray,
+    age_days: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """``inputs`` with one more event after each row's last: ``code_id`` at the prediction time
+    (the task's index event, which the leakage cut leaves out, as the task cache does:
+    models/pretrain/load.py's ``query``), its age the subject's then, its delta the days since
+    the last timed event (0 without one). One column is added, so no row loses an event."""
+    n = len(times)
+    pad = {"codes": 0, "bins": 0, "age": np.nan, "delta": np.nan, "time": NO_TIME}
+    out = {k: np.concatenate([v, np.full((n, 1), pad[k], v.dtype)], 1) for k, v in inputs.items()}
+    rows, at = np.arange(n), (inputs["codes"] != 0).sum(1)
+    out["codes"][rows, at], out["bins"][rows, at], out["time"][rows, at] = code_id, 0, times
+    out["age"][rows, at] = age_days
+    out["delta"][rows, at] = np.where(last_time == NO_TIME, 0.0, (times - last_time) / US_PER_DAY)
+    return out
 
 
 def observed_cohort(

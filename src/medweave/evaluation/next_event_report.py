@@ -35,7 +35,9 @@ def evaluate_next_event(
     check_leakage(path, model.extras, ids, times)
     horizon_days = float(s.horizon_days)
     follow = max(horizon_days, float(s.simulate.years) * ne.DAYS_PER_YEAR if s.simulate.enabled else 0.0)
-    cohort = ne.read_cohort(root, cache_dir, ids, times, model.vocab, model.width, s.code_prefix, follow)
+    cohort = ne.read_cohort(
+        root, cache_dir, ids, times, model.vocab, model.width, s.code_prefix, follow, s.get("query")
+    )
     names = [n for n in model.vocab["codes"] if n.startswith(s.code_prefix)]
     code_ids = np.array([model.vocab["codes"].index(n) + 3 for n in names], np.int64)
     risks = ne.predict_risks(model, cohort, code_ids, horizon_days / ne.DAYS_PER_YEAR, int(s.batch_size))
