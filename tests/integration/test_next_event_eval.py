@@ -50,6 +50,19 @@ def test_medweave_eval_on_a_next_event_checkpoint(tiny_cohort, tmp_path):
     assert "Per-code AUROC" in page and "Simulated futures" in page
     assert (folder / "per_code_auroc.png").stat().st_size > 1000 and (folder / "incidence.png").is_file()
 
+    # The index event read at each prediction time: the same report, the event after each history.
+    indexed = evaluate(
+        compose_run("eval", [*settings, "evaluation.next_event.query=SANDBOX//INDEX"], logs, tmp_path / "q")
+    )
+    assert indexed["test/next_event/n_codes"] > 0
+    assert json.loads((tmp_path / "q" / "evaluation" / "evaluation.json").read_text())["simulation"][
+        "foreseen"
+    ]
+    with pytest.raises(MedweaveError, match="query='NOPE//X' is not in the checkpoint's vocabulary"):
+        evaluate(
+            compose_run("eval", [*settings, "evaluation.next_event.query=NOPE//X"], logs, tmp_path / "q2")
+        )
+
     masked = tmp_path / "masked"
     pretrain(compose_run("pretrain", [*base, "pretrain/objective=masked"], logs, masked))
     settings[0] = f"ckpt_path={masked / 'checkpoints' / 'last.ckpt'}"
