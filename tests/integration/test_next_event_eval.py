@@ -50,11 +50,17 @@ def test_medweave_eval_on_a_next_event_checkpoint(tiny_cohort, tmp_path):
     assert "Per-code AUROC" in page and "Simulated futures" in page
     assert (folder / "per_code_auroc.png").stat().st_size > 1000 and (folder / "incidence.png").is_file()
 
-    # The index event read at each prediction time: the same report, the event after each history.
-    indexed = evaluate(
-        compose_run("eval", [*settings, "evaluation.next_event.query=SANDBOX//INDEX"], logs, tmp_path / "q")
-    )
+    # The index event read at each prediction time: the same report, the event after each history;
+    # logged to MLflow, whose run ends with every metric written (nothing ends it but the eval).
+    queried = [*settings, "evaluation.next_event.query=SANDBOX//INDEX", "logger=mlflow"]
+    indexed = evaluate(compose_run("eval", queried, logs, tmp_path / "q"))
     assert indexed["test/next_event/n_codes"] > 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{(logs / 'mlflow' / 'mlflow.db').resolve()}")
+    (run,) = client.search_runs([client.get_experiment_by_name("medweave").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test/next_event/n_codes"] == indexed["test/next_event/n_codes"]
     assert json.loads((tmp_path / "q" / "evaluation" / "evaluation.json").read_text())["simulation"][
         "foreseen"
     ]

@@ -122,11 +122,32 @@ def test_foreseen_share_and_the_marginal_incidence_reference():
     table = sim.marginal_incidence(eligible, observed, band, 2, 2)
     assert table[0, 0].tolist() == [0.5, 0.0] and table[0, 1].tolist() == [0.5, 0.0]
     assert table[1, 0].tolist() == [0.0, 1.0]
-    points = sim.incidence_points(eligible, observed, simulated, band, 2, ["a", "b"], ["young", "old"], 1)
+    cells = sim.incidence_cells(eligible, observed, simulated, band, 2, ["a", "b"], ["young", "old"], 1)
+    points = sim.incidence_points(cells)
     by = {(p["code"], p["age_band"]): p for p in points}
     assert by[("a", "young")]["observed"] == 1.0 and by[("a", "young")]["simulated"] == pytest.approx(0.75)
     assert ("b", "young") not in by  # no case, observed or simulated
     assert by[("b", "old")]["observed"] == 1.0 and by[("b", "old")]["simulated"] == 0.5
+
+
+def test_pooled_incidence_bins_cells_by_simulated_incidence_weighted_by_eligible():
+    cells = [  # two rare cells with no observed case, two common ones
+        {"simulated": 0.01, "cases": 0, "eligible": 100},
+        {"simulated": 0.02, "cases": 0, "eligible": 100},
+        {"simulated": 0.30, "cases": 60, "eligible": 300},
+        {"simulated": 0.50, "cases": 60, "eligible": 100},
+    ]
+    pooled = sim.pooled_incidence(cells, n_bins=2)
+    # The cells' middles in cumulative eligible share: 1/12, 3/12, 7/12, 11/12.
+    assert [b["cells"] for b in pooled] == [2, 2] and [b["eligible"] for b in pooled] == [200, 400]
+    assert pooled[0]["simulated"] == pytest.approx(0.015) and pooled[0]["observed"] == 0.0
+    assert pooled[1]["simulated"] == pytest.approx((90 + 50) / 400)
+    assert pooled[1]["observed"] == pytest.approx((60 + 60) / 400)
+    assert sim.pooled_incidence([]) == []
+    # A bin of a few cases shows no observed incidence at min_cell; a cell of few cases still counts.
+    cells[1]["cases"] = 3
+    assert [b["observed"] for b in sim.pooled_incidence(cells, n_bins=2, min_cell=5)] == [None, 0.3]
+    assert sim.pooled_incidence(cells, n_bins=1, min_cell=5)[0]["observed"] == pytest.approx(123 / 600)
 
 
 def test_history_is_the_tail_of_what_pretraining_saw(tiny_cohort, tmp_path):
@@ -267,5 +288,8 @@ def test_small_cells_stay_out_of_the_tables():
     observed = np.where(events, 100.0, np.inf)
     simulated = np.full((n, 2, 2), 100.0)
     band = np.zeros(n, int)
-    points = sim.incidence_points(eligible, observed, simulated, band, 1, ["A", "B"], ["all"], 20, 20)
-    assert [p["code"] for p in points] == ["A"]
+    cells = sim.incidence_cells(eligible, observed, simulated, band, 1, ["A", "B"], ["all"], 20)
+    points = sim.incidence_points(cells, 20)
+    assert [p["code"] for p in points] == ["A"] and "cases" not in points[0]
+    # The pooled curve counts B's 10 cases with A's 25: 35 of 600 eligible, no small cell shown.
+    assert sim.pooled_incidence(cells, n_bins=1, min_cell=20)[0]["observed"] == pytest.approx(35 / 600)

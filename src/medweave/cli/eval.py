@@ -176,15 +176,23 @@ def evaluate_pretrained(cfg, path: str) -> dict[str, float]:
     loggers = [instantiate(x) for x in (cfg.get("logger") or {}).values()]
     log_run_config(loggers, cfg, Path(cfg.paths.output_dir), {"eval.kind": "next_event"})
     folder = Path(cfg.paths.output_dir) / "evaluation"
-    root = c.require_root(cfg.data.root)
-    summary = ner.evaluate_next_event(
-        path, root, Path(cfg.data.cache_dir), cfg.split, cfg.evaluation, cfg.evaluation.age_bands, folder
-    )
+    try:
+        root = c.require_root(cfg.data.root)
+        summary = ner.evaluate_next_event(
+            path, root, Path(cfg.data.cache_dir), cfg.split, cfg.evaluation, cfg.evaluation.age_bands, folder
+        )
+    except BaseException:
+        for logger in loggers:
+            logger.finalize("failed")
+        raise
     results = ner.flat_metrics(summary, "test" if cfg.split == "held_out" else "val")
     for logger in loggers:
         logger.log_metrics(results, step=0)
         if isinstance(logger, MLFlowLogger):
             logger.experiment.log_artifacts(logger.run_id, str(folder), "evaluation")
+        # No trainer ends this run: its end waits for the queued metrics (an unfinalized run
+        # stays RUNNING and loses them at exit).
+        logger.finalize("success")
     log.info(
         "Next-event evaluation on %s: %s", cfg.split, {k: round(v, 4) for k, v in sorted(results.items())}
     )

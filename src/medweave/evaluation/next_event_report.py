@@ -113,17 +113,10 @@ def simulated_futures(
     bands = [0, *age_bands] if age_bands[0] > 0 else list(age_bands)  # children get a band too
     band = sim.age_band(cohort.age_days[rows], bands)
     band_names = [f"{lo}-{hi}" for lo, hi in zip(bands, bands[1:], strict=False)] + [f"{bands[-1]}+"]
-    points = sim.incidence_points(
-        eligible,
-        observed,
-        simulated,
-        band,
-        years,
-        names,
-        band_names,
-        int(g.min_subjects),
-        min_cell,
+    cells = sim.incidence_cells(
+        eligible, observed, simulated, band, years, names, band_names, int(g.min_subjects)
     )
+    points, pooled = sim.incidence_points(cells, min_cell), sim.pooled_incidence(cells, min_cell=min_cell)
 
     def hit(k: int) -> np.ndarray:
         lo, hi = (k - 1) * ne.DAYS_PER_YEAR, k * ne.DAYS_PER_YEAR
@@ -150,14 +143,15 @@ def simulated_futures(
         },
         "incidence_points": points,
         "incidence_spearman": incidence_rank_correlation(points),
+        "incidence_pooled": pooled,
         "foreseen": foreseen,
         "reference": reference_note(s),
         "wall_s": wall,
     }
-    title = f"Incidence within {years} years, {len(points)} code x age band points"
+    title = f"Incidence within {years} years: {len(points)} code x age band points"
     return out, {
         "Simulated against observed incidence": report.incidence_figure(
-            points, folder / "incidence.png", title
+            points, pooled, folder / "incidence.png", title
         )
     }
 
@@ -258,6 +252,16 @@ def write(folder: Path, summary: dict, figures: dict[str, str]) -> Path:
             f"band points, Spearman's rank correlation {_num(g['incidence_spearman'])} (a point with no "
             "case on one side is drawn at the lower edge).</p>",
             report.figure_html({k: v for k, v in figures.items() if k != "Per-code AUROC"}),
+            "<h3>Pooled incidence</h3><p>Every code x age band cell, those hidden above for few "
+            "cases included, in bins of simulated incidence of about a tenth of the eligible "
+            "subject-codes each (eligible-weighted means; a bin with few cases shows none).</p>"
+            "<table><tr><th>cells</th><th>eligible</th><th>simulated</th><th>observed</th></tr>"
+            + "".join(
+                f"<tr><td>{b['cells']}</td><td>{b['eligible']}</td><td>{_num(b['simulated'], 4)}</td>"
+                f"<td>{_num(b['observed'], 4)}</td></tr>"
+                for b in g["incidence_pooled"]
+            )
+            + "</table>",
             "<h3>Observed diagnoses foreseen, per year ahead</h3>",
             "<p>Of the observed incident diagnoses (a code's first event after the prediction time, "
             "the subject not having it before) falling in year k, the share whose code's first "

@@ -288,16 +288,22 @@ def auroc_histogram(aurocs: list[float], path: Path, title: str) -> str:
     return _save(plt, fig, path)
 
 
-def incidence_figure(points: list[dict], path: Path, title: str) -> str:
-    """Observed against simulated incidence, one point per code x age band, log axes, diagonal."""
+def incidence_figure(points: list[dict], pooled: list[dict], path: Path, title: str) -> str:
+    """Observed against simulated incidence: one faint point per code x age band, the pooled
+    calibration curve (simulate.pooled_incidence), log axes, the diagonal."""
     plt, fig, ax = _figure()
     obs = np.array([p["observed"] for p in points], float)
     sim = np.array([p["simulated"] for p in points], float)
-    floor = min([v for v in np.r_[obs, sim] if v > 0], default=1e-3) / 2
-    ax.scatter(np.maximum(sim, floor), np.maximum(obs, floor), s=10, alpha=0.6, color="#4477aa")
+    shown = [b for b in pooled if b["observed"] is not None]
+    floor = min([v for v in np.r_[obs, sim, [b["observed"] for b in shown]] if v > 0], default=1e-3) / 2
+    ax.scatter(np.maximum(sim, floor), np.maximum(obs, floor), s=8, alpha=0.25, color="#4477aa",
+               label="code x age band (none observed: at the floor)")  # fmt: skip
+    ax.plot([b["simulated"] for b in shown], np.maximum([b["observed"] for b in shown], floor), "o-",
+            color="#cc3311", label="pooled: bins of simulated incidence")  # fmt: skip
     ax.plot([floor, 1], [floor, 1], "--", color="grey", label="simulated = observed")
-    ax.set(xscale="log", yscale="log", xlabel="simulated incidence", ylabel="observed incidence", title=title)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.set(xscale="log", yscale="log", xlabel="simulated incidence", ylabel="observed incidence")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
     return _save(plt, fig, path)
 
 

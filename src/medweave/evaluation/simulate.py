@@ -180,7 +180,7 @@ def age_band(age_days: np.ndarray, bands: list[float]) -> np.ndarray:
     return np.searchsorted(np.asarray(bands, float), years, side="right") - 1
 
 
-def incidence_points(
+def incidence_cells(
     eligible: np.ndarray,
     observed: np.ndarray,
     simulated: np.ndarray,
@@ -189,33 +189,64 @@ def incidence_points(
     names: list[str],
     band_names: list[str],
     min_subjects: int,
-    min_cell: int = 0,
 ) -> list[dict]:
-    """One point per code x age band with ``min_subjects`` eligible subjects and an observed or
-    simulated case, and no observed count of 1 to ``min_cell`` - 1 people (disclosure control):
-    the share of eligible subjects with a first event within ``years``, observed and simulated
-    (mean over samples). observed [n, K], simulated [n, S, K] in days."""
+    """One cell per code x age band with ``min_subjects`` eligible subjects and an observed or
+    simulated case: the eligible count, the observed cases and the share of eligible subjects with
+    a first event within ``years``, observed and simulated (mean over samples). observed [n, K],
+    simulated [n, S, K] in days. Internal: ``incidence_points`` is what may be shown."""
     horizon = years * DAYS_PER_YEAR
     seen, drawn = observed <= horizon, (simulated <= horizon).mean(1)
-    points = []
+    cells = []
     for b, band_name in enumerate(band_names):
         in_band = band == b
         for k, name in enumerate(names):
             sel = in_band & eligible[:, k]
             if sel.sum() < min_subjects or not (seen[sel, k].any() or drawn[sel, k].any()):
                 continue
-            if 0 < seen[sel, k].sum() < min_cell:
-                continue
-            points.append(
-                {
-                    "code": name,
-                    "age_band": band_name,
-                    "eligible": int(sel.sum()),
-                    "observed": float(seen[sel, k].mean()),
-                    "simulated": float(drawn[sel, k].mean()),
-                }
-            )
-    return points
+            cells.append({
+                "code": name,
+                "age_band": band_name,
+                "eligible": int(sel.sum()),
+                "cases": int(seen[sel, k].sum()),
+                "observed": float(seen[sel, k].mean()),
+                "simulated": float(drawn[sel, k].mean()),
+            })  # fmt: skip
+    return cells
+
+
+def incidence_points(cells: list[dict], min_cell: int = 0) -> list[dict]:
+    """The cells that may be shown: none with an observed count of 1 to ``min_cell`` - 1 people
+    (disclosure control), and no counts."""
+    return [
+        {k: v for k, v in cell.items() if k != "cases"} for cell in cells if not 0 < cell["cases"] < min_cell
+    ]
+
+
+def pooled_incidence(cells: list[dict], n_bins: int = 10, min_cell: int = 0) -> list[dict]:
+    """All cells, small ones included, in bins of simulated incidence of about equal eligible
+    counts: each bin's eligible-weighted mean simulated and observed incidence, a calibration
+    curve. The points alone would mislead: at a thousand subjects most cells have no case, and
+    disclosure control hides those with a few but keeps those with none. A bin with 1 to
+    ``min_cell`` - 1 observed cases shows no observed incidence (None)."""
+    if not cells:
+        return []
+    sim_ = np.array([c["simulated"] for c in cells], float)
+    n = np.array([c["eligible"] for c in cells], float)
+    cases = np.array([c["cases"] for c in cells], float)
+    order = np.argsort(sim_, kind="stable")
+    middle = (np.cumsum(n[order]) - n[order] / 2) / n.sum()  # each cell's middle in eligible
+    bins = np.minimum((middle * n_bins).astype(int), n_bins - 1)
+    out = []
+    for b in np.unique(bins):
+        rows = order[bins == b]
+        w, count = n[rows].sum(), int(cases[rows].sum())
+        out.append({
+            "cells": int(len(rows)),
+            "eligible": int(w),
+            "simulated": float((sim_[rows] * n[rows]).sum() / w),
+            "observed": None if 0 < count < min_cell else count / w,
+        })  # fmt: skip
+    return out
 
 
 def foreseen_share(
