@@ -2,15 +2,16 @@
 # Issue 15's "Done when" experiment on this machine (2 CPU cores): a 100,000-subject registry
 # sandbox with comorbidity trajectories, one epoch of pretraining with the default config, the
 # next-event report (per-code AUROC, simulated incidence), and few-shot curves for both diseases.
-# The figures are in benchmarks/RESULTS.md ("The foundation model on 100,000 subjects").
+# The figures are in benchmarks/RESULTS.md ("Issue 15's "Done when": the foundation model on
+# 100,000 subjects").
 #
 #   bash benchmarks/foundation_r100k.sh [OUT]        # OUT defaults to data/foundation_r100k
 #   STAGE=fewshot bash benchmarks/foundation_r100k.sh # one stage: sandbox, pretrain, eval, query,
 #                                                     # fewshot, all
 #
-# About 1 h 50 min on 2 quiet cores: sandbox 1 min, pretraining 47 min (about 12k tokens/s),
-# evaluation 5 min, the two k-sweeps in parallel (one thread each) about 45 min, the all-labels
-# runs about 25 min.
+# Measured on 2 quiet cores (2026-12-04): sandbox 1 min, pretraining 39 min (12,460 tokens/s),
+# the query choice 3 min, the two k-sweeps in parallel (one thread each) 31 min, the all-labels
+# runs 40 min, the evaluation 9-10 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${1:-data/foundation_r100k}")
